@@ -1,0 +1,202 @@
+#include "client/client.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/util/sha256.h"
+#include "proto/util/status.h"
+
+namespace ft::client {
+namespace {
+
+constexpr auto kUnaryTimeout = std::chrono::seconds(60);
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+void SetDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
+}
+
+}  // namespace
+
+Client::Client(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  stub_ = pb::FineTune::NewStub(channel_);
+}
+
+absl::StatusOr<pb::Job> Client::Submit(const pb::JobSpec& spec, const std::string& request_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::SubmitJobRequest req;
+  *req.mutable_spec() = spec;
+  req.set_request_id(request_id);
+  pb::Job job;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->SubmitJob(&ctx, req, &job)));
+  return job;
+}
+
+absl::StatusOr<pb::Job> Client::Get(const std::string& job_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::GetJobRequest req;
+  req.set_job_id(job_id);
+  pb::Job job;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->GetJob(&ctx, req, &job)));
+  return job;
+}
+
+absl::StatusOr<std::vector<pb::Job>> Client::List(int limit) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::ListJobsRequest req;
+  req.set_limit(limit);
+  pb::ListJobsResponse resp;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->ListJobs(&ctx, req, &resp)));
+  return std::vector<pb::Job>(resp.jobs().begin(), resp.jobs().end());
+}
+
+absl::StatusOr<pb::Job> Client::Cancel(const std::string& job_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::CancelJobRequest req;
+  req.set_job_id(job_id);
+  pb::Job job;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->CancelJob(&ctx, req, &job)));
+  return job;
+}
+
+absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_sequence,
+                                      const std::function<void(const pb::JobEvent&)>& on_event) {
+  grpc::ClientContext ctx;
+  pb::WatchJobRequest req;
+  req.set_job_id(job_id);
+  req.set_from_sequence(from_sequence);
+  auto reader = stub_->WatchJob(&ctx, req);
+  pb::JobEvent event;
+  while (reader->Read(&event)) on_event(event);
+  FT_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  return Get(job_id);
+}
+
+absl::StatusOr<std::vector<pb::Model>> Client::ListModels() {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::ListModelsResponse resp;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->ListModels(&ctx, pb::ListModelsRequest(), &resp)));
+  return std::vector<pb::Model>(resp.models().begin(), resp.models().end());
+}
+
+absl::StatusOr<pb::Model> Client::GetModel(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::GetModelRequest req;
+  req.set_model_id(model_id);
+  pb::Model model;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->GetModel(&ctx, req, &model)));
+  return model;
+}
+
+absl::Status Client::DeleteModel(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  pb::DeleteModelRequest req;
+  req.set_model_id(model_id);
+  pb::DeleteModelResponse resp;
+  return FromGrpc(stub_->DeleteModel(&ctx, req, &resp));
+}
+
+absl::StatusOr<std::vector<std::string>> Client::DownloadModel(const std::string& model_id,
+                                                               const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  grpc::ClientContext ctx;
+  pb::DownloadModelRequest req;
+  req.set_model_id(model_id);
+  auto reader = stub_->DownloadModel(&ctx, req);
+  struct Out {
+    std::string tmp, final_path, sha256;
+    int64_t size = 0;
+    std::ofstream stream;
+    std::unique_ptr<util::Sha256> hash;
+  };
+  std::map<std::string, Out> files;
+  pb::ModelChunk chunk;
+  while (reader->Read(&chunk)) {
+    if (chunk.file().find('/') != std::string::npos || chunk.file().empty() || chunk.file()[0] == '.') {
+      ctx.TryCancel();
+      return absl::DataLossError(absl::StrCat("server sent a bad file name '", chunk.file(), "'"));
+    }
+    Out& o = files[chunk.file()];
+    if (!o.hash) {
+      o.final_path = (std::filesystem::path(dir) / chunk.file()).string();
+      o.tmp = o.final_path + ".part";
+      o.sha256 = chunk.sha256();
+      o.size = chunk.total_size();
+      o.stream.open(o.tmp, std::ios::binary | std::ios::trunc);
+      if (!o.stream) return absl::PermissionDeniedError(absl::StrCat("cannot write ", o.tmp));
+      o.hash = std::make_unique<util::Sha256>();
+    }
+    o.stream.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    o.hash->Update(chunk.data());
+  }
+  FT_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  std::vector<std::string> written;
+  for (auto& [name, o] : files) {
+    o.stream.close();
+    if (o.hash->HexDigest() != o.sha256) {
+      std::filesystem::remove(o.tmp, ec);
+      return absl::DataLossError(absl::StrCat(name, " arrived corrupted: sha256 mismatch"));
+    }
+    std::filesystem::rename(o.tmp, o.final_path, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot move ", o.tmp, ": ", ec.message()));
+    written.push_back(o.final_path);
+  }
+  return written;
+}
+
+absl::Status Client::Health() {
+  // grpc.health.v1.Health/Check with an empty service name, as a raw call so
+  // that the client needs no generated health stubs.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::GenericStub generic(channel_);
+  std::string empty_request;  // HealthCheckRequest{service: ""} encodes to no bytes
+  grpc::Slice slice(empty_request);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::Status status;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      status = s;
+                      done = true;
+                      cv.notify_one();
+                    });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  FT_RETURN_IF_ERROR(FromGrpc(status));
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  // HealthCheckResponse{status: SERVING=1} is field 1, varint 1: bytes 08 01.
+  if (bytes != std::string("\x08\x01", 2)) return absl::UnavailableError("server is not SERVING");
+  return absl::OkStatus();
+}
+
+}  // namespace ft::client

@@ -1,0 +1,48 @@
+#ifndef FT_CLIENT_CLIENT_H_
+#define FT_CLIENT_CLIENT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "finetune/v1/finetune.grpc.pb.h"
+
+namespace ft::client {
+
+namespace pb = ::finetune::v1;
+
+// A small synchronous client of the FineTune API. Errors keep the server's
+// canonical code and message; a server that cannot be reached is UNAVAILABLE.
+// Thread-compatible.
+class Client {
+ public:
+  explicit Client(const std::string& address);
+
+  absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id);
+  absl::StatusOr<pb::Job> Get(const std::string& job_id);
+  absl::StatusOr<std::vector<pb::Job>> List(int limit);
+  absl::StatusOr<pb::Job> Cancel(const std::string& job_id);
+  // Calls on_event for each event until the stream ends (after the terminal
+  // event), then returns the final job.
+  absl::StatusOr<pb::Job> Watch(const std::string& job_id, int64_t from_sequence,
+                                const std::function<void(const pb::JobEvent&)>& on_event);
+  absl::StatusOr<std::vector<pb::Model>> ListModels();
+  absl::StatusOr<pb::Model> GetModel(const std::string& model_id);
+  absl::Status DeleteModel(const std::string& model_id);
+  // Writes the model's files into `dir` (created if needed), verifying each
+  // file's sha256 (DATA_LOSS on mismatch). Returns the paths written.
+  absl::StatusOr<std::vector<std::string>> DownloadModel(const std::string& model_id,
+                                                         const std::string& dir);
+  // grpc.health.v1 check of the whole server.
+  absl::Status Health();
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::FineTune::Stub> stub_;
+};
+
+}  // namespace ft::client
+
+#endif  // FT_CLIENT_CLIENT_H_

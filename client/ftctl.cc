@@ -1,0 +1,452 @@
+// ftctl: the finetuned command-line client.
+//
+// Exit codes: 0 success (job SUCCEEDED), 1 job FAILED or CANCELLED,
+// 2 request refused (bad flags or a server error), 3 server unreachable.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "google/protobuf/util/time_util.h"
+#include "proto/util/proto_json.h"
+
+namespace ft::client {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitJobFailed = 1;
+constexpr int kExitRefused = 2;
+constexpr int kExitUnreachable = 3;
+
+constexpr char kUsage[] = R"(usage: ftctl [--server ADDR] [--output text|json] COMMAND [ARGS]
+
+Jobs:
+  submit --dataset URI --backbone NAME [--weights pretrained|none|URI]
+         [--freeze-depth N|all] [--epochs N] [--batch-size N] [--image-size N]
+         [--lr F] [--optimizer adam|adamw|sgd] [--val-split F] [--seed N]
+         [--name S] [--priority N] [--request-id S] [--follow]
+  get JOB                      show a job
+  list [--limit N]             list jobs, newest first
+  watch JOB [--from SEQ]       stream a job's events until it ends
+  cancel JOB                   cancel a queued or running job
+Models:
+  models list
+  models get MODEL
+  models download MODEL --dir DIR
+  models delete MODEL
+Other:
+  health                       check the server (grpc.health.v1)
+
+--server defaults to $FTCTL_SERVER, then 127.0.0.1:50051.
+Exit codes: 0 ok, 1 job failed or cancelled, 2 request refused, 3 server unreachable.
+)";
+
+// Parsed command line: positional words and --flag values.
+struct Args {
+  std::vector<std::string> words;
+  std::map<std::string, std::string> flags;
+  std::vector<std::string> bool_flags;
+};
+
+const std::vector<std::string>& BoolFlags() {
+  static const std::vector<std::string> kBool = {"follow", "help"};
+  return kBool;
+}
+
+absl::StatusOr<Args> Parse(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (absl::StartsWith(a, "--") && a.size() > 2) {
+      std::string name = a.substr(2), value;
+      bool has_value = false;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      if (std::find(BoolFlags().begin(), BoolFlags().end(), name) != BoolFlags().end()) {
+        args.flags[name] = has_value ? value : "true";
+        continue;
+      }
+      if (!has_value) {
+        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        value = argv[++i];
+      }
+      args.flags[name] = value;
+    } else {
+      args.words.push_back(a);
+    }
+  }
+  return args;
+}
+
+class Cli {
+ public:
+  Cli(Args args) : args_(std::move(args)) {}
+
+  int Run() {
+    json_ = Flag("output", "text") == "json";
+    if (Flag("output", "text") != "json" && Flag("output", "text") != "text") {
+      return Refuse("--output must be text or json");
+    }
+    if (args_.words.empty() || Has("help")) {
+      std::cout << kUsage;
+      return args_.words.empty() && !Has("help") ? kExitRefused : kExitOk;
+    }
+    const char* env = std::getenv("FTCTL_SERVER");
+    server_ = Flag("server", env && *env ? env : "127.0.0.1:50051");
+    client_ = std::make_unique<Client>(server_);
+    used_ = {"output", "server"};
+    const std::string cmd = args_.words[0];
+    int rc;
+    if (cmd == "submit") {
+      rc = Submit();
+    } else if (cmd == "get") {
+      rc = WithJobId([this](const std::string& id) { return PrintJob(client_->Get(id)); });
+    } else if (cmd == "list") {
+      rc = List();
+    } else if (cmd == "watch") {
+      rc = WithJobId([this](const std::string& id) {
+        int64_t from = 0;
+        if (Has("from") && (!absl::SimpleAtoi(Flag("from", ""), &from) || from < 0)) {
+          return Refuse("--from must be a non-negative sequence number");
+        }
+        used_.push_back("from");
+        return Follow(id, from);
+      });
+    } else if (cmd == "cancel") {
+      rc = WithJobId([this](const std::string& id) {
+        auto job = client_->Cancel(id);
+        if (!job.ok()) return Fail(job.status());
+        return PrintJob(job);
+      });
+    } else if (cmd == "models") {
+      rc = Models();
+    } else if (cmd == "health") {
+      auto s = client_->Health();
+      if (!s.ok()) return Fail(s);
+      std::cout << (json_ ? "{\"status\":\"SERVING\"}" : "SERVING") << std::endl;
+      rc = kExitOk;
+    } else {
+      return Refuse(absl::StrCat("unknown command '", cmd, "' (see ftctl --help)"));
+    }
+    return rc;
+  }
+
+ private:
+  bool Has(const std::string& f) const { return args_.flags.count(f) > 0; }
+  std::string Flag(const std::string& f, const std::string& def) const {
+    auto it = args_.flags.find(f);
+    return it == args_.flags.end() ? def : it->second;
+  }
+
+  int Refuse(const std::string& message) {
+    std::cerr << "ftctl: " << message << std::endl;
+    return kExitRefused;
+  }
+
+  int Fail(const absl::Status& s) {
+    if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
+      std::cerr << "ftctl: cannot reach finetuned at " << server_ << ": " << s.message() << std::endl;
+      return kExitUnreachable;
+    }
+    std::cerr << "ftctl: " << absl::StatusCodeToString(s.code()) << ": " << s.message() << std::endl;
+    return kExitRefused;
+  }
+
+  // Rejects flags this command does not take.
+  std::optional<int> CheckFlags(const std::vector<std::string>& allowed) {
+    for (const auto& [name, value] : args_.flags) {
+      if (std::find(used_.begin(), used_.end(), name) == used_.end() &&
+          std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+        return Refuse(absl::StrCat("unknown flag --", name, " for '", args_.words[0], "'"));
+      }
+    }
+    return std::nullopt;
+  }
+
+  template <typename F>
+  int WithJobId(F f) {
+    if (auto rc = CheckFlags({"from"})) return *rc;
+    if (args_.words.size() != 2) return Refuse(absl::StrCat(args_.words[0], " takes one JOB id"));
+    return f(args_.words[1]);
+  }
+
+  static std::string StateName(pb::JobState s) { return pb::JobState_Name(s); }
+
+  static std::string Time(const google::protobuf::Timestamp& t) {
+    if (t.seconds() == 0) return "-";
+    return google::protobuf::util::TimeUtil::ToString(t).substr(0, 19) + "Z";
+  }
+
+  int PrintJob(const absl::StatusOr<pb::Job>& job) {
+    if (!job.ok()) return Fail(job.status());
+    if (json_) {
+      std::cout << util::ToJson(*job) << std::endl;
+      return kExitOk;
+    }
+    const pb::Job& j = *job;
+    std::cout << absl::StrFormat("job       %s%s\n", j.id(), j.spec().name().empty() ? "" : " (" + j.spec().name() + ")");
+    std::cout << absl::StrFormat("state     %s%s (attempt %d)\n", StateName(j.state()),
+                                 j.cancel_requested() && j.state() == pb::RUNNING ? ", cancelling" : "",
+                                 j.attempts());
+    std::cout << absl::StrFormat("backbone  %s, weights %s, freeze_depth %d\n", j.spec().backbone(),
+                                 j.spec().weights_uri(), j.spec().freeze_depth());
+    std::cout << absl::StrFormat("dataset   %s\n", j.spec().dataset_uri());
+    std::cout << absl::StrFormat("training  %d epochs, batch %d, %dpx, %s lr %g, seed %d\n",
+                                 j.spec().epochs(), j.spec().batch_size(), j.spec().image_size(),
+                                 j.spec().optimizer(), j.spec().learning_rate(), j.spec().seed());
+    std::cout << absl::StrFormat("created   %s  started %s  ended %s\n", Time(j.create_time()),
+                                 Time(j.start_time()), Time(j.end_time()));
+    if (j.metrics().epochs_completed() > 0) {
+      std::cout << absl::StrFormat("metrics   val_accuracy %.4f  val_loss %.4f  train_loss %.4f  epochs %d\n",
+                                   j.metrics().val_accuracy(), j.metrics().val_loss(),
+                                   j.metrics().train_loss(), j.metrics().epochs_completed());
+    }
+    if (!j.model_id().empty()) std::cout << "model     " << j.model_id() << "\n";
+    if (!j.error().empty()) std::cout << "error     " << j.error() << "\n";
+    std::cout.flush();
+    return kExitOk;
+  }
+
+  int Submit() {
+    const std::vector<std::string> allowed = {
+        "dataset", "backbone", "weights", "freeze-depth", "epochs", "batch-size", "image-size", "lr",
+        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow"};
+    if (auto rc = CheckFlags(allowed)) return *rc;
+    if (args_.words.size() != 1) return Refuse("submit takes flags only");
+    pb::JobSpec spec;
+    spec.set_dataset_uri(Flag("dataset", ""));
+    spec.set_backbone(Flag("backbone", ""));
+    spec.set_weights_uri(Flag("weights", "none"));
+    spec.set_optimizer(Flag("optimizer", ""));
+    spec.set_name(Flag("name", ""));
+    if (spec.dataset_uri().empty()) return Refuse("submit needs --dataset URI");
+    if (spec.backbone().empty()) return Refuse("submit needs --backbone NAME");
+    // A local path is taken as a file:// URI, as users expect.
+    if (!absl::StrContains(spec.dataset_uri(), "://")) {
+      char buf[4096];
+      std::string p = spec.dataset_uri();
+      if (!p.empty() && p[0] != '/' && ::getcwd(buf, sizeof(buf))) p = absl::StrCat(buf, "/", p);
+      spec.set_dataset_uri(absl::StrCat("file://", p));
+    }
+    auto int_flag = [&](const std::string& name, auto setter) -> bool {
+      if (!Has(name)) return true;
+      int64_t v;
+      if (!absl::SimpleAtoi(Flag(name, ""), &v) || v < INT32_MIN || v > INT32_MAX) {
+        Refuse(absl::StrCat("--", name, " must be an integer, got '", Flag(name, ""), "'"));
+        return false;
+      }
+      setter(v);
+      return true;
+    };
+    if (Has("freeze-depth") && Flag("freeze-depth", "") == "all") {
+      spec.set_freeze_depth(-1);
+    } else if (!int_flag("freeze-depth", [&](int64_t v) { spec.set_freeze_depth(static_cast<int32_t>(v)); })) {
+      return kExitRefused;
+    }
+    if (!int_flag("epochs", [&](int64_t v) { spec.set_epochs(static_cast<int32_t>(v)); }) ||
+        !int_flag("batch-size", [&](int64_t v) { spec.set_batch_size(static_cast<int32_t>(v)); }) ||
+        !int_flag("image-size", [&](int64_t v) { spec.set_image_size(static_cast<int32_t>(v)); }) ||
+        !int_flag("priority", [&](int64_t v) { spec.set_priority(static_cast<int32_t>(v)); }) ||
+        !int_flag("seed", [&](int64_t v) { spec.set_seed(v); })) {
+      return kExitRefused;
+    }
+    for (const auto& [flag, setter] :
+         std::vector<std::pair<std::string, std::function<void(float)>>>{
+             {"lr", [&](float v) { spec.set_learning_rate(v); }},
+             {"val-split", [&](float v) { spec.set_val_split(v); }}}) {
+      if (!Has(flag)) continue;
+      float v;
+      if (!absl::SimpleAtof(Flag(flag, ""), &v) || !std::isfinite(v)) {
+        return Refuse(absl::StrCat("--", flag, " must be a number, got '", Flag(flag, ""), "'"));
+      }
+      setter(v);
+    }
+    std::string request_id = Flag("request-id", "");
+    if (request_id.empty()) {
+      std::random_device rd;
+      request_id = absl::StrFormat("ftctl-%08x%08x", rd(), rd());
+    }
+    auto job = client_->Submit(spec, request_id);
+    if (!job.ok()) return Fail(job.status());
+    if (!Has("follow")) return PrintJob(job);
+    if (!json_) std::cout << "submitted " << job->id() << std::endl;
+    return Follow(job->id(), 0);
+  }
+
+  int List() {
+    if (auto rc = CheckFlags({"limit"})) return *rc;
+    int limit = 100;
+    if (Has("limit") && !absl::SimpleAtoi(Flag("limit", ""), &limit)) return Refuse("--limit must be an integer");
+    auto jobs = client_->List(limit);
+    if (!jobs.ok()) return Fail(jobs.status());
+    if (json_) {
+      pb::ListJobsResponse resp;
+      for (auto& j : *jobs) *resp.add_jobs() = j;
+      std::cout << util::ToJson(resp) << std::endl;
+      return kExitOk;
+    }
+    std::cout << absl::StrFormat("%-20s %-10s %-10s %-8s %-9s %s\n", "JOB", "STATE", "BACKBONE", "EPOCHS",
+                                 "VAL_ACC", "NAME");
+    for (const auto& j : *jobs) {
+      std::cout << absl::StrFormat(
+          "%-20s %-10s %-10s %-8s %-9s %s\n", j.id(), StateName(j.state()), j.spec().backbone(),
+          absl::StrCat(j.metrics().epochs_completed(), "/", j.spec().epochs()),
+          j.metrics().epochs_completed() > 0 ? absl::StrFormat("%.4f", j.metrics().val_accuracy()) : "-",
+          j.spec().name());
+    }
+    return kExitOk;
+  }
+
+  int Models() {
+    if (args_.words.size() < 2) return Refuse("models needs list, get, download or delete");
+    const std::string sub = args_.words[1];
+    if (sub == "list") {
+      if (auto rc = CheckFlags({})) return *rc;
+      auto models = client_->ListModels();
+      if (!models.ok()) return Fail(models.status());
+      if (json_) {
+        pb::ListModelsResponse resp;
+        for (auto& m : *models) *resp.add_models() = m;
+        std::cout << util::ToJson(resp) << std::endl;
+        return kExitOk;
+      }
+      std::cout << absl::StrFormat("%-18s %-20s %-10s %-8s %-9s %s\n", "MODEL", "JOB", "BACKBONE", "CLASSES",
+                                   "VAL_ACC", "SIZE");
+      for (const auto& m : *models) {
+        std::cout << absl::StrFormat("%-18s %-20s %-10s %-8d %-9.4f %.1f MB\n", m.id(), m.job_id(), m.backbone(),
+                                     m.classes_size(), m.metrics().val_accuracy(), m.size_bytes() / 1e6);
+      }
+      return kExitOk;
+    }
+    if (args_.words.size() != 3) return Refuse(absl::StrCat("models ", sub, " takes one MODEL id"));
+    const std::string id = args_.words[2];
+    if (sub == "get") {
+      if (auto rc = CheckFlags({})) return *rc;
+      auto model = client_->GetModel(id);
+      if (!model.ok()) return Fail(model.status());
+      std::cout << util::ToJson(*model) << std::endl;
+      return kExitOk;
+    }
+    if (sub == "delete") {
+      if (auto rc = CheckFlags({})) return *rc;
+      auto s = client_->DeleteModel(id);
+      if (!s.ok()) return Fail(s);
+      if (!json_) std::cout << "deleted " << id << std::endl;
+      return kExitOk;
+    }
+    if (sub == "download") {
+      if (auto rc = CheckFlags({"dir"})) return *rc;
+      if (!Has("dir")) return Refuse("models download needs --dir DIR");
+      auto files = client_->DownloadModel(id, Flag("dir", ""));
+      if (!files.ok()) return Fail(files.status());
+      if (json_) {
+        std::cout << "{\"files\":[\"" << absl::StrJoin(*files, "\",\"") << "\"]}" << std::endl;
+      } else {
+        for (const auto& f : *files) std::cout << f << std::endl;
+      }
+      return kExitOk;
+    }
+    return Refuse(absl::StrCat("unknown models command '", sub, "'"));
+  }
+
+  // Streams events; text mode draws a live progress line on a terminal.
+  int Follow(const std::string& job_id, int64_t from) {
+    const bool tty = ::isatty(STDOUT_FILENO);
+    bool bar_open = false;
+    auto end_bar = [&] {
+      if (bar_open) std::cout << std::endl;
+      bar_open = false;
+    };
+    auto on_event = [&](const pb::JobEvent& e) {
+      if (json_) {
+        std::cout << util::ToJson(e) << std::endl;
+        return;
+      }
+      if (e.has_progress()) {
+        const auto& p = e.progress();
+        std::string line;
+        if (p.phase() == "train") {
+          const int width = 24;
+          const int filled = p.steps_per_epoch() > 0
+                                 ? static_cast<int>(width * p.step() / p.steps_per_epoch())
+                                 : 0;
+          const int eta = static_cast<int>(p.eta_seconds());
+          line = absl::StrFormat("epoch %d/%d [%s%s] step %d/%d  loss %.4f  %.0f img/s  ETA %d:%02d",
+                                 p.epoch(), p.epochs(), std::string(filled, '#'),
+                                 std::string(width - filled, '.'), p.step(), p.steps_per_epoch(), p.loss(),
+                                 p.images_per_second(), eta / 60, eta % 60);
+        } else if (p.phase() == "validate") {
+          line = absl::StrFormat("epoch %d/%d validating...", p.epoch(), p.epochs());
+        } else {
+          line = absl::StrCat(p.phase(), "...");
+        }
+        if (tty) {
+          std::cout << "\r\033[K" << line << std::flush;
+          bar_open = true;
+        } else {
+          std::cout << line << std::endl;
+        }
+        return;
+      }
+      end_bar();
+      if (e.has_epoch()) {
+        const auto& s = e.epoch();
+        std::cout << absl::StrFormat(
+                         "epoch %d: train_loss %.4f train_acc %.4f | val_loss %.4f val_acc %.4f | %.0f img/s, "
+                         "%.1fs (loader wait %.1fs)",
+                         s.epoch(), s.train_loss(), s.train_accuracy(), s.val_loss(), s.val_accuracy(),
+                         s.images_per_second(), s.epoch_seconds(), s.loader_wait_seconds())
+                  << std::endl;
+      } else if (e.has_state_changed()) {
+        std::cout << "[" << StateName(e.state_changed().state()) << "] " << e.state_changed().message()
+                  << std::endl;
+      } else if (e.has_log()) {
+        std::cout << e.log().level() << ": " << e.log().message() << std::endl;
+      }
+    };
+    auto job = client_->Watch(job_id, from, on_event);
+    end_bar();
+    if (!job.ok()) return Fail(job.status());
+    if (json_) {
+      std::cout << util::ToJson(*job) << std::endl;
+    } else {
+      PrintJob(job);
+    }
+    return job->state() == pb::SUCCEEDED ? kExitOk : kExitJobFailed;
+  }
+
+  Args args_;
+  bool json_ = false;
+  std::string server_;
+  std::unique_ptr<Client> client_;
+  std::vector<std::string> used_;
+};
+
+}  // namespace
+}  // namespace ft::client
+
+int main(int argc, char** argv) {
+  auto args = ft::client::Parse(argc, argv);
+  if (!args.ok()) {
+    std::cerr << "ftctl: " << args.status().message() << std::endl;
+    return ft::client::kExitRefused;
+  }
+  return ft::client::Cli(*std::move(args)).Run();
+}

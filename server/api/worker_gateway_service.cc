@@ -1,0 +1,124 @@
+#include "server/api/worker_gateway_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/api/model_files.h"
+#include "server/api/status.h"
+
+namespace ft::server {
+namespace {
+constexpr int kMaxLeaseWaitSeconds = 30;
+}  // namespace
+
+grpc::Status WorkerGatewayService::LeaseJob(grpc::ServerContext* ctx,
+                                            const pb::LeaseJobRequest* request,
+                                            pb::LeaseJobResponse* response) {
+  if (request->worker().worker_id().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("worker.worker_id: is required"));
+  }
+  const int wait = std::clamp(request->wait_seconds(), 0, kMaxLeaseWaitSeconds);
+  auto leased = manager_->Lease(request->worker(), absl::Seconds(wait));
+  if (!leased.ok()) return ToGrpcStatus(leased.status());
+  if (leased->has_value()) {
+    response->set_leased(true);
+    *response->mutable_lease() = (*leased)->lease;
+    *response->mutable_job() = (*leased)->job;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::RunJob(
+    grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::ServerMessage, pb::WorkerMessage>* stream) {
+  pb::WorkerMessage msg;
+  if (!stream->Read(&msg) || !msg.has_hello()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("RunJob must start with hello"));
+  }
+  const std::string job_id = msg.hello().job_id();
+  const std::string lease_id = msg.hello().lease_id();
+  if (auto s = manager_->CheckLease(job_id, lease_id); !s.ok()) {
+    pb::ServerMessage lost;
+    lost.set_lease_lost(true);
+    stream->Write(lost);
+    return ToGrpcStatus(s);
+  }
+  bool cancel_sent = false;
+  auto lose_lease = [&](const absl::Status& s) {
+    pb::ServerMessage lost;
+    lost.set_lease_lost(true);
+    stream->Write(lost);
+    return ToGrpcStatus(s);
+  };
+  while (stream->Read(&msg)) {
+    if (msg.has_heartbeat()) {
+      auto job = manager_->Heartbeat(job_id, lease_id);
+      if (!job.ok()) return lose_lease(job.status());
+      if (job->cancel_requested() && !cancel_sent) {
+        pb::ServerMessage cancel;
+        cancel.mutable_cancel()->set_reason("cancelled by user");
+        stream->Write(cancel);
+        cancel_sent = true;
+      }
+    } else if (msg.has_event()) {
+      auto s = manager_->RecordEvent(job_id, lease_id, msg.event());
+      if (absl::IsFailedPrecondition(s) || absl::IsNotFound(s)) return lose_lease(s);
+      if (!s.ok()) return ToGrpcStatus(s);
+    } else if (msg.has_result()) {
+      pb::JobResult result = msg.result();
+      // A worker that stopped because it was asked to reports CANCELLED.
+      auto job = manager_->Finish(job_id, lease_id, result);
+      return ToGrpcStatus(job.status());
+    }
+  }
+  // The stream broke without a result: the worker is gone.
+  manager_->ReleaseLease(job_id, lease_id);
+  return grpc::Status(grpc::StatusCode::CANCELLED, "worker stream ended without a result");
+}
+
+grpc::Status WorkerGatewayService::UploadModel(grpc::ServerContext* ctx,
+                                               grpc::ServerReader<pb::UploadModelChunk>* reader,
+                                               pb::UploadModelResponse* response) {
+  pb::UploadModelChunk chunk;
+  if (!reader->Read(&chunk) || !chunk.has_header()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("UploadModel must start with a header"));
+  }
+  const pb::UploadModelHeader header = chunk.header();
+  if (auto s = manager_->CheckLease(header.job_id(), header.lease_id()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  auto upload = manager_->models()->BeginUpload();
+  if (!upload.ok()) return ToGrpcStatus(upload.status());
+  while (reader->Read(&chunk)) {
+    if (!chunk.has_data()) {
+      return ToGrpcStatus(absl::InvalidArgumentError("UploadModel: a second header"));
+    }
+    if (auto s = (*upload)->Append(chunk.data()); !s.ok()) return ToGrpcStatus(s);
+  }
+  auto job = manager_->Get(header.job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  auto model = manager_->models()->Commit(*std::move(upload), header.size_bytes(), header.sha256(),
+                                          header.job_id(), job->spec().name(),
+                                          header.metadata_json());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  response->set_model_id(model->id());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::FetchModel(grpc::ServerContext* ctx,
+                                              const pb::FetchModelRequest* request,
+                                              grpc::ServerWriter<pb::ModelChunk>* writer) {
+  auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"model.pt"});
+  if (!reader.ok()) return ToGrpcStatus(reader.status());
+  pb::ModelChunk chunk;
+  while (true) {
+    auto more = (*reader)->Next(&chunk);
+    if (!more.ok()) return ToGrpcStatus(more.status());
+    if (!*more) return grpc::Status::OK;
+    if (!writer->Write(chunk)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "worker went away");
+    }
+  }
+}
+
+}  // namespace ft::server

@@ -1,0 +1,31 @@
+#ifndef FT_SERVER_API_WORKER_GATEWAY_SERVICE_H_
+#define FT_SERVER_API_WORKER_GATEWAY_SERVICE_H_
+
+#include "finetune/v1/worker.grpc.pb.h"
+#include "server/jobs/job_manager.h"
+
+namespace ft::server {
+
+// The internal WorkerGateway. Synchronous on purpose: each call belongs to
+// one worker (a handful per server), and LeaseJob long-polls.
+class WorkerGatewayService final : public pb::WorkerGateway::Service {
+ public:
+  // `manager` is not owned and must outlive the service.
+  explicit WorkerGatewayService(JobManager* manager) : manager_(manager) {}
+
+  grpc::Status LeaseJob(grpc::ServerContext* ctx, const pb::LeaseJobRequest* request,
+                        pb::LeaseJobResponse* response) override;
+  grpc::Status RunJob(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<pb::ServerMessage, pb::WorkerMessage>* stream) override;
+  grpc::Status UploadModel(grpc::ServerContext* ctx, grpc::ServerReader<pb::UploadModelChunk>* reader,
+                           pb::UploadModelResponse* response) override;
+  grpc::Status FetchModel(grpc::ServerContext* ctx, const pb::FetchModelRequest* request,
+                          grpc::ServerWriter<pb::ModelChunk>* writer) override;
+
+ private:
+  JobManager* manager_;
+};
+
+}  // namespace ft::server
+
+#endif  // FT_SERVER_API_WORKER_GATEWAY_SERVICE_H_

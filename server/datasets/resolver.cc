@@ -1,0 +1,125 @@
+#include "server/datasets/resolver.h"
+
+#include <filesystem>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace ft::datasets {
+namespace fs = std::filesystem;
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+absl::StatusOr<std::string> PercentDecode(absl::string_view s, const std::string& field) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size() + 0 || HexValue(s[i + 1]) < 0 || HexValue(s[i + 2]) < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": bad percent-escape in URI"));
+      }
+      out.push_back(static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  if (out.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": NUL byte in URI"));
+  }
+  return out;
+}
+
+bool IsInside(const fs::path& p, const fs::path& root) {
+  auto pi = p.begin();
+  for (auto ri = root.begin(); ri != root.end(); ++ri, ++pi) {
+    if (ri->empty()) continue;  // trailing slash
+    if (pi == p.end() || *pi != *ri) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field) {
+  constexpr absl::string_view kScheme = "file://";
+  if (uri.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  if (!absl::StartsWith(uri, kScheme)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": unsupported URI '", uri, "'; use file:///absolute/path"));
+  }
+  absl::string_view rest = absl::string_view(uri).substr(kScheme.size());
+  absl::string_view query;
+  if (size_t q = rest.find('?'); q != absl::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  DatasetUri out;
+  auto path = PercentDecode(rest, field);
+  if (!path.ok()) return path.status();
+  out.path = *path;
+  if (out.path.empty() || out.path[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": '", uri, "' is not an absolute file URI (file:///abs/path)"));
+  }
+  for (absl::string_view kv : absl::StrSplit(query, '&', absl::SkipEmpty())) {
+    std::vector<std::string> parts = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    const std::string key = parts[0];
+    const std::string value = parts.size() > 1 ? parts[1] : "";
+    if (key == "classes") {
+      for (absl::string_view c : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+        auto name = PercentDecode(c, field);
+        if (!name.ok()) return name.status();
+        out.options.classes.push_back(*name);
+      }
+    } else if (key == "max_per_class" || key == "max_val_per_class") {
+      int n = 0;
+      if (!absl::SimpleAtoi(value, &n) || n < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": ", key, " must be a non-negative integer, got '", value, "'"));
+      }
+      (key == "max_per_class" ? out.options.max_per_class : out.options.max_val_per_class) = n;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": unknown query parameter '", key,
+          "' (known: classes, max_per_class, max_val_per_class)"));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> ResolveInside(const std::string& path,
+                                          const std::vector<std::string>& roots,
+                                          const std::string& what) {
+  std::error_code ec;
+  // weakly_canonical resolves symlinks of the existing prefix and ".." lexically
+  // for the rest, so "root/../etc" and a symlink out of a root both land outside.
+  const fs::path resolved = fs::weakly_canonical(fs::path(path), ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat(what, " ", path, " cannot be resolved"));
+  bool inside = false;
+  for (const auto& root : roots) {
+    const fs::path r = fs::weakly_canonical(fs::path(root), ec);
+    if (!ec && IsInside(resolved, r)) {
+      inside = true;
+      break;
+    }
+  }
+  if (!inside) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, " ", path, " is outside the server's allowed roots (--dataset-roots)"));
+  }
+  if (!fs::exists(resolved, ec)) {
+    return absl::NotFoundError(absl::StrCat(what, " ", path, " does not exist"));
+  }
+  return resolved.string();
+}
+
+}  // namespace ft::datasets

@@ -1,0 +1,32 @@
+#ifndef FT_SERVER_DATASETS_RESOLVER_H_
+#define FT_SERVER_DATASETS_RESOLVER_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/datasets/layout.h"
+
+namespace ft::datasets {
+
+// A parsed file:// URI with its query options.
+struct DatasetUri {
+  std::string path;  // as written, percent-decoded
+  LayoutOptions options;
+};
+
+// Parses "file:///abs/dir?classes=a,b&max_per_class=N&max_val_per_class=N".
+// INVALID_ARGUMENT naming `field` on a malformed URI.
+absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field);
+
+// The sandbox: `path` resolved (symlinks and ".." included) must lie inside
+// one of `roots`. Returns the canonical path. PERMISSION_DENIED when outside
+// (also for paths that do not exist, so nothing leaks about the outside),
+// NOT_FOUND when inside but missing.
+absl::StatusOr<std::string> ResolveInside(const std::string& path,
+                                          const std::vector<std::string>& roots,
+                                          const std::string& what);
+
+}  // namespace ft::datasets
+
+#endif  // FT_SERVER_DATASETS_RESOLVER_H_

@@ -1,0 +1,296 @@
+#include "server/jobs/job_manager.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "proto/util/status.h"
+#include "server/datasets/layout.h"
+#include "server/datasets/resolver.h"
+#include "worker/catalog/catalog.h"
+
+namespace ft::server {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kDefaultEpochs = 3;
+constexpr int kMaxEpochs = 10000;
+constexpr int kDefaultBatchSize = 32;
+constexpr int kMaxBatchSize = 4096;
+constexpr int kDefaultImageSize = 224;
+constexpr int kMinImageSize = 16;
+constexpr int kMaxImageSize = 1024;
+constexpr float kDefaultLearningRate = 1e-3f;
+constexpr float kDefaultValSplit = 0.2f;
+
+absl::Status Invalid(const std::string& field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+// Defaults are applied here, once, so that what is stored and shown is what runs.
+absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** backbone) {
+  if (spec->backbone().empty()) return Invalid("backbone", "is required");
+  *backbone = catalog::FindBackbone(spec->backbone());
+  if (*backbone == nullptr) {
+    return Invalid("backbone", absl::StrCat("unknown backbone '", spec->backbone(),
+                                            "'; known: ", catalog::BackboneNames()));
+  }
+  if (spec->epochs() < 0 || spec->epochs() > kMaxEpochs) {
+    return Invalid("epochs", absl::StrCat("must be between 1 and ", kMaxEpochs, ", got ", spec->epochs()));
+  }
+  if (spec->epochs() == 0) spec->set_epochs(kDefaultEpochs);
+  if (spec->batch_size() < 0 || spec->batch_size() > kMaxBatchSize) {
+    return Invalid("batch_size",
+                   absl::StrCat("must be between 1 and ", kMaxBatchSize, ", got ", spec->batch_size()));
+  }
+  if (spec->batch_size() == 0) spec->set_batch_size(kDefaultBatchSize);
+  if (spec->image_size() == 0) spec->set_image_size(kDefaultImageSize);
+  if (spec->image_size() < kMinImageSize || spec->image_size() > kMaxImageSize) {
+    return Invalid("image_size", absl::StrCat("must be between ", kMinImageSize, " and ",
+                                              kMaxImageSize, ", got ", spec->image_size()));
+  }
+  if (!std::isfinite(spec->learning_rate()) || spec->learning_rate() < 0 ||
+      spec->learning_rate() > 10) {
+    return Invalid("learning_rate",
+                   absl::StrCat("must be a positive number up to 10, got ", spec->learning_rate()));
+  }
+  if (spec->learning_rate() == 0) spec->set_learning_rate(kDefaultLearningRate);
+  if (spec->optimizer().empty()) spec->set_optimizer("adam");
+  if (spec->optimizer() != "adam" && spec->optimizer() != "sgd" && spec->optimizer() != "adamw") {
+    return Invalid("optimizer",
+                   absl::StrCat("unknown optimizer '", spec->optimizer(), "'; known: adam, adamw, sgd"));
+  }
+  const int stages = static_cast<int>((*backbone)->stages.size());
+  if (spec->freeze_depth() < -1 || spec->freeze_depth() > stages) {
+    return Invalid("freeze_depth",
+                   absl::StrCat("must be -1 (all) or between 0 and ", stages, " (", spec->backbone(),
+                                " stages: ", absl::StrJoin((*backbone)->stages, ", "), "), got ",
+                                spec->freeze_depth()));
+  }
+  if (!std::isfinite(spec->val_split()) || spec->val_split() < 0 || spec->val_split() >= 1) {
+    return Invalid("val_split", absl::StrCat("must be in [0, 1), got ", spec->val_split()));
+  }
+  if (spec->val_split() == 0) spec->set_val_split(kDefaultValSplit);
+  if (spec->seed() < 0) return Invalid("seed", "must be non-negative");
+  if (spec->name().size() > 256) return Invalid("name", "is longer than 256 characters");
+  if (spec->weights_uri().empty()) spec->set_weights_uri("none");
+  return absl::OkStatus();
+}
+
+std::vector<std::string> PretrainedDirs(const std::string& weights_dir) {
+  std::vector<std::string> dirs;
+  if (!weights_dir.empty()) dirs.push_back(weights_dir);
+  if (const char* th = std::getenv("TORCH_HOME"); th && *th) {
+    dirs.push_back(absl::StrCat(th, "/hub/checkpoints"));
+  } else if (const char* home = std::getenv("HOME"); home && *home) {
+    dirs.push_back(absl::StrCat(home, "/.cache/torch/hub/checkpoints"));
+  }
+  return dirs;
+}
+
+}  // namespace
+
+JobManager::JobManager(const JobManagerOptions& options, JobStore* store, EventHub* hub,
+                       FilesystemModelStore* models)
+    : options_(options), store_(store), hub_(hub), models_(models) {}
+
+JobManager::~JobManager() { Shutdown(); }
+
+void JobManager::Start() { sweeper_ = std::thread([this] { SweepLoop(); }); }
+
+void JobManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    ++queue_generation_;
+  }
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
+  pb::ResolvedJob resolved;
+  pb::JobSpec* spec = resolved.mutable_spec();
+  *spec = in;
+  const catalog::BackboneInfo* backbone = nullptr;
+  FT_RETURN_IF_ERROR(ValidateFields(spec, &backbone));
+
+  // Weights, before the (slower) dataset scan.
+  const std::string& w = spec->weights_uri();
+  if (w == "none") {
+  } else if (w == "pretrained") {
+    std::vector<std::string> tried;
+    for (const auto& dir : PretrainedDirs(options_.weights_dir)) {
+      for (const auto& file : backbone->pretrained_files) {
+        std::error_code ec;
+        const fs::path p = fs::path(dir) / file;
+        if (fs::is_regular_file(p, ec)) {
+          resolved.set_weights_path(p.string());
+          break;
+        }
+        tried.push_back(p.string());
+      }
+      if (!resolved.weights_path().empty()) break;
+    }
+    if (resolved.weights_path().empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "weights_uri: no pretrained weights for ", spec->backbone(), "; looked for ",
+          absl::StrJoin(tried, ", "), ". Put torchvision's file in --weights-dir"));
+    }
+  } else if (absl::StartsWith(w, "model://")) {
+    const std::string id = w.substr(strlen("model://"));
+    auto model = models_->Get(id);
+    if (!model.ok()) {
+      if (absl::IsInvalidArgument(model.status())) {
+        return Invalid("weights_uri", std::string(model.status().message()));
+      }
+      return absl::NotFoundError(absl::StrCat("weights_uri: no model with id '", id, "'"));
+    }
+    if (model->backbone() != spec->backbone()) {
+      return Invalid("weights_uri", absl::StrCat("model ", id, " is a ", model->backbone(),
+                                                 ", but the job's backbone is ", spec->backbone()));
+    }
+    resolved.set_weights_model_id(id);
+  } else if (absl::StartsWith(w, "file://")) {
+    FT_ASSIGN_OR_RETURN(datasets::DatasetUri uri, datasets::ParseDatasetUri(w, "weights_uri"));
+    std::vector<std::string> roots = options_.dataset_roots;
+    if (!options_.weights_dir.empty()) roots.push_back(options_.weights_dir);
+    FT_ASSIGN_OR_RETURN(std::string path, datasets::ResolveInside(uri.path, roots, "weights file"));
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+      return Invalid("weights_uri", absl::StrCat(uri.path, " is not a file"));
+    }
+    resolved.set_weights_path(path);
+  } else {
+    return Invalid("weights_uri", absl::StrCat("unsupported weights '", w,
+                                               "'; use none, pretrained, file:///path or model://ID"));
+  }
+
+  FT_ASSIGN_OR_RETURN(datasets::DatasetUri uri,
+                      datasets::ParseDatasetUri(spec->dataset_uri(), "dataset_uri"));
+  FT_ASSIGN_OR_RETURN(std::string path,
+                      datasets::ResolveInside(uri.path, options_.dataset_roots, "dataset"));
+  uri.options.val_split = spec->val_split();
+  uri.options.seed = static_cast<uint64_t>(spec->seed());
+  FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(path, uri.options));
+  resolved.set_dataset_path(path);
+  resolved.set_dataset_format(layout.format);
+  for (const auto& c : uri.options.classes) resolved.add_dataset_classes(c);
+  resolved.set_max_per_class(uri.options.max_per_class);
+  resolved.set_max_val_per_class(uri.options.max_val_per_class);
+  return resolved;
+}
+
+absl::StatusOr<pb::Job> JobManager::Submit(const pb::JobSpec& spec, const std::string& request_id) {
+  if (request_id.size() > 128) return Invalid("request_id", "is longer than 128 characters");
+  FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, Resolve(spec));
+  FT_ASSIGN_OR_RETURN(pb::Job job, store_->CreateJob(resolved, request_id));
+  hub_->Notify(job.id());
+  WakeLeasers();
+  return job;
+}
+
+absl::StatusOr<pb::Job> JobManager::Get(const std::string& job_id) {
+  if (job_id.empty()) return Invalid("job_id", "is required");
+  return store_->GetJob(job_id);
+}
+
+absl::StatusOr<std::vector<pb::Job>> JobManager::List(const std::vector<pb::JobState>& states,
+                                                      int limit) {
+  if (limit <= 0) limit = 100;
+  return store_->ListJobs(states, std::min(limit, 10000));
+}
+
+absl::StatusOr<pb::Job> JobManager::Cancel(const std::string& job_id) {
+  if (job_id.empty()) return Invalid("job_id", "is required");
+  FT_ASSIGN_OR_RETURN(pb::Job job, store_->RequestCancel(job_id));
+  hub_->Notify(job_id);
+  return job;
+}
+
+void JobManager::WakeLeasers() {
+  absl::MutexLock lock(&mu_);
+  ++queue_generation_;
+}
+
+absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo& worker,
+                                                           absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  while (true) {
+    int64_t generation;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return std::optional<LeasedJob>();
+      generation = queue_generation_;
+    }
+    FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased, store_->LeaseNext(worker, options_.lease_ttl));
+    if (leased.has_value()) {
+      hub_->Notify(leased->lease.job_id());
+      return leased;
+    }
+    absl::MutexLock lock(&mu_);
+    auto changed = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return queue_generation_ != generation;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
+      return std::optional<LeasedJob>();
+    }
+  }
+}
+
+absl::StatusOr<pb::Job> JobManager::Heartbeat(const std::string& job_id,
+                                              const std::string& lease_id) {
+  return store_->RenewLease(job_id, lease_id, options_.lease_ttl);
+}
+
+absl::Status JobManager::RecordEvent(const std::string& job_id, const std::string& lease_id,
+                                     pb::JobEvent event) {
+  FT_RETURN_IF_ERROR(store_->AppendEvent(job_id, lease_id, std::move(event)).status());
+  hub_->Notify(job_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::Job> JobManager::Finish(const std::string& job_id, const std::string& lease_id,
+                                           const pb::JobResult& result) {
+  if (result.state() == pb::SUCCEEDED) {
+    FT_RETURN_IF_ERROR(models_->Get(result.model_id()).status());
+  }
+  FT_ASSIGN_OR_RETURN(pb::Job job, store_->FinishJob(job_id, lease_id, result));
+  hub_->Notify(job_id);
+  return job;
+}
+
+void JobManager::ReleaseLease(const std::string& job_id, const std::string& lease_id) {
+  if (store_->ReleaseLease(job_id, lease_id).ok()) Sweep();
+}
+
+absl::Status JobManager::CheckLease(const std::string& job_id, const std::string& lease_id) {
+  return store_->CheckLease(job_id, lease_id);
+}
+
+void JobManager::Sweep() {
+  auto expired = store_->ExpireLeases(options_.max_attempts);
+  if (!expired.ok()) return;
+  bool requeued = false;
+  for (const auto& e : *expired) {
+    hub_->Notify(e.job_id);
+    requeued |= e.new_state == pb::QUEUED;
+  }
+  if (requeued) WakeLeasers();
+}
+
+void JobManager::SweepLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.sweep_interval)) return;
+    }
+    Sweep();
+  }
+}
+
+}  // namespace ft::server

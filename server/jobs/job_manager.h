@@ -1,0 +1,95 @@
+#ifndef FT_SERVER_JOBS_JOB_MANAGER_H_
+#define FT_SERVER_JOBS_JOB_MANAGER_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/events/event_hub.h"
+#include "server/jobs/job_store.h"
+#include "server/models/model_store.h"
+
+namespace ft::server {
+
+struct JobManagerOptions {
+  // The only places file:// datasets and weights may be read from.
+  std::vector<std::string> dataset_roots;
+  // Where `pretrained` weights are looked up first, then
+  // $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints).
+  std::string weights_dir;
+  // How long a lease lives without a heartbeat.
+  absl::Duration lease_ttl = absl::Seconds(30);
+  // A job whose worker is lost this many times fails.
+  int max_attempts = 3;
+  // How often expired leases are swept.
+  absl::Duration sweep_interval = absl::Seconds(1);
+};
+
+// The service core, knowing nothing of gRPC: validates and queues jobs,
+// hands them to workers, records their events and results. Thread-safe.
+// Owns the lease-sweeper thread; Shutdown() (or the destructor) joins it.
+class JobManager {
+ public:
+  // `store`, `hub` and `models` are not owned and must outlive the manager.
+  JobManager(const JobManagerOptions& options, JobStore* store, EventHub* hub,
+             FilesystemModelStore* models);
+  ~JobManager();
+  JobManager(const JobManager&) = delete;
+  JobManager& operator=(const JobManager&) = delete;
+
+  void Start();
+  void Shutdown();
+
+  // Pre-flight validation, then queueing. Errors as in DESIGN.md: malformed
+  // fields INVALID_ARGUMENT naming the field, missing data or weights
+  // NOT_FOUND, outside the roots PERMISSION_DENIED, untrainable data
+  // FAILED_PRECONDITION.
+  absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id);
+  // Validation alone: the ResolvedJob a worker would get.
+  absl::StatusOr<pb::ResolvedJob> Resolve(const pb::JobSpec& spec);
+  absl::StatusOr<pb::Job> Get(const std::string& job_id);
+  absl::StatusOr<std::vector<pb::Job>> List(const std::vector<pb::JobState>& states, int limit);
+  absl::StatusOr<pb::Job> Cancel(const std::string& job_id);
+
+  // Waits up to `wait` for a queued job and leases it to `worker`.
+  absl::StatusOr<std::optional<LeasedJob>> Lease(const pb::WorkerInfo& worker,
+                                                 absl::Duration wait);
+  // Renews the lease; the returned job says whether cancellation was asked.
+  absl::StatusOr<pb::Job> Heartbeat(const std::string& job_id, const std::string& lease_id);
+  absl::Status RecordEvent(const std::string& job_id, const std::string& lease_id,
+                           pb::JobEvent event);
+  absl::StatusOr<pb::Job> Finish(const std::string& job_id, const std::string& lease_id,
+                                 const pb::JobResult& result);
+  // The worker's stream ended without a result: the job goes back to the
+  // queue now rather than when the lease would have expired.
+  void ReleaseLease(const std::string& job_id, const std::string& lease_id);
+  absl::Status CheckLease(const std::string& job_id, const std::string& lease_id);
+
+  JobStore* store() { return store_; }
+  EventHub* hub() { return hub_; }
+  FilesystemModelStore* models() { return models_; }
+
+ private:
+  void SweepLoop();
+  void Sweep();
+  void WakeLeasers();
+
+  JobManagerOptions options_;
+  JobStore* store_;
+  EventHub* hub_;
+  FilesystemModelStore* models_;
+
+  absl::Mutex mu_;
+  int64_t queue_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread sweeper_;
+};
+
+}  // namespace ft::server
+
+#endif  // FT_SERVER_JOBS_JOB_MANAGER_H_

@@ -1,0 +1,93 @@
+#ifndef FT_SERVER_JOBS_JOB_STORE_H_
+#define FT_SERVER_JOBS_JOB_STORE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "finetune/v1/finetune.pb.h"
+#include "finetune/v1/worker.pb.h"
+
+namespace ft::server {
+
+namespace pb = ::finetune::v1;
+
+// A job leased to a worker.
+struct LeasedJob {
+  pb::Lease lease;
+  pb::ResolvedJob job;
+};
+
+// A job whose lease ran out, and what became of it.
+struct ExpiredLease {
+  std::string job_id;
+  pb::JobState new_state;
+};
+
+// Durable state of every job: the queue (priority, then FIFO), leases, and
+// each job's numbered event log. Every state change appends its
+// StateChanged event in the same transaction, so the log and the job never
+// disagree.
+//
+// Implementations are thread-safe. Errors: NOT_FOUND for an unknown job,
+// FAILED_PRECONDITION for a lease that is no longer valid, INTERNAL for a
+// storage failure.
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+
+  // Queues a new job. If `request_id` is non-empty and a job was already
+  // created with it, returns that job instead.
+  virtual absl::StatusOr<pb::Job> CreateJob(const pb::ResolvedJob& job,
+                                            const std::string& request_id) = 0;
+  virtual absl::StatusOr<pb::Job> GetJob(const std::string& job_id) = 0;
+  // Newest first. An empty `states` means every state.
+  virtual absl::StatusOr<std::vector<pb::Job>> ListJobs(
+      const std::vector<pb::JobState>& states, int limit) = 0;
+  // Number of queued jobs ahead of and including `job_id`; 0 if not queued.
+  virtual absl::StatusOr<int> QueuePosition(const std::string& job_id) = 0;
+  virtual absl::StatusOr<int> CountInState(pb::JobState state) = 0;
+
+  // Leases the next queued job, if any, until now + ttl.
+  virtual absl::StatusOr<std::optional<LeasedJob>> LeaseNext(
+      const pb::WorkerInfo& worker, absl::Duration ttl) = 0;
+  // Extends a valid lease to now + ttl. Returns the job (for cancel_requested).
+  virtual absl::StatusOr<pb::Job> RenewLease(const std::string& job_id,
+                                             const std::string& lease_id,
+                                             absl::Duration ttl) = 0;
+  // Ends a leased job with the worker's result.
+  virtual absl::StatusOr<pb::Job> FinishJob(const std::string& job_id,
+                                            const std::string& lease_id,
+                                            const pb::JobResult& result) = 0;
+  // A queued job is cancelled at once; a running one is marked, and the
+  // worker is told to stop. A finished job is returned unchanged.
+  virtual absl::StatusOr<pb::Job> RequestCancel(const std::string& job_id) = 0;
+  // Re-queues (or fails, after max_attempts, or cancels, if asked to) every
+  // job whose lease expired before now.
+  virtual absl::StatusOr<std::vector<ExpiredLease>> ExpireLeases(int max_attempts) = 0;
+  // Makes a valid lease expire at once (its worker's stream broke); the next
+  // ExpireLeases() re-queues the job.
+  virtual absl::Status ReleaseLease(const std::string& job_id, const std::string& lease_id) = 0;
+  // Validates that `lease_id` currently holds `job_id`.
+  virtual absl::Status CheckLease(const std::string& job_id, const std::string& lease_id) = 0;
+
+  // Appends an event to a leased job's log, assigning sequence and time.
+  virtual absl::StatusOr<pb::JobEvent> AppendEvent(const std::string& job_id,
+                                                   const std::string& lease_id,
+                                                   pb::JobEvent event) = 0;
+  // Events with sequence >= from_sequence, in order, at most `limit`.
+  virtual absl::StatusOr<std::vector<pb::JobEvent>> ReadEvents(const std::string& job_id,
+                                                               int64_t from_sequence,
+                                                               int limit) = 0;
+  // The resolved spec of a job, as given to workers.
+  virtual absl::StatusOr<pb::ResolvedJob> GetResolvedJob(const std::string& job_id) = 0;
+};
+
+bool IsTerminal(pb::JobState state);
+
+}  // namespace ft::server
+
+#endif  // FT_SERVER_JOBS_JOB_STORE_H_

@@ -1,0 +1,546 @@
+#include "server/jobs/sqlite_job_store.h"
+
+#include <sqlite3.h>
+
+#include <random>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/time_util.h"
+#include "proto/util/status.h"
+
+namespace ft::server {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  n INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  request_id TEXT UNIQUE,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  resolved BLOB NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  model_id TEXT NOT NULL DEFAULT '',
+  metrics BLOB,
+  create_us INTEGER NOT NULL,
+  start_us INTEGER NOT NULL DEFAULT 0,
+  end_us INTEGER NOT NULL DEFAULT 0,
+  worker_id TEXT NOT NULL DEFAULT '',
+  lease_id TEXT NOT NULL DEFAULT '',
+  lease_expires_us INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, n);
+CREATE TABLE IF NOT EXISTS events (
+  job_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+)sql";
+
+constexpr const char* kJobColumns =
+    "id, state, resolved, attempts, error, model_id, metrics, create_us, start_us, end_us, "
+    "worker_id, cancel_requested, last_seq";
+
+// One prepared statement; finalised on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const std::string& sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  // true when a row is available.
+  absl::StatusOr<bool> Step() {
+    FT_RETURN_IF_ERROR(status());
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return absl::InternalError(absl::StrCat("sqlite step: ", sqlite3_errmsg(db_)));
+  }
+  absl::Status Run() {
+    FT_ASSIGN_OR_RETURN(bool row, Step());
+    (void)row;
+    return absl::OkStatus();
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    int n = sqlite3_column_bytes(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
+
+void SetTimestamp(int64_t us, google::protobuf::Timestamp* ts) {
+  if (us > 0) *ts = TimeUtil::MicrosecondsToTimestamp(us);
+}
+
+std::string NewId(const char* prefix) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("%s%012x", prefix, rng() & 0xffffffffffffULL);
+}
+
+absl::StatusOr<pb::Job> JobFromRow(Stmt& s) {
+  pb::Job job;
+  job.set_id(s.Text(0));
+  job.set_state(static_cast<pb::JobState>(s.Int(1)));
+  pb::ResolvedJob resolved;
+  if (!resolved.ParseFromString(s.Text(2))) {
+    return absl::DataLossError(absl::StrCat("job ", job.id(), " has a corrupt spec"));
+  }
+  *job.mutable_spec() = resolved.spec();
+  job.set_attempts(static_cast<int32_t>(s.Int(3)));
+  job.set_error(s.Text(4));
+  job.set_model_id(s.Text(5));
+  job.mutable_metrics()->ParseFromString(s.Text(6));
+  SetTimestamp(s.Int(7), job.mutable_create_time());
+  SetTimestamp(s.Int(8), job.mutable_start_time());
+  SetTimestamp(s.Int(9), job.mutable_end_time());
+  job.set_worker_id(s.Text(10));
+  job.set_cancel_requested(s.Int(11) != 0);
+  job.set_last_sequence(s.Int(12));
+  return job;
+}
+
+}  // namespace
+
+bool IsTerminal(pb::JobState state) {
+  return state == pb::SUCCEEDED || state == pb::FAILED || state == pb::CANCELLED;
+}
+
+absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Create(
+    const SqliteJobStoreOptions& options) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(options.path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("cannot open database ", options.path, ": ", msg));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<util::Clock> owned;
+  util::Clock* clock = options.clock;
+  if (clock == nullptr) {
+    owned = std::make_unique<util::RealClock>();
+    clock = owned.get();
+  }
+  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db, clock, std::move(owned)));
+  absl::MutexLock lock(&store->mu_);
+  FT_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"));
+  FT_RETURN_IF_ERROR(store->Exec(kSchema));
+  return store;
+}
+
+SqliteJobStore::SqliteJobStore(sqlite3* db, util::Clock* clock,
+                               std::unique_ptr<util::Clock> owned_clock)
+    : db_(db), clock_(clock), owned_clock_(std::move(owned_clock)) {}
+
+SqliteJobStore::~SqliteJobStore() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status SqliteJobStore::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", msg));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T, typename F>
+absl::StatusOr<T> SqliteJobStore::InTransaction(F body) {
+  FT_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::StatusOr<T> result = body();
+  if (result.ok()) {
+    absl::Status commit = Exec("COMMIT");
+    if (!commit.ok()) {
+      (void)Exec("ROLLBACK");
+      return commit;
+    }
+  } else {
+    (void)Exec("ROLLBACK");
+  }
+  return result;
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::LoadJobLocked(const std::string& job_id) {
+  Stmt s(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = ?"));
+  s.Bind(1, job_id);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  return JobFromRow(s);
+}
+
+absl::StatusOr<pb::JobEvent> SqliteJobStore::AppendEventLocked(const std::string& job_id,
+                                                               pb::JobEvent event) {
+  Stmt q(db_, "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq");
+  q.Bind(1, job_id);
+  FT_ASSIGN_OR_RETURN(bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  event.set_job_id(job_id);
+  event.set_sequence(q.Int(0));
+  *event.mutable_time() = TimeUtil::MicrosecondsToTimestamp(ToMicros(clock_->Now()));
+  Stmt ins(db_, "INSERT INTO events(job_id, seq, data) VALUES (?, ?, ?)");
+  ins.Bind(1, job_id).Bind(2, event.sequence()).BindBlob(3, event.SerializeAsString());
+  FT_RETURN_IF_ERROR(ins.Run());
+  return event;
+}
+
+absl::Status SqliteJobStore::AppendStateLocked(const std::string& job_id, pb::JobState state,
+                                               const std::string& message, int attempt,
+                                               const std::string& worker_id,
+                                               const std::string& model_id) {
+  pb::JobEvent event;
+  auto* sc = event.mutable_state_changed();
+  sc->set_state(state);
+  sc->set_message(message);
+  sc->set_attempt(attempt);
+  sc->set_worker_id(worker_id);
+  sc->set_model_id(model_id);
+  return AppendEventLocked(job_id, std::move(event)).status();
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
+                                                  const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<pb::Job>([&]() -> absl::StatusOr<pb::Job> {
+    if (!request_id.empty()) {
+      Stmt s(db_, "SELECT id FROM jobs WHERE request_id = ?");
+      s.Bind(1, request_id);
+      FT_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (row) return LoadJobLocked(s.Text(0));
+    }
+    const std::string id = NewId("job-");
+    Stmt ins(db_,
+             "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us) "
+             "VALUES (?, ?, ?, ?, ?, ?)");
+    ins.Bind(1, id);
+    if (request_id.empty()) {
+      ins.BindNull(2);
+    } else {
+      ins.Bind(2, request_id);
+    }
+    ins.Bind(3, pb::QUEUED)
+        .Bind(4, job.spec().priority())
+        .BindBlob(5, job.SerializeAsString())
+        .Bind(6, ToMicros(clock_->Now()));
+    FT_RETURN_IF_ERROR(ins.Run());
+    FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::QUEUED, "queued", 0, "", ""));
+    return LoadJobLocked(id);
+  });
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::GetJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  return LoadJobLocked(job_id);
+}
+
+absl::StatusOr<std::vector<pb::Job>> SqliteJobStore::ListJobs(
+    const std::vector<pb::JobState>& states, int limit) {
+  absl::MutexLock lock(&mu_);
+  std::string where;
+  if (!states.empty()) {
+    std::vector<std::string> in;
+    for (auto s : states) in.push_back(absl::StrCat(static_cast<int>(s)));
+    where = absl::StrCat(" WHERE state IN (", absl::StrJoin(in, ","), ")");
+  }
+  Stmt s(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs", where, " ORDER BY n DESC LIMIT ?"));
+  s.Bind(1, limit);
+  std::vector<pb::Job> out;
+  while (true) {
+    FT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    FT_ASSIGN_OR_RETURN(pb::Job job, JobFromRow(s));
+    out.push_back(std::move(job));
+  }
+  return out;
+}
+
+absl::StatusOr<int> SqliteJobStore::QueuePosition(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "SELECT COUNT(*) FROM jobs q, jobs j WHERE j.id = ? AND j.state = ? AND q.state = ? "
+         "AND (q.priority > j.priority OR (q.priority = j.priority AND q.n <= j.n))");
+  s.Bind(1, job_id).Bind(2, pb::QUEUED).Bind(3, pb::QUEUED);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  return row ? static_cast<int>(s.Int(0)) : 0;
+}
+
+absl::StatusOr<int> SqliteJobStore::CountInState(pb::JobState state) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT COUNT(*) FROM jobs WHERE state = ?");
+  s.Bind(1, state);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  return row ? static_cast<int>(s.Int(0)) : 0;
+}
+
+absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::WorkerInfo& worker,
+                                                                   absl::Duration ttl) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<std::optional<LeasedJob>>(
+      [&]() -> absl::StatusOr<std::optional<LeasedJob>> {
+        Stmt s(db_,
+               "SELECT id, resolved, attempts, start_us FROM jobs WHERE state = ? "
+               "ORDER BY priority DESC, n ASC LIMIT 1");
+        s.Bind(1, pb::QUEUED);
+        FT_ASSIGN_OR_RETURN(bool row, s.Step());
+        if (!row) return std::optional<LeasedJob>();
+        LeasedJob leased;
+        const std::string id = s.Text(0);
+        if (!leased.job.ParseFromString(s.Text(1))) {
+          return absl::DataLossError(absl::StrCat("job ", id, " has a corrupt spec"));
+        }
+        const int attempt = static_cast<int>(s.Int(2)) + 1;
+        const int64_t now = ToMicros(clock_->Now());
+        const int64_t start = s.Int(3) > 0 ? s.Int(3) : now;
+        const std::string lease_id = NewId("lease-");
+        Stmt u(db_,
+               "UPDATE jobs SET state = ?, attempts = ?, start_us = ?, worker_id = ?, "
+               "lease_id = ?, lease_expires_us = ? WHERE id = ?");
+        u.Bind(1, pb::RUNNING)
+            .Bind(2, attempt)
+            .Bind(3, start)
+            .Bind(4, worker.worker_id())
+            .Bind(5, lease_id)
+            .Bind(6, now + absl::ToInt64Microseconds(ttl))
+            .Bind(7, id);
+        FT_RETURN_IF_ERROR(u.Run());
+        FT_RETURN_IF_ERROR(AppendStateLocked(
+            id, pb::RUNNING,
+            absl::StrCat("running on ", worker.worker_id(), " (", worker.device(), ")"), attempt,
+            worker.worker_id(), ""));
+        leased.lease.set_lease_id(lease_id);
+        leased.lease.set_job_id(id);
+        leased.lease.set_ttl_seconds(static_cast<int32_t>(absl::ToInt64Seconds(ttl)));
+        leased.lease.set_attempt(attempt);
+        return std::optional<LeasedJob>(std::move(leased));
+      });
+}
+
+absl::Status SqliteJobStore::CheckLeaseLocked(const std::string& job_id,
+                                              const std::string& lease_id) {
+  Stmt s(db_, "SELECT state, lease_id FROM jobs WHERE id = ?");
+  s.Bind(1, job_id);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  if (s.Int(0) != pb::RUNNING || s.Text(1) != lease_id || lease_id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease ", lease_id, " no longer holds job ", job_id));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteJobStore::CheckLease(const std::string& job_id, const std::string& lease_id) {
+  absl::MutexLock lock(&mu_);
+  return CheckLeaseLocked(job_id, lease_id);
+}
+
+absl::Status SqliteJobStore::ReleaseLease(const std::string& job_id,
+                                          const std::string& lease_id) {
+  absl::MutexLock lock(&mu_);
+  FT_RETURN_IF_ERROR(CheckLeaseLocked(job_id, lease_id));
+  Stmt u(db_, "UPDATE jobs SET lease_expires_us = 0 WHERE id = ?");
+  u.Bind(1, job_id);
+  return u.Run();
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::RenewLease(const std::string& job_id,
+                                                   const std::string& lease_id,
+                                                   absl::Duration ttl) {
+  absl::MutexLock lock(&mu_);
+  FT_RETURN_IF_ERROR(CheckLeaseLocked(job_id, lease_id));
+  Stmt u(db_, "UPDATE jobs SET lease_expires_us = ? WHERE id = ?");
+  u.Bind(1, ToMicros(clock_->Now()) + absl::ToInt64Microseconds(ttl)).Bind(2, job_id);
+  FT_RETURN_IF_ERROR(u.Run());
+  return LoadJobLocked(job_id);
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::FinishJob(const std::string& job_id,
+                                                  const std::string& lease_id,
+                                                  const pb::JobResult& result) {
+  if (!IsTerminal(result.state())) {
+    return absl::InvalidArgumentError("a job result must be SUCCEEDED, FAILED or CANCELLED");
+  }
+  absl::MutexLock lock(&mu_);
+  return InTransaction<pb::Job>([&]() -> absl::StatusOr<pb::Job> {
+    FT_RETURN_IF_ERROR(CheckLeaseLocked(job_id, lease_id));
+    FT_ASSIGN_OR_RETURN(pb::Job job, LoadJobLocked(job_id));
+    Stmt u(db_,
+           "UPDATE jobs SET state = ?, error = ?, model_id = ?, metrics = ?, end_us = ?, "
+           "lease_id = '', lease_expires_us = 0 WHERE id = ?");
+    u.Bind(1, result.state())
+        .Bind(2, result.error())
+        .Bind(3, result.model_id())
+        .BindBlob(4, result.metrics().SerializeAsString())
+        .Bind(5, ToMicros(clock_->Now()))
+        .Bind(6, job_id);
+    FT_RETURN_IF_ERROR(u.Run());
+    std::string message = result.state() == pb::SUCCEEDED   ? "succeeded"
+                          : result.state() == pb::CANCELLED ? "cancelled"
+                                                            : result.error();
+    FT_RETURN_IF_ERROR(AppendStateLocked(job_id, result.state(), message, job.attempts(),
+                                         job.worker_id(), result.model_id()));
+    return LoadJobLocked(job_id);
+  });
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::RequestCancel(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<pb::Job>([&]() -> absl::StatusOr<pb::Job> {
+    FT_ASSIGN_OR_RETURN(pb::Job job, LoadJobLocked(job_id));
+    if (job.state() == pb::QUEUED) {
+      Stmt u(db_, "UPDATE jobs SET state = ?, cancel_requested = 1, end_us = ? WHERE id = ?");
+      u.Bind(1, pb::CANCELLED).Bind(2, ToMicros(clock_->Now())).Bind(3, job_id);
+      FT_RETURN_IF_ERROR(u.Run());
+      FT_RETURN_IF_ERROR(
+          AppendStateLocked(job_id, pb::CANCELLED, "cancelled while queued", job.attempts(), "", ""));
+    } else if (job.state() == pb::RUNNING && !job.cancel_requested()) {
+      Stmt u(db_, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?");
+      u.Bind(1, job_id);
+      FT_RETURN_IF_ERROR(u.Run());
+      pb::JobEvent event;
+      event.mutable_log()->set_level("info");
+      event.mutable_log()->set_message("cancellation requested");
+      FT_RETURN_IF_ERROR(AppendEventLocked(job_id, std::move(event)).status());
+    }
+    return LoadJobLocked(job_id);
+  });
+}
+
+absl::StatusOr<std::vector<ExpiredLease>> SqliteJobStore::ExpireLeases(int max_attempts) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<std::vector<ExpiredLease>>(
+      [&]() -> absl::StatusOr<std::vector<ExpiredLease>> {
+        const int64_t now = ToMicros(clock_->Now());
+        Stmt s(db_,
+               "SELECT id, attempts, worker_id, cancel_requested FROM jobs "
+               "WHERE state = ? AND lease_expires_us < ?");
+        s.Bind(1, pb::RUNNING).Bind(2, now);
+        struct Row {
+          std::string id;
+          int attempts;
+          std::string worker;
+          bool cancel;
+        };
+        std::vector<Row> rows;
+        while (true) {
+          FT_ASSIGN_OR_RETURN(bool row, s.Step());
+          if (!row) break;
+          rows.push_back({s.Text(0), static_cast<int>(s.Int(1)), s.Text(2), s.Int(3) != 0});
+        }
+        std::vector<ExpiredLease> out;
+        for (const Row& r : rows) {
+          pb::JobState next = pb::QUEUED;
+          std::string message =
+              absl::StrCat("worker ", r.worker, " stopped renewing its lease; re-queued");
+          std::string error;
+          if (r.cancel) {
+            next = pb::CANCELLED;
+            message = absl::StrCat("cancelled (worker ", r.worker, " stopped answering)");
+          } else if (r.attempts >= max_attempts) {
+            next = pb::FAILED;
+            error = absl::StrCat("the job's worker was lost on each of ", r.attempts,
+                                 " attempts (last: ", r.worker,
+                                 "); the job may crash the worker");
+            message = error;
+          }
+          Stmt u(db_,
+                 "UPDATE jobs SET state = ?, error = ?, lease_id = '', lease_expires_us = 0, "
+                 "end_us = ? WHERE id = ?");
+          u.Bind(1, next).Bind(2, error).Bind(3, IsTerminal(next) ? now : 0).Bind(4, r.id);
+          FT_RETURN_IF_ERROR(u.Run());
+          FT_RETURN_IF_ERROR(AppendStateLocked(r.id, next, message, r.attempts, r.worker, ""));
+          out.push_back({r.id, next});
+        }
+        return out;
+      });
+}
+
+absl::StatusOr<pb::JobEvent> SqliteJobStore::AppendEvent(const std::string& job_id,
+                                                         const std::string& lease_id,
+                                                         pb::JobEvent event) {
+  if (event.has_state_changed()) {
+    return absl::InvalidArgumentError("workers cannot append state changes");
+  }
+  absl::MutexLock lock(&mu_);
+  return InTransaction<pb::JobEvent>([&]() -> absl::StatusOr<pb::JobEvent> {
+    FT_RETURN_IF_ERROR(CheckLeaseLocked(job_id, lease_id));
+    return AppendEventLocked(job_id, std::move(event));
+  });
+}
+
+absl::StatusOr<std::vector<pb::JobEvent>> SqliteJobStore::ReadEvents(const std::string& job_id,
+                                                                     int64_t from_sequence,
+                                                                     int limit) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT data FROM events WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?");
+  s.Bind(1, job_id).Bind(2, from_sequence).Bind(3, limit);
+  std::vector<pb::JobEvent> out;
+  while (true) {
+    FT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    pb::JobEvent e;
+    if (!e.ParseFromString(s.Text(0))) {
+      return absl::DataLossError(absl::StrCat("corrupt event in job ", job_id));
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+absl::StatusOr<pb::ResolvedJob> SqliteJobStore::GetResolvedJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT resolved FROM jobs WHERE id = ?");
+  s.Bind(1, job_id);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  pb::ResolvedJob resolved;
+  if (!resolved.ParseFromString(s.Text(0))) {
+    return absl::DataLossError(absl::StrCat("job ", job_id, " has a corrupt spec"));
+  }
+  return resolved;
+}
+
+}  // namespace ft::server

@@ -1,0 +1,224 @@
+#include "server/models/model_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+#include "proto/util/files.h"
+#include "proto/util/proto_json.h"
+#include "proto/util/status.h"
+
+namespace ft::server {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kIncoming[] = ".incoming";
+constexpr char kModelJson[] = "model.json";
+
+std::string RandomHex() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("%012x", rng() & 0xffffffffffffULL);
+}
+
+}  // namespace
+
+ModelUpload::ModelUpload(std::string dir, int64_t max_bytes)
+    : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+
+ModelUpload::~ModelUpload() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+}
+
+absl::Status ModelUpload::Append(absl::string_view data) {
+  if (bytes_ + static_cast<int64_t>(data.size()) > max_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model upload exceeds the limit of ", max_bytes_, " bytes"));
+  }
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(absl::StrCat("cannot write model upload: ", std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  sha_.Update(data);
+  bytes_ += static_cast<int64_t>(data.size());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<FilesystemModelStore>> FilesystemModelStore::Create(
+    const FilesystemModelStoreOptions& options) {
+  FT_RETURN_IF_ERROR(util::MakeDirs(options.root));
+  // Leftovers of uploads interrupted by a crash are never published.
+  std::error_code ec;
+  fs::remove_all(fs::path(options.root) / kIncoming, ec);
+  FT_RETURN_IF_ERROR(util::MakeDirs((fs::path(options.root) / kIncoming).string()));
+  std::unique_ptr<util::Clock> owned;
+  util::Clock* clock = options.clock;
+  if (clock == nullptr) {
+    owned = std::make_unique<util::RealClock>();
+    clock = owned.get();
+  }
+  return std::unique_ptr<FilesystemModelStore>(
+      new FilesystemModelStore(options, clock, std::move(owned)));
+}
+
+FilesystemModelStore::FilesystemModelStore(const FilesystemModelStoreOptions& options,
+                                           util::Clock* clock,
+                                           std::unique_ptr<util::Clock> owned)
+    : options_(options), clock_(clock), owned_clock_(std::move(owned)) {}
+
+absl::StatusOr<std::unique_ptr<ModelUpload>> FilesystemModelStore::BeginUpload() {
+  const std::string dir = (fs::path(options_.root) / kIncoming / RandomHex()).string();
+  FT_RETURN_IF_ERROR(util::MakeDirs(dir));
+  std::unique_ptr<ModelUpload> upload(new ModelUpload(dir, options_.max_model_bytes));
+  upload->fd_ = ::open((dir + "/model.pt").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (upload->fd_ < 0) {
+    return absl::InternalError(absl::StrCat("cannot create upload in ", dir, ": ", std::strerror(errno)));
+  }
+  return upload;
+}
+
+absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUpload> upload,
+                                                       int64_t size_bytes,
+                                                       const std::string& sha256,
+                                                       const std::string& job_id,
+                                                       const std::string& job_name,
+                                                       const std::string& metadata_json) {
+  if (upload->bytes_ != size_bytes) {
+    return absl::DataLossError(absl::StrCat("model upload has ", upload->bytes_,
+                                            " bytes, but the header declared ", size_bytes));
+  }
+  const std::string digest = upload->sha_.HexDigest();
+  if (digest != sha256) {
+    return absl::DataLossError(
+        absl::StrCat("model upload sha256 ", digest, " does not match the declared ", sha256));
+  }
+  ::fsync(upload->fd_);
+  ::close(upload->fd_);
+  upload->fd_ = -1;
+
+  pb::Model model;
+  nlohmann::json meta = nlohmann::json::parse(metadata_json, nullptr, /*allow_exceptions=*/false);
+  if (meta.is_discarded() || !meta.is_object()) {
+    return absl::InvalidArgumentError("model metadata.json is not a JSON object");
+  }
+  model.set_id(absl::StrCat("mdl-", RandomHex()));
+  model.set_job_id(job_id);
+  model.set_name(job_name);
+  model.set_size_bytes(size_bytes);
+  model.set_sha256(digest);
+  *model.mutable_create_time() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      absl::ToUnixMicros(clock_->Now()));
+  if (meta.contains("backbone") && meta["backbone"].is_string()) {
+    model.set_backbone(meta["backbone"].get<std::string>());
+  }
+  if (meta.contains("image_size") && meta["image_size"].is_number_integer()) {
+    model.set_image_size(meta["image_size"].get<int>());
+  }
+  if (meta.contains("classes") && meta["classes"].is_array()) {
+    for (const auto& c : meta["classes"]) {
+      if (c.is_string()) model.add_classes(c.get<std::string>());
+    }
+  }
+  if (meta.contains("metrics") && meta["metrics"].is_object()) {
+    (void)util::FromJson(meta["metrics"].dump(), model.mutable_metrics());
+  }
+  meta["model_id"] = model.id();
+  meta["job_id"] = job_id;
+  FT_RETURN_IF_ERROR(util::WriteFileAtomic(upload->dir_ + "/metadata.json", meta.dump(2)));
+  FT_RETURN_IF_ERROR(util::WriteFileAtomic(upload->dir_ + "/" + kModelJson, util::ToJson(model)));
+
+  absl::MutexLock lock(&mu_);
+  const fs::path dest = fs::path(options_.root) / model.id();
+  std::error_code ec;
+  fs::rename(upload->dir_, dest, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot publish model: ", ec.message()));
+  upload->committed_ = true;
+  return model;
+}
+
+absl::Status FilesystemModelStore::CheckId(const std::string& model_id) {
+  if (model_id.empty() || model_id.size() > 64 ||
+      !std::all_of(model_id.begin(), model_id.end(),
+                   [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; }) ||
+      model_id[0] == '.') {
+    return absl::InvalidArgumentError(absl::StrCat("model_id: not a valid model id: '", model_id, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::Model> FilesystemModelStore::Get(const std::string& model_id) {
+  FT_RETURN_IF_ERROR(CheckId(model_id));
+  auto json = util::ReadFile((fs::path(options_.root) / model_id / kModelJson).string(), 1 << 20);
+  if (!json.ok()) return absl::NotFoundError(absl::StrCat("no model with id ", model_id));
+  pb::Model model;
+  FT_RETURN_IF_ERROR(util::FromJson(*json, &model));
+  return model;
+}
+
+absl::StatusOr<std::vector<pb::Model>> FilesystemModelStore::List() {
+  std::vector<pb::Model> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(options_.root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;
+    auto model = Get(name);
+    if (model.ok()) out.push_back(*std::move(model));
+  }
+  std::sort(out.begin(), out.end(), [](const pb::Model& a, const pb::Model& b) {
+    return a.create_time().seconds() > b.create_time().seconds() ||
+           (a.create_time().seconds() == b.create_time().seconds() &&
+            a.create_time().nanos() > b.create_time().nanos());
+  });
+  return out;
+}
+
+absl::Status FilesystemModelStore::Delete(const std::string& model_id) {
+  FT_RETURN_IF_ERROR(Get(model_id).status());
+  absl::MutexLock lock(&mu_);
+  std::error_code ec;
+  // Rename first so that a concurrent reader sees the model either whole or gone.
+  const fs::path doomed = fs::path(options_.root) / kIncoming / absl::StrCat("deleted-", model_id);
+  fs::rename(fs::path(options_.root) / model_id, doomed, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot delete model ", model_id, ": ", ec.message()));
+  fs::remove_all(doomed, ec);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> FilesystemModelStore::FilePath(const std::string& model_id,
+                                                           const std::string& file) {
+  if (file != "model.pt" && file != "metadata.json") {
+    return absl::InvalidArgumentError(absl::StrCat("no model file named ", file));
+  }
+  FT_RETURN_IF_ERROR(Get(model_id).status());
+  return (fs::path(options_.root) / model_id / file).string();
+}
+
+int64_t FilesystemModelStore::TotalBytes() {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::recursive_directory_iterator(options_.root, ec)) {
+    if (entry.is_regular_file(ec)) total += static_cast<int64_t>(entry.file_size(ec));
+  }
+  return total;
+}
+
+}  // namespace ft::server

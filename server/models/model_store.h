@@ -1,0 +1,83 @@
+#ifndef FT_SERVER_MODELS_MODEL_STORE_H_
+#define FT_SERVER_MODELS_MODEL_STORE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "finetune/v1/finetune.pb.h"
+#include "proto/util/clock.h"
+#include "proto/util/sha256.h"
+
+namespace ft::server {
+
+namespace pb = ::finetune::v1;
+
+struct FilesystemModelStoreOptions {
+  // Models live in <root>/<model_id>/{model.pt,metadata.json,model.json}.
+  std::string root;
+  // Not owned; defaults to the real clock.
+  util::Clock* clock = nullptr;
+  // Uploads larger than this are refused (RESOURCE_EXHAUSTED).
+  int64_t max_model_bytes = int64_t{8} << 30;
+};
+
+// One model upload in progress, written under the store's incoming folder.
+// Not thread-safe; owned by one upload stream. Abandoned uploads are deleted.
+class ModelUpload {
+ public:
+  ~ModelUpload();
+  absl::Status Append(absl::string_view data);
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  friend class FilesystemModelStore;
+  ModelUpload(std::string dir, int64_t max_bytes);
+  std::string dir_;
+  int64_t max_bytes_;
+  int64_t bytes_ = 0;
+  int fd_ = -1;
+  util::Sha256 sha_;
+  bool committed_ = false;
+};
+
+// Trained models on the filesystem. A model becomes visible only once its
+// upload has been checked against the declared size and sha256 and moved into
+// place with a rename. Thread-safe.
+class FilesystemModelStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<FilesystemModelStore>> Create(
+      const FilesystemModelStoreOptions& options);
+
+  absl::StatusOr<std::unique_ptr<ModelUpload>> BeginUpload();
+  // Checks size and sha256 (DATA_LOSS on mismatch), parses metadata.json
+  // (INVALID_ARGUMENT when malformed) and publishes the model.
+  absl::StatusOr<pb::Model> Commit(std::unique_ptr<ModelUpload> upload, int64_t size_bytes,
+                                   const std::string& sha256, const std::string& job_id,
+                                   const std::string& job_name,
+                                   const std::string& metadata_json);
+
+  absl::StatusOr<pb::Model> Get(const std::string& model_id);
+  absl::StatusOr<std::vector<pb::Model>> List();
+  absl::Status Delete(const std::string& model_id);
+  // Path of one of the model's files: "model.pt" or "metadata.json".
+  absl::StatusOr<std::string> FilePath(const std::string& model_id, const std::string& file);
+  int64_t TotalBytes();
+
+ private:
+  FilesystemModelStore(const FilesystemModelStoreOptions& options, util::Clock* clock,
+                       std::unique_ptr<util::Clock> owned);
+  absl::Status CheckId(const std::string& model_id);
+
+  FilesystemModelStoreOptions options_;
+  util::Clock* clock_;
+  std::unique_ptr<util::Clock> owned_clock_;
+  absl::Mutex mu_;  // serialises publish and delete
+};
+
+}  // namespace ft::server
+
+#endif  // FT_SERVER_MODELS_MODEL_STORE_H_

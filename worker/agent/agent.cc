@@ -1,0 +1,251 @@
+#include "worker/agent/agent.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <torch/script.h>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/util/files.h"
+#include "proto/util/sha256.h"
+#include "proto/util/status.h"
+#include "worker/train/trainer.h"
+
+namespace ft::worker {
+namespace {
+
+constexpr int kLeaseWaitSeconds = 5;
+constexpr auto kHeartbeatInterval = std::chrono::milliseconds(1000);
+constexpr size_t kUploadChunk = 256 * 1024;
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
+}
+
+}  // namespace
+
+Agent::Agent(const AgentOptions& options) : options_(options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  channel_ = grpc::CreateCustomChannel(options.server_address, grpc::InsecureChannelCredentials(), args);
+  stub_ = pb::WorkerGateway::NewStub(channel_);
+}
+
+bool Agent::ParentGone() const {
+  return options_.parent_pid > 0 && ::getppid() != options_.parent_pid;
+}
+
+absl::Status Agent::Run() {
+  int jobs = 0;
+  int failures = 0;
+  while (!stopping_ && !ParentGone()) {
+    pb::LeaseJobRequest request;
+    request.mutable_worker()->set_worker_id(options_.worker_id);
+    request.mutable_worker()->set_device(options_.device.str());
+    request.mutable_worker()->set_threads(options_.threads);
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    request.mutable_worker()->set_hostname(host);
+    request.set_wait_seconds(kLeaseWaitSeconds);
+    pb::LeaseJobResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(kLeaseWaitSeconds + 10));
+    grpc::Status s = stub_->LeaseJob(&ctx, request, &response);
+    if (!s.ok()) {
+      // The server may be starting or restarting: back off and retry.
+      if (++failures % 10 == 1) {
+        std::cerr << "finetune-worker: cannot lease from " << options_.server_address << ": "
+                  << s.error_message() << std::endl;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5000, 200 * failures)));
+      continue;
+    }
+    failures = 0;
+    if (!response.leased()) continue;
+    absl::Status run = RunOne(response);
+    if (!run.ok()) {
+      std::cerr << "finetune-worker: job " << response.lease().job_id() << ": " << run.message() << std::endl;
+    }
+    if (options_.max_jobs > 0 && ++jobs >= options_.max_jobs) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
+  const std::string job_id = lease.lease().job_id();
+  const std::string lease_id = lease.lease().lease_id();
+  grpc::ClientContext stream_ctx;
+  auto stream = stub_->RunJob(&stream_ctx);
+  std::mutex write_mu;
+  auto send = [&](const pb::WorkerMessage& m) {
+    std::lock_guard<std::mutex> lock(write_mu);
+    return stream->Write(m);
+  };
+  {
+    pb::WorkerMessage hello;
+    hello.mutable_hello()->set_lease_id(lease_id);
+    hello.mutable_hello()->set_job_id(job_id);
+    hello.mutable_hello()->set_worker_id(options_.worker_id);
+    if (!send(hello)) return absl::UnavailableError("RunJob stream closed at hello");
+  }
+  std::atomic<bool> cancel{false}, lease_lost{false}, done{false};
+  // Reader: cancellation and lease loss come down the stream.
+  std::thread reader([&] {
+    pb::ServerMessage m;
+    while (stream->Read(&m)) {
+      if (m.has_cancel()) cancel = true;
+      if (m.lease_lost()) lease_lost = true;
+    }
+    if (!done) lease_lost = true;
+  });
+  std::thread heartbeat([&] {
+    pb::WorkerMessage hb;
+    hb.mutable_heartbeat();
+    while (!done) {
+      if (!send(hb)) break;
+      for (int i = 0; i < 10 && !done; ++i) std::this_thread::sleep_for(kHeartbeatInterval / 10);
+    }
+  });
+
+  auto send_event = [&](pb::JobEvent e) {
+    pb::WorkerMessage m;
+    *m.mutable_event() = std::move(e);
+    send(m);
+  };
+  TrainerHooks hooks;
+  hooks.on_progress = [&](const pb::Progress& p) {
+    pb::JobEvent e;
+    *e.mutable_progress() = p;
+    send_event(std::move(e));
+  };
+  hooks.on_epoch = [&](const pb::EpochSummary& s) {
+    pb::JobEvent e;
+    *e.mutable_epoch() = s;
+    send_event(std::move(e));
+  };
+  hooks.on_log = [&](const std::string& level, const std::string& message) {
+    pb::JobEvent e;
+    e.mutable_log()->set_level(level);
+    e.mutable_log()->set_message(message);
+    send_event(std::move(e));
+  };
+  hooks.cancelled = [&] { return cancel || lease_lost || stopping_ || ParentGone(); };
+  const std::string job_dir = absl::StrCat(options_.work_dir, "/", job_id);
+  hooks.fetch_model = [&](const std::string& model_id) -> absl::StatusOr<std::string> {
+    FT_RETURN_IF_ERROR(util::MakeDirs(job_dir));
+    const std::string path = absl::StrCat(job_dir, "/source-", model_id, ".pt");
+    grpc::ClientContext ctx;
+    pb::FetchModelRequest req;
+    req.set_model_id(model_id);
+    auto reader = stub_->FetchModel(&ctx, req);
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    util::Sha256 sha;
+    std::string expected;
+    pb::ModelChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.offset() == 0) expected = chunk.sha256();
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      sha.Update(chunk.data());
+    }
+    FT_RETURN_IF_ERROR(FromGrpc(reader->Finish(), absl::StrCat("fetching model ", model_id)));
+    out.close();
+    if (sha.HexDigest() != expected) {
+      return absl::DataLossError(absl::StrCat("model ", model_id, " arrived corrupted (sha256 mismatch)"));
+    }
+    return path;
+  };
+
+  TrainerOptions trainer_options;
+  trainer_options.device = options_.device;
+  trainer_options.job_id = job_id;
+  trainer_options.loader_threads = std::max(1, options_.threads / 2);
+  auto trained = RunTraining(lease.job(), trainer_options, hooks);
+
+  pb::JobResult result;
+  if (lease_lost) {
+    done = true;
+  } else if (!trained.ok()) {
+    result.set_state(pb::FAILED);
+    result.set_error(std::string(trained.status().message()));
+  } else if (trained->cancelled) {
+    result.set_state(pb::CANCELLED);
+  } else {
+    // Export and upload.
+    pb::Progress p;
+    p.set_phase("export");
+    hooks.on_progress(p);
+    absl::Status exported = util::MakeDirs(job_dir);
+    const std::string model_path = job_dir + "/model.pt";
+    if (exported.ok()) {
+      try {
+        trained->model.save(model_path);
+      } catch (const std::exception& e) {
+        exported = absl::InternalError(absl::StrCat("cannot save model.pt: ", e.what()));
+      }
+    }
+    std::string model_id;
+    if (exported.ok()) {
+      auto bytes = util::ReadFile(model_path);
+      if (!bytes.ok()) {
+        exported = bytes.status();
+      } else {
+        grpc::ClientContext ctx;
+        pb::UploadModelResponse up;
+        auto writer = stub_->UploadModel(&ctx, &up);
+        pb::UploadModelChunk header;
+        header.mutable_header()->set_lease_id(lease_id);
+        header.mutable_header()->set_job_id(job_id);
+        header.mutable_header()->set_metadata_json(trained->metadata_json);
+        header.mutable_header()->set_size_bytes(static_cast<int64_t>(bytes->size()));
+        header.mutable_header()->set_sha256(util::Sha256Hex(*bytes));
+        bool ok = writer->Write(header);
+        for (size_t off = 0; ok && off < bytes->size(); off += kUploadChunk) {
+          pb::UploadModelChunk c;
+          c.set_data(bytes->substr(off, kUploadChunk));
+          ok = writer->Write(c);
+        }
+        writer->WritesDone();
+        exported = FromGrpc(writer->Finish(), "uploading the model");
+        model_id = up.model_id();
+      }
+    }
+    if (exported.ok()) {
+      result.set_state(pb::SUCCEEDED);
+      result.set_model_id(model_id);
+      *result.mutable_metrics() = trained->metrics;
+    } else {
+      result.set_state(pb::FAILED);
+      result.set_error(std::string(exported.message()));
+    }
+  }
+  if (result.state() != pb::JOB_STATE_UNSPECIFIED) {
+    pb::WorkerMessage m;
+    *m.mutable_result() = result;
+    send(m);
+  }
+  done = true;
+  {
+    std::lock_guard<std::mutex> lock(write_mu);
+    stream->WritesDone();
+  }
+  heartbeat.join();
+  reader.join();
+  grpc::Status fin = stream->Finish();
+  std::error_code ec;
+  std::filesystem::remove_all(job_dir, ec);
+  if (lease_lost && result.state() == pb::JOB_STATE_UNSPECIFIED) {
+    return absl::AbortedError("lease lost; the server re-queues the job");
+  }
+  return FromGrpc(fin, "reporting the result");
+}
+
+}  // namespace ft::worker

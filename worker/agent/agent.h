@@ -1,0 +1,53 @@
+#ifndef FT_WORKER_AGENT_AGENT_H_
+#define FT_WORKER_AGENT_AGENT_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include <torch/types.h>
+
+#include "absl/status/status.h"
+#include "finetune/v1/worker.grpc.pb.h"
+
+namespace ft::worker {
+
+namespace pb = ::finetune::v1;
+
+struct AgentOptions {
+  std::string server_address;
+  std::string worker_id;
+  torch::Device device = torch::kCPU;
+  int threads = 1;
+  std::string work_dir;
+  // Exit when this process is gone (local workers watch their server); 0 = never.
+  int parent_pid = 0;
+  // Stop after this many jobs; 0 = run forever.
+  int max_jobs = 0;
+};
+
+// The worker's lease loop: lease a job, run it while streaming events and
+// heartbeats, upload the model, report the result; repeat. A lost lease or
+// a cancellation stops the job at the next step.
+class Agent {
+ public:
+  explicit Agent(const AgentOptions& options);
+  // Runs until Stop() or the parent exits. Returns an error only when the
+  // server is unusable (e.g. the address is malformed).
+  absl::Status Run();
+  // Thread-safe; the current job stops at its next step.
+  void Stop() { stopping_ = true; }
+
+ private:
+  absl::Status RunOne(const pb::LeaseJobResponse& lease);
+  bool ParentGone() const;
+
+  AgentOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::WorkerGateway::Stub> stub_;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace ft::worker
+
+#endif  // FT_WORKER_AGENT_AGENT_H_

@@ -1,0 +1,50 @@
+#ifndef FT_WORKER_BACKBONES_BACKBONE_H_
+#define FT_WORKER_BACKBONES_BACKBONE_H_
+
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "absl/status/statusor.h"
+
+namespace ft::worker {
+
+// A feature extractor with torchvision's parameter names: everything of a
+// torchvision classifier before its last Linear layer.
+struct Backbone {
+  std::string name;
+  // forward(x: [N,3,H,W]) -> pooled features [N, feature_dim].
+  torch::jit::Module module;
+  // The stages freeze_depth counts, from the input; each lists the module's
+  // top-level children that belong to it.
+  std::vector<std::string> stage_names;
+  std::vector<std::vector<std::string>> stages;
+  int64_t feature_dim = 0;
+  // State-dict prefixes of torchvision's own head (replaced, so skipped when
+  // loading weights), e.g. "fc." for ResNet.
+  std::vector<std::string> head_prefixes;
+};
+
+// Builds a randomly initialised backbone (initialised as torchvision does).
+// INVALID_ARGUMENT for an unknown name.
+absl::StatusOr<Backbone> BuildBackbone(const std::string& name);
+
+// The exported model: a TorchScript module with `backbone` and `head`
+// (a Linear) and two methods, forward(x) -> logits and features(x) ->
+// pooled backbone output. `classes` is stored as an attribute too.
+torch::jit::Module BuildClassifier(const torch::jit::Module& backbone, int64_t feature_dim,
+                                   const std::vector<std::string>& classes);
+// As above with a given head module (to keep a trained head).
+torch::jit::Module BuildClassifierWithHead(const torch::jit::Module& backbone,
+                                           const torch::jit::Module& head,
+                                           const std::vector<std::string>& classes);
+
+// Puts `model` (a classifier) in training mode with the first `freeze_depth`
+// stages of `backbone` frozen: their parameters stop requiring grad and their
+// modules (so their BatchNorm layers) stay in eval mode. -1 freezes all.
+void ApplyFreeze(torch::jit::Module& model, const Backbone& backbone, int freeze_depth);
+
+}  // namespace ft::worker
+
+#endif  // FT_WORKER_BACKBONES_BACKBONE_H_

@@ -1,0 +1,78 @@
+#include "worker/data/loader.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace ft::worker {
+
+BatchLoader::BatchLoader(const ImageSet* images, std::vector<int64_t> order,
+                         const LoaderOptions& options)
+    : images_(images),
+      order_(std::move(order)),
+      options_(options),
+      num_batches_((static_cast<int64_t>(order_.size()) + options.batch_size - 1) / options.batch_size) {
+  const int threads = std::max(1, options.threads);
+  for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { Work(); });
+}
+
+BatchLoader::~BatchLoader() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (auto& t : workers_) t.join();
+}
+
+Batch BatchLoader::Make(int64_t b) {
+  const int64_t begin = b * options_.batch_size;
+  const int64_t end = std::min<int64_t>(begin + options_.batch_size, static_cast<int64_t>(order_.size()));
+  const int64_t n = end - begin;
+  const int s = options_.transform.image_size;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(options_.pin_memory);
+  Batch batch{torch::empty({n, 3, s, s}, opts), torch::empty({n}, torch::kInt64)};
+  float* out = batch.images.data_ptr<float>();
+  int64_t* labels = batch.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t idx = order_[static_cast<size_t>(begin + i)];
+    // A per-image stream: deterministic whatever the thread that makes it.
+    std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(begin + i));
+    TransformInto(images_->images[static_cast<size_t>(idx)], options_.transform, &rng, out + i * 3 * s * s);
+    labels[i] = images_->labels[static_cast<size_t>(idx)];
+  }
+  return batch;
+}
+
+void BatchLoader::Work() {
+  while (true) {
+    int64_t b;
+    {
+      absl::MutexLock lock(&mu_);
+      auto can_make = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || next_to_make_ >= num_batches_ ||
+               next_to_make_ < next_to_take_ + options_.prefetch;
+      };
+      mu_.Await(absl::Condition(&can_make));
+      if (stopping_ || next_to_make_ >= num_batches_) return;
+      b = next_to_make_++;
+    }
+    Batch batch = Make(b);
+    absl::MutexLock lock(&mu_);
+    ready_.emplace(b, std::move(batch));
+  }
+}
+
+std::optional<Batch> BatchLoader::Next() {
+  absl::MutexLock lock(&mu_);
+  if (next_to_take_ >= num_batches_) return std::nullopt;
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ready_.count(next_to_take_) > 0; };
+  const auto start = std::chrono::steady_clock::now();
+  mu_.Await(absl::Condition(&ready));
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto it = ready_.find(next_to_take_);
+  Batch batch = std::move(it->second);
+  ready_.erase(it);
+  ++next_to_take_;
+  return batch;
+}
+
+}  // namespace ft::worker

@@ -1,0 +1,71 @@
+#ifndef FT_WORKER_DATA_LOADER_H_
+#define FT_WORKER_DATA_LOADER_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/synchronization/mutex.h"
+#include "worker/data/images.h"
+
+namespace ft::worker {
+
+struct Batch {
+  torch::Tensor images;  // float32 [B, 3, S, S]
+  torch::Tensor labels;  // int64 [B]
+};
+
+struct LoaderOptions {
+  int batch_size = 32;
+  TransformOptions transform;
+  // Seeds the per-image augmentation; the same seed gives the same batches
+  // whatever the thread count.
+  uint64_t seed = 0;
+  int threads = 1;
+  // Batches prepared ahead of the trainer.
+  int prefetch = 4;
+  // Pin batch memory (only meaningful when training on CUDA).
+  bool pin_memory = false;
+};
+
+// Transforms one pass over `order` into batches on background threads, in
+// order, with a bounded prefetch queue. Next() blocks only when the queue is
+// empty, and the time it blocks is the loader wait ("data starvation").
+// One consumer thread; the destructor stops and joins the workers.
+class BatchLoader {
+ public:
+  // `images` is not owned and must outlive the loader.
+  BatchLoader(const ImageSet* images, std::vector<int64_t> order, const LoaderOptions& options);
+  ~BatchLoader();
+  BatchLoader(const BatchLoader&) = delete;
+  BatchLoader& operator=(const BatchLoader&) = delete;
+
+  std::optional<Batch> Next();
+  int64_t num_batches() const { return num_batches_; }
+  double wait_seconds() const { return wait_seconds_; }
+
+ private:
+  void Work();
+  Batch Make(int64_t b);
+
+  const ImageSet* images_;
+  const std::vector<int64_t> order_;
+  const LoaderOptions options_;
+  const int64_t num_batches_;
+  double wait_seconds_ = 0;
+
+  absl::Mutex mu_;
+  int64_t next_to_make_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t next_to_take_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<int64_t, Batch> ready_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace ft::worker
+
+#endif  // FT_WORKER_DATA_LOADER_H_
