@@ -18,6 +18,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/util/files.h"
+#include "proto/util/flag_names.h"
 #include "server/api/finetune_service.h"
 #include "server/api/worker_gateway_service.h"
 #include "server/events/event_hub.h"
@@ -148,6 +149,9 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("finetuned: the finetuned server. See README.md.");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args = ft::util::DashedFlagsToAbseil(argc, argv);
+  std::vector<char*> argv2;
+  for (auto& a : args) argv2.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
   return Run();
 }

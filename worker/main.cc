@@ -4,6 +4,7 @@
 
 #include <iostream>
 #include <thread>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -13,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "proto/util/files.h"
+#include "proto/util/flag_names.h"
 #include "worker/agent/agent.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "finetuned address");
@@ -36,7 +38,10 @@ void OnSignal(int) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("finetune-worker --server ADDR [--device auto|cpu|cuda[:N]] [--threads N]");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args = ft::util::DashedFlagsToAbseil(argc, argv);
+  std::vector<char*> argv2;
+  for (auto& a : args) argv2.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << "finetune-worker 0.1.0, LibTorch " << TORCH_VERSION
               << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << std::endl;

@@ -1,0 +1,151 @@
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "server/datasets/layout.h"
+#include "server/datasets/resolver.h"
+
+namespace ft::datasets {
+namespace {
+namespace fs = std::filesystem;
+
+class DatasetsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("ft-ds-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  void Touch(const fs::path& p) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << "x";
+  }
+  fs::path root_;
+};
+
+TEST_F(DatasetsTest, ImageFolderWithSplits) {
+  for (int i = 0; i < 3; ++i) {
+    Touch(root_ / "train/cat" / (std::to_string(i) + ".jpg"));
+    Touch(root_ / "train/dog" / (std::to_string(i) + ".PNG"));
+  }
+  Touch(root_ / "train/dog/notes.txt");
+  Touch(root_ / "val/cat/a.jpg");
+  Touch(root_ / "val/dog/a.jpg");
+  Touch(root_ / "test/dog/a.jpg");
+  auto l = ScanDataset(root_.string(), {});
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->format, "imagefolder");
+  EXPECT_EQ(l->classes, (std::vector<std::string>{"cat", "dog"}));
+  EXPECT_EQ(l->train.size(), 6u);
+  EXPECT_EQ(l->val.size(), 2u);
+  EXPECT_EQ(l->test.size(), 1u);
+  EXPECT_EQ(l->test[0].label, 1);
+}
+
+TEST_F(DatasetsTest, FlatFoldersSplitStratifiedAndSeeded) {
+  for (int i = 0; i < 10; ++i) {
+    Touch(root_ / "a" / (std::to_string(i) + ".png"));
+    Touch(root_ / "b" / (std::to_string(i) + ".png"));
+  }
+  LayoutOptions o;
+  o.val_split = 0.3f;
+  o.seed = 42;
+  auto l1 = ScanDataset(root_.string(), o);
+  auto l2 = ScanDataset(root_.string(), o);
+  ASSERT_TRUE(l1.ok()) << l1.status();
+  EXPECT_EQ(l1->val.size(), 6u);
+  int val_a = 0;
+  for (const auto& s : l1->val) val_a += s.label == 0;
+  EXPECT_EQ(val_a, 3);
+  for (size_t i = 0; i < l1->val.size(); ++i) EXPECT_EQ(l1->val[i].path, l2->val[i].path);
+  o.max_per_class = 2;
+  auto capped = ScanDataset(root_.string(), o);
+  EXPECT_EQ(capped->train.size(), 4u);
+}
+
+TEST_F(DatasetsTest, CsvManifest) {
+  Touch(root_ / "img/1.png");
+  Touch(root_ / "img/2.png");
+  Touch(root_ / "img/3.png");
+  Touch(root_ / "img/4.png");
+  std::ofstream(root_ / "labels.csv") << "path,label\nimg/1.png,x\nimg/2.png,y\nimg/3.png,x\nimg/4.png,y\n";
+  auto l = ScanDataset((root_ / "labels.csv").string(), {});
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->format, "csv");
+  EXPECT_EQ(l->classes, (std::vector<std::string>{"x", "y"}));
+  EXPECT_EQ(l->train.size() + l->val.size(), 4u);
+  std::ofstream(root_ / "bad.csv") << "only-one-column\n";
+  EXPECT_TRUE(absl::IsFailedPrecondition(ScanDataset((root_ / "bad.csv").string(), {}).status()));
+}
+
+void WriteIdx(const fs::path& p, uint32_t magic, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {
+  std::ofstream f(p, std::ios::binary);
+  auto be = [&](uint32_t v) {
+    char b[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+    f.write(b, 4);
+  };
+  be(magic);
+  for (auto d : dims) be(d);
+  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+}
+
+TEST_F(DatasetsTest, IdxAndLyingHeaders) {
+  WriteIdx(root_ / "train-labels-idx1-ubyte", 0x801, {4}, {0, 1, 2, 1});
+  WriteIdx(root_ / "train-images-idx3-ubyte", 0x803, {4, 2, 2}, std::vector<uint8_t>(16, 7));
+  WriteIdx(root_ / "t10k-labels-idx1-ubyte", 0x801, {2}, {0, 2});
+  WriteIdx(root_ / "t10k-images-idx3-ubyte", 0x803, {2, 2, 2}, std::vector<uint8_t>(8, 9));
+  LayoutOptions o;
+  o.classes = {"2", "0"};
+  auto l = ScanDataset(root_.string(), o);
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->format, "idx");
+  EXPECT_EQ(l->classes, (std::vector<std::string>{"2", "0"}));
+  EXPECT_EQ(l->train.size(), 2u);
+  EXPECT_EQ(l->val.size(), 2u);
+  auto imgs = ReadIdxImages((root_ / "train-images-idx3-ubyte").string());
+  ASSERT_TRUE(imgs.ok());
+  EXPECT_EQ(imgs->count, 4);
+  // A header claiming a billion images of a truncated file is refused, not allocated.
+  WriteIdx(root_ / "lie", 0x803, {1000000000, 4000, 4000}, {1, 2, 3});
+  EXPECT_TRUE(absl::IsDataLoss(ReadIdxImages((root_ / "lie").string()).status()));
+  WriteIdx(root_ / "short", 0x803, {10, 28, 28}, {1, 2, 3});
+  EXPECT_TRUE(absl::IsDataLoss(ReadIdxImages((root_ / "short").string()).status()));
+  o.classes = {"7"};
+  EXPECT_TRUE(absl::IsInvalidArgument(ScanDataset(root_.string(), o).status()));
+}
+
+TEST_F(DatasetsTest, SingleClassAndEmpty) {
+  Touch(root_ / "one/a.png");
+  Touch(root_ / "one/b.png");
+  auto s = ScanDataset(root_.string(), {});
+  EXPECT_TRUE(absl::IsFailedPrecondition(s.status()));
+  EXPECT_NE(s.status().message().find("at least 2"), std::string::npos);
+  EXPECT_TRUE(absl::IsNotFound(ScanDataset((root_ / "missing").string(), {}).status()));
+}
+
+TEST_F(DatasetsTest, SandboxAndUris) {
+  fs::create_directories(root_ / "roots/data/set");
+  fs::create_directories(root_ / "outside");
+  fs::create_symlink(root_ / "outside", root_ / "roots/data/link");
+  const std::vector<std::string> roots = {(root_ / "roots/data").string()};
+  EXPECT_TRUE(ResolveInside((root_ / "roots/data/set").string(), roots, "dataset").ok());
+  EXPECT_TRUE(absl::IsPermissionDenied(ResolveInside((root_ / "roots/data/../../outside").string(), roots, "dataset").status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(ResolveInside((root_ / "roots/data/link").string(), roots, "dataset").status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(ResolveInside((root_ / "roots/database").string(), roots, "dataset").status()));
+  EXPECT_TRUE(absl::IsNotFound(ResolveInside((root_ / "roots/data/nope").string(), roots, "dataset").status()));
+
+  auto u = ParseDatasetUri("file:///a%20b/c?classes=x,y&max_per_class=5", "dataset_uri");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->path, "/a b/c");
+  EXPECT_EQ(u->options.classes, (std::vector<std::string>{"x", "y"}));
+  EXPECT_EQ(u->options.max_per_class, 5);
+  EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("s3://b/k", "dataset_uri").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file://relative", "dataset_uri").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a?bogus=1", "dataset_uri").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a%00b", "dataset_uri").status()));
+}
+
+}  // namespace
+}  // namespace ft::datasets
