@@ -20,9 +20,12 @@ BUILD_PACKAGES=(
   libgtest-dev libgmock-dev
 )
 TEST_PACKAGES=(
-  python3-torch python3-torchvision python3-grpcio python3-protobuf python3-numpy
-  dataset-fashion-mnist
+  python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
+  dataset-fashion-mnist prometheus
 )
+# Installed only when the command is missing: some machines carry their own
+# kubectl or Node.js, and Debian's packages would clash with them.
+OPTIONAL_TOOLS=(kubectl:kubernetes-client npm:npm node:nodejs)
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -34,6 +37,9 @@ deps() {
   local missing=()
   for p in "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  for t in "${OPTIONAL_TOOLS[@]}"; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"

@@ -38,7 +38,8 @@ Jobs:
   submit --dataset URI --backbone NAME [--weights pretrained|none|URI]
          [--freeze-depth N|all] [--epochs N] [--batch-size N] [--image-size N]
          [--lr F] [--optimizer adam|adamw|sgd] [--val-split F] [--seed N]
-         [--name S] [--priority N] [--request-id S] [--follow]
+         [--augment standard|light|none] [--name S] [--priority N]
+         [--request-id S] [--follow]
   get JOB                      show a job
   list [--limit N]             list jobs, newest first
   watch JOB [--from SEQ]       stream a job's events until it ends
@@ -227,7 +228,7 @@ class Cli {
   int Submit() {
     const std::vector<std::string> allowed = {
         "dataset", "backbone", "weights", "freeze-depth", "epochs", "batch-size", "image-size", "lr",
-        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow"};
+        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment"};
     if (auto rc = CheckFlags(allowed)) return *rc;
     if (args_.words.size() != 1) return Refuse("submit takes flags only");
     pb::JobSpec spec;
@@ -236,6 +237,7 @@ class Cli {
     spec.set_weights_uri(Flag("weights", "none"));
     spec.set_optimizer(Flag("optimizer", ""));
     spec.set_name(Flag("name", ""));
+    spec.set_augment(Flag("augment", ""));
     if (spec.dataset_uri().empty()) return Refuse("submit needs --dataset URI");
     if (spec.backbone().empty()) return Refuse("submit needs --backbone NAME");
     // A local path is taken as a file:// URI, as users expect.

@@ -78,6 +78,11 @@ absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** bac
   if (spec->seed() < 0) return Invalid("seed", "must be non-negative");
   if (spec->name().size() > 256) return Invalid("name", "is longer than 256 characters");
   if (spec->weights_uri().empty()) spec->set_weights_uri("none");
+  if (spec->augment().empty()) spec->set_augment("standard");
+  if (spec->augment() != "standard" && spec->augment() != "light" && spec->augment() != "none") {
+    return Invalid("augment", absl::StrCat("unknown augmentation '", spec->augment(),
+                                           "'; known: standard, light, none"));
+  }
   return absl::OkStatus();
 }
 

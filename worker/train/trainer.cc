@@ -163,7 +163,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   LoaderOptions train_loader_options;
   train_loader_options.batch_size = spec.batch_size();
   train_loader_options.transform.image_size = spec.image_size();
-  train_loader_options.transform.train = true;
+  train_loader_options.transform.train = spec.augment() != "none";
+  if (spec.augment() == "light") train_loader_options.transform.min_scale = 0.5f;
   train_loader_options.threads = options.loader_threads;
   train_loader_options.pin_memory = options.device.is_cuda();
   LoaderOptions eval_loader_options = train_loader_options;
@@ -276,6 +277,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   meta["dataset_uri"] = spec.dataset_uri();
   meta["weights_uri"] = spec.weights_uri();
   meta["val_source"] = layout.val_source;
+  meta["augment"] = spec.augment();
   meta["train_images"] = train_set.images.size();
   meta["val_images"] = val_set.images.size();
   meta["spec"] = nlohmann::json::parse(util::ToJson(spec));
@@ -289,6 +291,10 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
 
 absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, const TrainerOptions& options,
                                         const TrainerHooks& hooks) {
+  // The profiling graph executor re-specialises and re-optimises the model's
+  // graphs during the first epoch (10x slower steps, measured) and again when
+  // stages unfreeze; plain interpretation runs the same ATen kernels.
+  torch::jit::setGraphExecutorOptimize(false);
   try {
     return Train(job, options, hooks);
   } catch (const c10::Error& e) {

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The finetuned demo: transfer learning on Fashion-MNIST, end to end.
+#   1. start finetuned on its embedded defaults (SQLite under ./var/demo, one local worker);
+#   2. train a source model on classes 0-4 (t-shirt, trouser, pullover, dress, coat);
+#   3. fine-tune it (--weights model://ID) on classes 5-9 (sandal, shirt, sneaker, bag,
+#      ankle boot) from only a few images per class, and train the same recipe from
+#      scratch beside it;
+#   4. download both models and print their held-out accuracy (Fashion-MNIST's t10k
+#      images of classes 5-9, never seen in training), then stop the server.
+# Usage: client/demo.sh BIN_DIR   (./dev.sh demo builds and calls this)
+set -euo pipefail
+BIN=${1:-build/bin}
+DATA=/usr/share/datasets/fashion-mnist
+VAR=${DEMO_VAR:-./var/demo}
+SHOTS=${DEMO_SHOTS:-10}                 # training images per class for the target task
+SOURCE_PER_CLASS=${DEMO_SOURCE_PER_CLASS:-600}
+export FTCTL_SERVER
+
+if [ ! -f "$DATA/train-images-idx3-ubyte.gz" ]; then
+  echo "demo: $DATA is missing; install the Debian package dataset-fashion-mnist" >&2
+  exit 1
+fi
+mkdir -p "$VAR"
+rm -f "$VAR/port"
+"$BIN/finetuned" --listen=127.0.0.1:0 --port-file="$VAR/port" --data-dir="$VAR" \
+  --dataset-roots="$DATA" --local-workers=1 >"$VAR/finetuned.log" 2>&1 &
+SERVER_PID=$!
+cleanup() {
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || true
+    echo "demo: finetuned stopped cleanly"
+  fi
+}
+trap cleanup EXIT
+for _ in $(seq 100); do [ -s "$VAR/port" ] && break; sleep 0.1; done
+[ -s "$VAR/port" ] || { echo "demo: finetuned did not start:"; cat "$VAR/finetuned.log"; exit 1; }
+FTCTL_SERVER=127.0.0.1:$(cat "$VAR/port")
+echo "demo: finetuned is serving on $FTCTL_SERVER (data in $VAR, log $VAR/finetuned.log)"
+ftctl() { "$BIN/ftctl" "$@"; }
+job_field() { sed -n "s/^$1 *//p"; }
+
+COMMON=(--backbone resnet18 --image-size 32 --batch-size 32 --seed 1 --augment light)
+echo
+echo "== 1/3 source model: classes 0-4, $SOURCE_PER_CLASS images each =="
+ftctl submit --name source "${COMMON[@]}" --epochs 3 --lr 0.002 \
+  --dataset "file://$DATA?classes=0,1,2,3,4&max_per_class=$SOURCE_PER_CLASS&max_val_per_class=200" \
+  --follow | tee "$VAR/source.txt"
+SOURCE_MODEL=$(job_field model <"$VAR/source.txt")
+
+TARGET="file://$DATA?classes=5,6,7,8,9&max_per_class=$SHOTS&max_val_per_class=400"
+echo
+echo "== 2/3 transfer: classes 5-9 from $SHOTS images each, starting from model://$SOURCE_MODEL =="
+ftctl submit --name transfer "${COMMON[@]}" --epochs 15 --lr 0.001 --freeze-depth 3 \
+  --weights "model://$SOURCE_MODEL" --dataset "$TARGET" --follow | tee "$VAR/transfer.txt"
+TRANSFER_MODEL=$(job_field model <"$VAR/transfer.txt")
+
+echo
+echo "== 3/3 the same data, epochs and learning rate from scratch (random weights, all layers trained) =="
+ftctl submit --name scratch "${COMMON[@]}" --epochs 15 --lr 0.001 --freeze-depth 0 \
+  --weights none --dataset "$TARGET" --follow | tee "$VAR/scratch.txt"
+SCRATCH_MODEL=$(job_field model <"$VAR/scratch.txt")
+
+echo
+for m in "$TRANSFER_MODEL" "$SCRATCH_MODEL"; do
+  ftctl models download "$m" --dir "$VAR/models/$m" >/dev/null
+done
+acc() { /usr/bin/python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["metrics"]["val_accuracy"])' "$VAR/models/$1/metadata.json"; }
+echo "== held-out accuracy on Fashion-MNIST t10k, classes 5-9 ($SHOTS training images per class) =="
+printf '  transfer from model://%s : %s\n' "$SOURCE_MODEL" "$(acc "$TRANSFER_MODEL")"
+printf '  from scratch                 : %s\n' "$(acc "$SCRATCH_MODEL")"
+echo "  models downloaded to $VAR/models/ (model.pt loads with torch.jit.load; see metadata.json)"

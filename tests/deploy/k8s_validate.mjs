@@ -1,0 +1,274 @@
+// Validates rendered Kubernetes manifests (YAML on stdin, as `kubectl kustomize`
+// prints them):
+//  1. every object is constructed with its model class from kubernetes-models,
+//     @kubernetes-models/prometheus-operator or @kubernetes-models/keda and
+//     `.validate()`d against its schema; an object of any other kind fails;
+//  2. the deployment rules of finetuned hold (security context, resources,
+//     probes, wiring between Services, selectors, monitors and policies; the
+//     overlay's own settings for --overlay cpu|gpu).
+// The schemas do not reject unknown fields, so (2) checks the fields that
+// matter by value; a typo there shows up as a missing setting.
+//
+//   node k8s_validate.mjs --overlay cpu --rules deploy/prometheus/rules/finetune-alerts.yml < rendered.yaml
+import { readFileSync } from "node:fs";
+import { isDeepStrictEqual } from "node:util";
+import yaml from "js-yaml";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const overlay = args.overlay;
+if (!["cpu", "gpu"].includes(overlay) || !args.rules) {
+  console.error("usage: node k8s_validate.mjs --overlay cpu|gpu --rules RULES.yml < rendered.yaml");
+  process.exit(2);
+}
+const NAMESPACE = "finetune";
+const errors = [];
+const fail = (what, msg) => errors.push(`${what}: ${msg}`);
+
+const docs = yaml.loadAll(readFileSync(0, "utf8")).filter((d) => d);
+if (docs.length === 0) {
+  console.error("FAIL: no objects on stdin");
+  process.exit(1);
+}
+
+// --- 1. schemas -------------------------------------------------------------
+const CRD_PACKAGES = {
+  "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+  "keda.sh": "@kubernetes-models/keda",
+};
+function modulePath(apiVersion) {
+  const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
+  if (group === "" || !group.includes(".") || group.endsWith(".k8s.io")) return `kubernetes-models/${apiVersion}`;
+  return CRD_PACKAGES[group] ? `${CRD_PACKAGES[group]}/${apiVersion}` : null;
+}
+const id = (d) => `${d.kind}/${d.metadata?.name}`;
+for (const doc of docs) {
+  const base = doc.apiVersion && doc.kind ? modulePath(doc.apiVersion) : null;
+  let Model = null;
+  if (base) {
+    try {
+      Model = (await import(`${base}/${doc.kind}`))[doc.kind];
+    } catch {
+      Model = null;
+    }
+  }
+  if (!Model) {
+    fail(id(doc), `unknown kind ${doc.apiVersion} ${doc.kind}: no model to validate it with`);
+    continue;
+  }
+  try {
+    new Model(doc).validate();
+  } catch (e) {
+    fail(id(doc), `schema: ${e.message}`);
+  }
+}
+
+// --- 2. deployment rules ----------------------------------------------------
+const of = (kind) => docs.filter((d) => d.kind === kind);
+const one = (kind, name) => docs.find((d) => d.kind === kind && d.metadata?.name === name);
+const matches = (selector, labels) =>
+  !!selector && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v);
+const workloads = docs.filter((d) => ["Deployment", "StatefulSet", "DaemonSet"].includes(d.kind));
+const podLabels = (w) => w.spec?.template?.metadata?.labels ?? {};
+
+for (const d of docs) {
+  if (d.kind !== "Namespace" && d.metadata?.namespace !== NAMESPACE) {
+    fail(id(d), `namespace is ${d.metadata?.namespace}, expected ${NAMESPACE}`);
+  }
+}
+for (const [kind, name] of [
+  ["StatefulSet", "finetuned"], ["Deployment", "finetune-worker"], ["Service", "finetuned"],
+  ["Service", "finetune-worker"], ["PrometheusRule", "finetune-alerts"], ["ScaledObject", "finetune-worker"],
+]) {
+  if (!one(kind, name)) fail(`${kind}/${name}`, "missing");
+}
+for (const kind of ["ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"]) {
+  if (of(kind).length === 0) fail(kind, "none rendered");
+}
+
+// Pods: security, resources, probes, volumes.
+for (const w of workloads) {
+  const spec = w.spec?.template?.spec ?? {};
+  const podSec = spec.securityContext ?? {};
+  if (!matches(w.spec?.selector?.matchLabels, podLabels(w))) fail(id(w), "selector does not match the pod labels");
+  if (spec.automountServiceAccountToken !== false) fail(id(w), "automountServiceAccountToken should be false");
+  const volumes = new Map((spec.volumes ?? []).map((v) => [v.name, v]));
+  for (const t of w.spec?.volumeClaimTemplates ?? []) volumes.set(t.metadata.name, { persistentVolumeClaim: {} });
+  const all = [...(spec.initContainers ?? []).map((c) => [c, true]), ...(spec.containers ?? []).map((c) => [c, false])];
+  for (const [c, init] of all) {
+    const what = `${id(w)} container ${c.name}`;
+    const sec = c.securityContext ?? {};
+    const eff = (k) => (sec[k] !== undefined ? sec[k] : podSec[k]);
+    if (!c.image || !/:[\w][\w.-]*$/.test(c.image) || /:latest$/.test(c.image)) fail(what, `image ${c.image} needs a fixed tag`);
+    for (const kind of ["requests", "limits"]) {
+      for (const r of ["cpu", "memory"]) {
+        if (c.resources?.[kind]?.[r] === undefined) fail(what, `no resources.${kind}.${r}`);
+      }
+    }
+    if (eff("runAsNonRoot") !== true) fail(what, "runAsNonRoot is not true");
+    if (!(Number.isInteger(eff("runAsUser")) && eff("runAsUser") > 0)) fail(what, "runAsUser must be a non-zero uid");
+    if (sec.readOnlyRootFilesystem !== true) fail(what, "readOnlyRootFilesystem is not true");
+    if (sec.allowPrivilegeEscalation !== false) fail(what, "allowPrivilegeEscalation is not false");
+    if (!(sec.capabilities?.drop ?? []).includes("ALL")) fail(what, "capabilities.drop lacks ALL");
+    if (sec.capabilities?.add?.length) fail(what, `adds capabilities ${sec.capabilities.add}`);
+    if (eff("privileged")) fail(what, "privileged");
+    if (eff("seccompProfile")?.type !== "RuntimeDefault") fail(what, "seccompProfile is not RuntimeDefault");
+    if (!init) {
+      if (!c.livenessProbe) fail(what, "no livenessProbe");
+      if (!c.readinessProbe) fail(what, "no readinessProbe");
+    }
+    const portNames = new Set((c.ports ?? []).map((p) => p.name));
+    for (const p of ["livenessProbe", "readinessProbe", "startupProbe"]) {
+      const port = c[p]?.httpGet?.port ?? c[p]?.tcpSocket?.port;
+      if (typeof port === "string" && !portNames.has(port)) fail(what, `${p} uses unknown port name ${port}`);
+    }
+    const mounts = c.volumeMounts ?? [];
+    for (const m of mounts) {
+      if (!volumes.has(m.name)) fail(what, `volumeMount ${m.name} has no volume`);
+    }
+    const tmp = mounts.find((m) => m.mountPath === "/tmp");
+    if (!tmp || !volumes.get(tmp.name)?.emptyDir) fail(what, "read-only root filesystem but no emptyDir at /tmp");
+  }
+}
+
+// Server.
+const server = one("StatefulSet", "finetuned");
+if (server) {
+  const spec = server.spec;
+  const c = spec.template.spec.containers.find((x) => x.name === "finetuned") ?? spec.template.spec.containers[0];
+  if (spec.replicas !== 1) fail(id(server), `replicas is ${spec.replicas}; SQLite allows exactly 1`);
+  const headless = one("Service", spec.serviceName);
+  if (!headless || headless.spec.clusterIP !== "None" || !matches(headless.spec.selector, podLabels(server))) {
+    fail(id(server), `serviceName ${spec.serviceName} is not a headless Service selecting its pods`);
+  }
+  const claims = (spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name);
+  const dataMount = (c.volumeMounts ?? []).find((m) => m.mountPath === "/var/lib/finetuned");
+  if (!dataMount || !claims.includes(dataMount.name)) fail(id(server), "no volumeClaimTemplate mounted at /var/lib/finetuned");
+  for (const flag of ["--listen=0.0.0.0:50051", "--metrics-listen=0.0.0.0:9464", "--local-workers=0",
+    "--data-dir=/var/lib/finetuned", "--dataset-roots=/datasets"]) {
+    if (!(c.args ?? []).includes(flag)) fail(id(server), `args lack ${flag}`);
+  }
+  for (const p of ["readinessProbe", "livenessProbe"]) {
+    if (c[p]?.grpc?.port !== 50051) fail(id(server), `${p} is not a grpc probe on port 50051`);
+  }
+  const ports = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+  if (ports.grpc !== 50051 || ports.metrics !== 9464) fail(id(server), `container ports ${JSON.stringify(ports)}`);
+}
+
+// Workers.
+const worker = one("Deployment", "finetune-worker");
+if (worker) {
+  const pod = worker.spec.template.spec;
+  const c = pod.containers[0];
+  const a = c.args ?? [];
+  const serverArg = a.find((x) => x.startsWith("--server="));
+  const [host, port] = (serverArg ?? "=:").split("=")[1].split(":");
+  const svc = one("Service", host);
+  if (!svc || !(svc.spec.ports ?? []).some((p) => p.port === Number(port)) || !server || !matches(svc.spec.selector, podLabels(server))) {
+    fail(id(worker), `${serverArg} does not name a Service port that reaches the server`);
+  }
+  if (!a.includes("--metrics-listen=0.0.0.0:9465")) fail(id(worker), "args lack --metrics-listen=0.0.0.0:9465");
+  const gpuLimit = c.resources?.limits?.["nvidia.com/gpu"];
+  if (overlay === "cpu") {
+    if (!a.includes("--device=cpu")) fail(id(worker), "cpu overlay: args lack --device=cpu");
+    if (gpuLimit !== undefined) fail(id(worker), "cpu overlay asks for a GPU");
+    if (/cuda/.test(c.image)) fail(id(worker), `cpu overlay uses image ${c.image}`);
+  } else {
+    if (!a.includes("--device=cuda")) fail(id(worker), "gpu overlay: args lack --device=cuda");
+    if (!(Number(gpuLimit) >= 1)) fail(id(worker), "gpu overlay: no nvidia.com/gpu limit");
+    const gpuReq = c.resources?.requests?.["nvidia.com/gpu"];
+    if (gpuReq !== undefined && Number(gpuReq) !== Number(gpuLimit)) fail(id(worker), "nvidia.com/gpu request != limit");
+    if (!pod.nodeSelector || Object.keys(pod.nodeSelector).length === 0) fail(id(worker), "gpu overlay: no nodeSelector");
+    if (!(pod.tolerations ?? []).some((t) => t.key === "nvidia.com/gpu")) fail(id(worker), "gpu overlay: no nvidia.com/gpu toleration");
+    if (!/cuda/.test(c.image)) fail(id(worker), `gpu overlay uses image ${c.image}, not the CUDA one`);
+  }
+  if ((a.filter((x) => x.startsWith("--device=")).length) !== 1) fail(id(worker), "exactly one --device flag expected");
+}
+
+// Services select pods and target their ports.
+for (const svc of of("Service")) {
+  const targets = workloads.filter((w) => matches(svc.spec.selector, podLabels(w)));
+  if (targets.length === 0) {
+    fail(id(svc), "selects no workload's pods");
+    continue;
+  }
+  for (const p of svc.spec.ports ?? []) {
+    const ok = targets.some((w) => w.spec.template.spec.containers.some((c) => (c.ports ?? []).some(
+      (cp) => cp.name === p.targetPort || cp.containerPort === (p.targetPort ?? p.port))));
+    if (!ok) fail(id(svc), `port ${p.name} targets ${p.targetPort}, which no selected container exposes`);
+  }
+}
+
+// ServiceMonitors reach a Service's named port; server and workers are both scraped.
+const scraped = new Set();
+for (const sm of of("ServiceMonitor")) {
+  const svcs = of("Service").filter((s) => matches(sm.spec.selector?.matchLabels, s.metadata.labels));
+  if (svcs.length === 0) fail(id(sm), "selects no Service");
+  for (const ep of sm.spec.endpoints ?? []) {
+    for (const s of svcs) {
+      if (!(s.spec.ports ?? []).some((p) => p.name === ep.port)) fail(id(sm), `Service ${s.metadata.name} has no port ${ep.port}`);
+      else workloads.filter((w) => matches(s.spec.selector, podLabels(w))).forEach((w) => scraped.add(w.metadata.name));
+    }
+  }
+}
+for (const w of workloads) if (!scraped.has(w.metadata.name)) fail(id(w), "no ServiceMonitor scrapes its metrics");
+
+// PrometheusRule = the rule file.
+const rule = one("PrometheusRule", "finetune-alerts");
+if (rule) {
+  const fileGroups = yaml.load(readFileSync(args.rules, "utf8")).groups;
+  if (!isDeepStrictEqual(rule.spec?.groups, fileGroups)) fail(id(rule), `groups differ from ${args.rules}; run deploy/k8s/gen-prometheusrule.py`);
+}
+
+// KEDA scales the worker Deployment on the queue.
+for (const so of of("ScaledObject")) {
+  const ref = so.spec.scaleTargetRef;
+  if (!one(ref.kind ?? "Deployment", ref.name)) fail(id(so), `scaleTargetRef ${ref.kind ?? "Deployment"}/${ref.name} is not rendered`);
+  const trig = (so.spec.triggers ?? []).find((t) => t.type === "prometheus");
+  if (!trig || !/\bfinetune_queue_depth\b/.test(trig.metadata?.query ?? "")) fail(id(so), "no prometheus trigger on finetune_queue_depth");
+  if (!trig?.metadata?.serverAddress || !trig?.metadata?.threshold) fail(id(so), "prometheus trigger lacks serverAddress or threshold");
+  if ((so.spec.minReplicaCount ?? 0) > (so.spec.maxReplicaCount ?? 100)) fail(id(so), "minReplicaCount > maxReplicaCount");
+}
+
+// NetworkPolicies: every pod covered; metrics only from Prometheus; workers reach gRPC.
+const policies = of("NetworkPolicy");
+const isPrometheusPeer = (peer) =>
+  peer.podSelector?.matchLabels?.["app.kubernetes.io/name"] === "prometheus" && peer.namespaceSelector !== undefined && !peer.ipBlock;
+for (const w of workloads) {
+  const mine = policies.filter((np) => matches(np.spec.podSelector?.matchLabels, podLabels(w)));
+  if (mine.length === 0) {
+    fail(id(w), "no NetworkPolicy selects its pods");
+    continue;
+  }
+  const metricsPorts = new Set();
+  w.spec.template.spec.containers.forEach((c) => (c.ports ?? []).filter((p) => p.name === "metrics").forEach((p) => metricsPorts.add(p.containerPort)));
+  for (const np of mine) {
+    for (const rule of np.spec.ingress ?? []) {
+      const ports = rule.ports ?? [];
+      const opensMetrics = ports.length === 0 || ports.some((p) => metricsPorts.has(p.port) || p.port === "metrics");
+      if (opensMetrics && (!(rule.from?.length) || !rule.from.every(isPrometheusPeer))) {
+        fail(id(np), `lets non-Prometheus peers reach the metrics port of ${id(w)}`);
+      }
+    }
+  }
+}
+if (server && worker) {
+  const open = policies.filter((np) => matches(np.spec.podSelector?.matchLabels, podLabels(server))).some((np) =>
+    (np.spec.ingress ?? []).some((r) => (r.ports ?? []).some((p) => p.port === 50051) &&
+      (r.from ?? []).some((peer) => !peer.namespaceSelector && matches(peer.podSelector?.matchLabels, podLabels(worker)))));
+  if (!open) fail("NetworkPolicy", "no rule lets the workers reach the server on 50051");
+}
+
+// PodDisruptionBudgets for server and workers.
+for (const w of [server, worker].filter(Boolean)) {
+  if (!of("PodDisruptionBudget").some((pdb) => matches(pdb.spec.selector?.matchLabels, podLabels(w)))) {
+    fail(id(w), "no PodDisruptionBudget");
+  }
+}
+
+if (errors.length) {
+  for (const e of errors) console.log(`FAIL: ${e}`);
+  process.exit(1);
+}
+console.log(`${overlay}: ${docs.length} objects valid (${[...new Set(docs.map((d) => d.kind))].join(", ")})`);

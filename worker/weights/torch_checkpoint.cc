@@ -1,0 +1,1147 @@
+#include "worker/weights/torch_checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "proto/util/files.h"
+#include "proto/util/status.h"
+#include "worker/weights/tensor_bytes.h"
+
+namespace ft::worker {
+namespace {
+
+using weights_internal::CheckedBytes;
+using weights_internal::CheckedNumel;
+using weights_internal::kMaxDims;
+using weights_internal::TensorFromBytes;
+
+// Bounds on what a checkpoint may hold. Real state_dicts are far below them.
+constexpr uint64_t kMaxFileBytes = uint64_t{1} << 36;  // 64 GiB
+constexpr uint64_t kMaxZipEntries = 100000;
+constexpr size_t kMaxEntryNameBytes = 4096;
+constexpr uint64_t kMaxPickleBytes = uint64_t{64} << 20;
+constexpr size_t kMaxStack = size_t{1} << 20;    // values on the pickle stack
+constexpr size_t kMaxMarks = 4096;               // open MARKs (nesting depth)
+constexpr size_t kMaxMemo = size_t{1} << 20;     // memo entries
+constexpr uint64_t kMaxStringBytes = 1 << 20;    // one pickled string
+constexpr size_t kMaxItems = size_t{1} << 23;    // values inside containers, all together
+constexpr size_t kMaxTensors = 100000;
+constexpr size_t kMaxGlobalLine = 256;
+// Tensors may share storage (tied weights), so the tensors read may exceed
+// the file; a bounded multiple stops a small file from asking for terabytes.
+constexpr uint64_t kMaxOutputFactor = 4;
+constexpr uint64_t kOutputSlackBytes = uint64_t{1} << 20;
+
+constexpr uint32_t kLocalHeaderSig = 0x04034b50;
+constexpr uint32_t kCentralHeaderSig = 0x02014b50;
+constexpr uint32_t kEndSig = 0x06054b50;
+constexpr uint32_t kZip64EndSig = 0x06064b50;
+constexpr uint32_t kZip64LocatorSig = 0x07064b50;
+constexpr uint64_t kEndSize = 22;
+constexpr uint64_t kZip64EndSize = 56;
+constexpr uint64_t kZip64LocatorSize = 20;
+constexpr uint64_t kCentralHeaderSize = 46;
+constexpr uint64_t kLocalHeaderSize = 30;
+
+uint16_t Le16(const char* p) {
+  return static_cast<uint16_t>(static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8);
+}
+uint32_t Le32(const char* p) {
+  return static_cast<uint32_t>(Le16(p)) | static_cast<uint32_t>(Le16(p + 2)) << 16;
+}
+uint64_t Le64(const char* p) {
+  return static_cast<uint64_t>(Le32(p)) | static_cast<uint64_t>(Le32(p + 4)) << 32;
+}
+
+// [offset, offset + length) lies within [0, limit), without overflow.
+bool InRange(uint64_t offset, uint64_t length, uint64_t limit) {
+  return offset <= limit && length <= limit - offset;
+}
+
+// A name from the file, quoted and escaped for an error message.
+std::string Quote(absl::string_view s) {
+  constexpr size_t kMaxShown = 200;
+  std::string out = absl::StrCat("'", absl::CHexEscape(s.substr(0, kMaxShown)), "'");
+  if (s.size() > kMaxShown) out += "...";
+  return out;
+}
+
+bool ValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const uint8_t c = static_cast<uint8_t>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    uint32_t min;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2, cp = c & 0x1F, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3, cp = c & 0x0F, min = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (len > s.size() - i) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const uint8_t cc = static_cast<uint8_t>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Zip: the central directory is the truth; local headers only locate data.
+
+struct ZipEntry {
+  std::string name;
+  uint64_t header_offset = 0;
+  uint64_t data_offset = 0;
+  uint64_t size = 0;
+  uint32_t crc32 = 0;
+  bool crc_checked = false;
+};
+
+class ZipArchive {
+ public:
+  static absl::StatusOr<ZipArchive> Open(absl::string_view bytes, const std::string& what);
+
+  // nullptr when there is no entry of that name.
+  ZipEntry* Find(const std::string& name) {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : &entries_[it->second];
+  }
+  // The entry's bytes, CRC-checked on first use.
+  absl::StatusOr<absl::string_view> Contents(ZipEntry& entry);
+  const std::vector<ZipEntry>& entries() const { return entries_; }
+  uint64_t file_size() const { return bytes_.size(); }
+
+ private:
+  ZipArchive(absl::string_view bytes, const std::string& what) : bytes_(bytes), what_(what) {}
+
+  absl::Status Truncated(absl::string_view detail) const {
+    return absl::DataLossError(absl::StrCat(what_, ": truncated zip: ", detail));
+  }
+  absl::Status Corrupt(absl::string_view detail) const {
+    return absl::DataLossError(absl::StrCat(what_, ": corrupt zip: ", detail));
+  }
+  absl::Status ParseCentralDirectory(uint64_t cd_offset, uint64_t cd_size, uint64_t count);
+
+  absl::string_view bytes_;
+  std::string what_;
+  std::vector<ZipEntry> entries_;
+  std::unordered_map<std::string, size_t> by_name_;
+};
+
+absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes, const std::string& what) {
+  if (bytes.size() < 4 || Le32(bytes.data()) != kLocalHeaderSig) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what,
+        ": not a zip-format torch checkpoint (saved with _use_new_zipfile_serialization=False?)"));
+  }
+  ZipArchive zip(bytes, what);
+  const char* p = bytes.data();
+  const uint64_t n = bytes.size();
+  if (n < kEndSize) return zip.Truncated("shorter than an end-of-central-directory record");
+
+  // The end record is the last 22 bytes plus a comment of up to 64 KiB; its
+  // comment length must reach exactly to the end of the file.
+  const uint64_t last = n - kEndSize;
+  const uint64_t lowest = last > 0xFFFF ? last - 0xFFFF : 0;
+  uint64_t end = 0;
+  bool found = false;
+  for (uint64_t pos = last + 1; pos-- > lowest;) {
+    if (Le32(p + pos) == kEndSig && pos + kEndSize + Le16(p + pos + 20) == n) {
+      end = pos;
+      found = true;
+      break;
+    }
+  }
+  if (!found) return zip.Truncated("no end-of-central-directory record");
+
+  uint64_t disk = Le16(p + end + 4);
+  uint64_t cd_disk = Le16(p + end + 6);
+  uint64_t count_on_disk = Le16(p + end + 8);
+  uint64_t count = Le16(p + end + 10);
+  uint64_t cd_size = Le32(p + end + 12);
+  uint64_t cd_offset = Le32(p + end + 16);
+  uint64_t cd_limit = end;  // the central directory ends before this
+
+  if (end >= kZip64LocatorSize && Le32(p + end - kZip64LocatorSize) == kZip64LocatorSig) {
+    const uint64_t locator = end - kZip64LocatorSize;
+    const uint64_t z64 = Le64(p + locator + 8);
+    if (Le32(p + locator + 16) > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": multi-disk zip archives are not supported"));
+    }
+    if (!InRange(z64, kZip64EndSize, locator) || Le32(p + z64) != kZip64EndSig) {
+      return zip.Corrupt(absl::StrCat("bad zip64 end record offset ", z64));
+    }
+    const uint64_t record_size = Le64(p + z64 + 4);
+    if (record_size < kZip64EndSize - 12 || !InRange(z64 + 12, record_size, locator)) {
+      return zip.Corrupt(absl::StrCat("bad zip64 end record size ", record_size));
+    }
+    disk = Le32(p + z64 + 16);
+    cd_disk = Le32(p + z64 + 20);
+    count_on_disk = Le64(p + z64 + 24);
+    count = Le64(p + z64 + 32);
+    cd_size = Le64(p + z64 + 40);
+    cd_offset = Le64(p + z64 + 48);
+    cd_limit = z64;
+  }
+  if (disk != 0 || cd_disk != 0 || count_on_disk != count) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": multi-disk zip archives are not supported"));
+  }
+  if (count > kMaxZipEntries) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": zip has ", count, " entries, more than the limit of ", kMaxZipEntries));
+  }
+  if (!InRange(cd_offset, cd_size, cd_limit)) {
+    return zip.Truncated(absl::StrCat("central directory (", cd_size, " bytes at offset ", cd_offset,
+                                      ") lies outside the ", cd_limit,
+                                      " bytes before the end record"));
+  }
+  if (count * kCentralHeaderSize > cd_size) {
+    return zip.Corrupt(absl::StrCat(count, " entries cannot fit a central directory of ", cd_size,
+                                    " bytes"));
+  }
+  FT_RETURN_IF_ERROR(zip.ParseCentralDirectory(cd_offset, cd_size, count));
+  return zip;
+}
+
+absl::Status ZipArchive::ParseCentralDirectory(uint64_t cd_offset, uint64_t cd_size,
+                                               uint64_t count) {
+  const char* p = bytes_.data();
+  const uint64_t cd_end = cd_offset + cd_size;
+  entries_.reserve(count);
+  uint64_t pos = cd_offset;
+  for (uint64_t i = 0; i < count; ++i) {
+    if (!InRange(pos, kCentralHeaderSize, cd_end) || Le32(p + pos) != kCentralHeaderSig) {
+      return Corrupt(absl::StrCat("central directory entry ", i, " at offset ", pos, " is invalid"));
+    }
+    const char* h = p + pos;
+    const uint16_t flags = Le16(h + 8);
+    const uint16_t method = Le16(h + 10);
+    const uint32_t crc = Le32(h + 16);
+    uint64_t compressed = Le32(h + 20);
+    uint64_t size = Le32(h + 24);
+    const uint64_t name_len = Le16(h + 28);
+    const uint64_t extra_len = Le16(h + 30);
+    const uint64_t comment_len = Le16(h + 32);
+    uint64_t disk = Le16(h + 34);
+    uint64_t header_offset = Le32(h + 42);
+    if (!InRange(pos + kCentralHeaderSize, name_len + extra_len + comment_len, cd_end)) {
+      return Corrupt(absl::StrCat("central directory entry ", i, " runs past the directory"));
+    }
+    absl::string_view name(h + kCentralHeaderSize, name_len);
+    absl::string_view extra(h + kCentralHeaderSize + name_len, extra_len);
+    pos += kCentralHeaderSize + name_len + extra_len + comment_len;
+
+    // Zip64 extended information: the 64-bit values of the saturated fields, in order.
+    const bool need_size = size == 0xFFFFFFFF;
+    const bool need_compressed = compressed == 0xFFFFFFFF;
+    const bool need_offset = header_offset == 0xFFFFFFFF;
+    const bool need_disk = disk == 0xFFFF;
+    if (need_size || need_compressed || need_offset || need_disk) {
+      bool have_zip64 = false;
+      size_t q = 0;
+      while (q + 4 <= extra.size()) {
+        const uint16_t id = Le16(extra.data() + q);
+        const size_t len = Le16(extra.data() + q + 2);
+        if (len > extra.size() - q - 4) {
+          return Corrupt(absl::StrCat("extra field of ", Quote(name), " runs past its entry"));
+        }
+        if (id == 0x0001) {
+          absl::string_view f = extra.substr(q + 4, len);
+          size_t r = 0;
+          auto take = [&](bool need, size_t width, uint64_t* out) {
+            if (!need) return true;
+            if (width > f.size() - r) return false;
+            *out = width == 8 ? Le64(f.data() + r) : Le32(f.data() + r);
+            r += width;
+            return true;
+          };
+          if (!take(need_size, 8, &size) || !take(need_compressed, 8, &compressed) ||
+              !take(need_offset, 8, &header_offset) || !take(need_disk, 4, &disk)) {
+            return Corrupt(absl::StrCat("zip64 field of ", Quote(name), " is too short"));
+          }
+          have_zip64 = true;
+          break;
+        }
+        q += 4 + len;
+      }
+      if (!have_zip64) {
+        return Corrupt(absl::StrCat("entry ", Quote(name), " lacks its zip64 extra field"));
+      }
+    }
+
+    if (name.empty() || name.size() > kMaxEntryNameBytes || name.find('\0') != name.npos) {
+      return Corrupt(absl::StrCat("entry ", i, " has an invalid name"));
+    }
+    if (disk != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(what_, ": multi-disk zip archives are not supported"));
+    }
+    if ((flags & 0x0041) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what_, ": zip entry ", Quote(name), " is encrypted"));
+    }
+    if (method != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what_, ": zip entry ", Quote(name), " is compressed (method ", method,
+          "); only stored entries, as torch.save writes them, are supported"));
+    }
+    if (compressed != size) {
+      return Corrupt(absl::StrCat("stored entry ", Quote(name), " has compressed size ",
+                                  compressed, " but size ", size));
+    }
+
+    // The local header only tells where the data starts.
+    if (!InRange(header_offset, kLocalHeaderSize, cd_offset) ||
+        Le32(p + header_offset) != kLocalHeaderSig) {
+      return Corrupt(absl::StrCat("local header of ", Quote(name), " at offset ", header_offset,
+                                  " is invalid"));
+    }
+    const char* l = p + header_offset;
+    const uint16_t local_flags = Le16(l + 6);
+    const uint16_t local_method = Le16(l + 8);
+    const uint32_t local_crc = Le32(l + 14);
+    const uint32_t local_compressed = Le32(l + 18);
+    const uint32_t local_size = Le32(l + 22);
+    const uint64_t local_name_len = Le16(l + 26);
+    const uint64_t local_extra_len = Le16(l + 28);
+    if (!InRange(header_offset + kLocalHeaderSize, local_name_len + local_extra_len, cd_offset) ||
+        absl::string_view(l + kLocalHeaderSize, local_name_len) != name) {
+      return Corrupt(absl::StrCat("local header of ", Quote(name),
+                                  " does not match the central directory"));
+    }
+    if (local_method != method ||
+        ((local_flags & 0x0008) == 0 && local_compressed != 0xFFFFFFFF &&
+         (local_crc != crc || local_compressed != compressed || local_size != size))) {
+      return Corrupt(absl::StrCat("local header of ", Quote(name),
+                                  " disagrees with the central directory"));
+    }
+    const uint64_t data_offset = header_offset + kLocalHeaderSize + local_name_len + local_extra_len;
+    if (!InRange(data_offset, size, cd_offset)) {
+      return Truncated(absl::StrCat("entry ", Quote(name), " claims ", size, " bytes at offset ",
+                                    data_offset, ", past the end of the records (", cd_offset,
+                                    " bytes) in a file of ", bytes_.size(), " bytes"));
+    }
+    ZipEntry entry;
+    entry.name = std::string(name);
+    entry.header_offset = header_offset;
+    entry.data_offset = data_offset;
+    entry.size = size;
+    entry.crc32 = crc;
+    if (!by_name_.emplace(entry.name, entries_.size()).second) {
+      return Corrupt(absl::StrCat("duplicate entry ", Quote(name)));
+    }
+    entries_.push_back(std::move(entry));
+  }
+  if (pos != cd_end) {
+    return Corrupt(absl::StrCat("central directory has ", cd_end - pos,
+                                " bytes beyond its ", count, " entries"));
+  }
+
+  // No two records may share bytes.
+  std::vector<const ZipEntry*> order;
+  order.reserve(entries_.size());
+  for (const ZipEntry& e : entries_) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const ZipEntry* a, const ZipEntry* b) {
+    return a->header_offset < b->header_offset;
+  });
+  for (size_t i = 1; i < order.size(); ++i) {
+    if (order[i]->header_offset < order[i - 1]->data_offset + order[i - 1]->size) {
+      return Corrupt(absl::StrCat("entries ", Quote(order[i - 1]->name), " and ",
+                                  Quote(order[i]->name), " overlap"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::string_view> ZipArchive::Contents(ZipEntry& entry) {
+  absl::string_view data = bytes_.substr(entry.data_offset, entry.size);
+  if (!entry.crc_checked) {
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32_z(0, reinterpret_cast<const Bytef*>(data.data()), data.size()));
+    if (crc != entry.crc32) {
+      return absl::DataLossError(absl::StrCat(
+          what_, ": zip entry ", Quote(entry.name), " fails its CRC-32 check (stored ",
+          absl::Hex(entry.crc32, absl::kZeroPad8), ", computed ", absl::Hex(crc, absl::kZeroPad8),
+          ")"));
+    }
+    entry.crc_checked = true;
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------------------
+// Pickle: a small VM for the opcodes torch.save emits (protocol 2; the
+// protocol 4 framing and memo opcodes too). Containers live in arenas and
+// values refer to them by index, so self-referencing or deeply nested input
+// costs no recursion and no reference cycles.
+
+enum class Kind : uint8_t {
+  kNone, kBool, kInt, kFloat, kStr, kTuple, kList, kDict, kGlobal, kStorage, kTensor,
+};
+
+const char* KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kNone: return "None";
+    case Kind::kBool: return "bool";
+    case Kind::kInt: return "int";
+    case Kind::kFloat: return "float";
+    case Kind::kStr: return "str";
+    case Kind::kTuple: return "tuple";
+    case Kind::kList: return "list";
+    case Kind::kDict: return "dict";
+    case Kind::kGlobal: return "global";
+    case Kind::kStorage: return "storage";
+    case Kind::kTensor: return "tensor";
+  }
+  return "?";
+}
+
+// kBool, kInt: `i` is the value; kFloat: `f`; any other kind: `i` indexes
+// the arena of that kind.
+struct Value {
+  Kind kind = Kind::kNone;
+  int64_t i = 0;
+  double f = 0;
+};
+
+enum class GlobalKind { kOrderedDict, kRebuildTensorV2, kRebuildParameter, kStorageType };
+
+struct Global {
+  GlobalKind kind;
+  at::ScalarType dtype;  // for kStorageType
+};
+
+struct Dict {
+  std::vector<std::pair<Value, Value>> items;
+  std::unordered_map<std::string, size_t> index;  // key -> position in items
+};
+
+struct Storage {
+  ZipEntry* entry;
+  at::ScalarType dtype;
+  int64_t numel;
+};
+
+struct TensorSpec {
+  size_t storage;
+  int64_t offset;
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+};
+
+bool StorageDtype(absl::string_view name, at::ScalarType* dtype) {
+  static const std::pair<const char*, at::ScalarType> kTypes[] = {
+      {"DoubleStorage", at::kDouble},   {"FloatStorage", at::kFloat},
+      {"HalfStorage", at::kHalf},       {"BFloat16Storage", at::kBFloat16},
+      {"LongStorage", at::kLong},       {"IntStorage", at::kInt},
+      {"ShortStorage", at::kShort},     {"CharStorage", at::kChar},
+      {"ByteStorage", at::kByte},       {"BoolStorage", at::kBool},
+      {"ComplexFloatStorage", at::kComplexFloat},
+      {"ComplexDoubleStorage", at::kComplexDouble},
+  };
+  for (const auto& [type_name, type] : kTypes) {
+    if (name == type_name) {
+      *dtype = type;
+      return true;
+    }
+  }
+  return false;
+}
+
+namespace op {
+constexpr uint8_t kProto = 0x80, kFrame = 0x95, kStop = '.', kGlobal = 'c', kStackGlobal = 0x93;
+constexpr uint8_t kBinPut = 'q', kLongBinPut = 'r', kMemoize = 0x94, kBinGet = 'h',
+                  kLongBinGet = 'j';
+constexpr uint8_t kMark = '(', kPop = '0', kPopMark = '1', kDup = '2';
+constexpr uint8_t kEmptyDict = '}', kEmptyList = ']', kEmptyTuple = ')', kTuple = 't',
+                  kTuple1 = 0x85, kTuple2 = 0x86, kTuple3 = 0x87;
+constexpr uint8_t kAppend = 'a', kAppends = 'e', kSetItem = 's', kSetItems = 'u';
+constexpr uint8_t kBinUnicode = 'X', kShortBinUnicode = 0x8c, kBinUnicode8 = 0x8d;
+constexpr uint8_t kBinInt = 'J', kBinInt1 = 'K', kBinInt2 = 'M', kLong1 = 0x8a,
+                  kBinFloat = 'G';
+constexpr uint8_t kNewTrue = 0x88, kNewFalse = 0x89, kNone = 'N';
+constexpr uint8_t kReduce = 'R', kBuild = 'b', kBinPersId = 'Q';
+}  // namespace op
+
+class Unpickler {
+ public:
+  Unpickler(absl::string_view pickle, ZipArchive* zip, std::string prefix, const std::string& what)
+      : in_(pickle), zip_(zip), prefix_(std::move(prefix)), what_(what) {}
+
+  absl::StatusOr<std::vector<NamedTensor>> Run();
+
+ private:
+  absl::Status Corrupt(absl::string_view detail) const {
+    return absl::DataLossError(absl::StrCat(what_, ": corrupt data.pkl: ", detail,
+                                            " (opcode at offset ", op_pos_, ")"));
+  }
+  absl::Status Unsupported(absl::string_view detail) const {
+    return absl::InvalidArgumentError(absl::StrCat(what_, ": ", detail, " (data.pkl offset ",
+                                                   op_pos_, ")"));
+  }
+
+  absl::Status Step(uint8_t code);
+  absl::Status Take(uint64_t n, absl::string_view* out);
+  absl::Status TakeLine(absl::string_view* out);
+  absl::Status TakeLe(size_t width, uint64_t* out);
+
+  size_t Floor() const { return marks_.empty() ? 0 : marks_.back(); }
+  absl::Status Push(Value v);
+  absl::Status Pop(Value* v);
+  absl::Status Top(Value** v);
+  absl::Status PopMark(std::vector<Value>* items);
+  absl::Status CountItems(size_t n);
+
+  Value NewSeq(Kind kind, std::vector<Value> items);
+  absl::Status PushString(absl::string_view s);
+  absl::Status PushGlobal(absl::string_view module, absl::string_view name);
+  absl::Status SetItem(Dict& dict, const Value& key, const Value& value);
+  absl::Status Memoize(uint64_t index);
+  absl::Status Reduce(const Value& callable, const Value& args, Value* result);
+  absl::Status PersistentLoad(const Value& pid, Value* result);
+  absl::Status RebuildTensor(const std::vector<Value>& args, Value* result);
+  absl::Status IntTuple(const Value& v, absl::string_view what, std::vector<int64_t>* out);
+  absl::StatusOr<at::Tensor> Materialize(const TensorSpec& spec, const std::string& name);
+
+  absl::string_view in_;
+  uint64_t pos_ = 0;
+  uint64_t op_pos_ = 0;
+  ZipArchive* zip_;
+  std::string prefix_;
+  const std::string& what_;
+
+  std::vector<Value> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, Value> memo_;
+  size_t items_ = 0;
+
+  std::vector<std::string> strings_;
+  std::vector<std::vector<Value>> seqs_;  // tuples and lists
+  std::vector<Dict> dicts_;
+  std::vector<Global> globals_;
+  std::vector<Storage> storages_;
+  std::vector<TensorSpec> tensors_;
+  uint64_t output_bytes_ = 0;
+};
+
+absl::Status Unpickler::Take(uint64_t n, absl::string_view* out) {
+  if (n > in_.size() - pos_) {
+    return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: opcode at offset ",
+                                            op_pos_, " needs ", n, " bytes at offset ", pos_,
+                                            ", the pickle has ", in_.size()));
+  }
+  *out = in_.substr(pos_, n);
+  pos_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::TakeLe(size_t width, uint64_t* out) {
+  absl::string_view b;
+  FT_RETURN_IF_ERROR(Take(width, &b));
+  uint64_t v = 0;
+  for (size_t k = width; k-- > 0;) v = (v << 8) | static_cast<uint8_t>(b[k]);
+  *out = v;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::TakeLine(absl::string_view* out) {
+  const absl::string_view rest = in_.substr(pos_, kMaxGlobalLine + 1);
+  const size_t nl = rest.find('\n');
+  if (nl == rest.npos) {
+    if (rest.size() <= kMaxGlobalLine) {
+      return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: unterminated GLOBAL"));
+    }
+    return Corrupt("GLOBAL name too long");
+  }
+  *out = rest.substr(0, nl);
+  pos_ += nl + 1;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Push(Value v) {
+  if (stack_.size() >= kMaxStack) return Unsupported("pickle stack too deep");
+  stack_.push_back(v);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Pop(Value* v) {
+  if (stack_.size() <= Floor()) return Corrupt("stack underflow");
+  *v = stack_.back();
+  stack_.pop_back();
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Top(Value** v) {
+  if (stack_.size() <= Floor()) return Corrupt("stack underflow");
+  *v = &stack_.back();
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PopMark(std::vector<Value>* items) {
+  if (marks_.empty()) return Corrupt("no MARK to pop to");
+  const size_t mark = marks_.back();
+  marks_.pop_back();
+  items->assign(stack_.begin() + static_cast<std::ptrdiff_t>(mark), stack_.end());
+  stack_.resize(mark);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::CountItems(size_t n) {
+  if (n > kMaxItems - items_) return Unsupported("pickle holds too many values");
+  items_ += n;
+  return absl::OkStatus();
+}
+
+Value Unpickler::NewSeq(Kind kind, std::vector<Value> items) {
+  seqs_.push_back(std::move(items));
+  return Value{kind, static_cast<int64_t>(seqs_.size() - 1), 0};
+}
+
+absl::Status Unpickler::PushString(absl::string_view s) {
+  if (s.size() > kMaxStringBytes) {
+    return Unsupported(absl::StrCat("pickled string of ", s.size(), " bytes is too long"));
+  }
+  if (!ValidUtf8(s)) return Corrupt("string is not valid UTF-8");
+  strings_.emplace_back(s);
+  return Push(Value{Kind::kStr, static_cast<int64_t>(strings_.size() - 1), 0});
+}
+
+absl::Status Unpickler::PushGlobal(absl::string_view module, absl::string_view name) {
+  Global g{GlobalKind::kOrderedDict, at::kFloat};
+  if (module == "collections" && name == "OrderedDict") {
+    g.kind = GlobalKind::kOrderedDict;
+  } else if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
+    g.kind = GlobalKind::kRebuildTensorV2;
+  } else if (module == "torch._utils" && name == "_rebuild_parameter") {
+    g.kind = GlobalKind::kRebuildParameter;
+  } else if (module == "torch" && StorageDtype(name, &g.dtype)) {
+    g.kind = GlobalKind::kStorageType;
+  } else {
+    return Unsupported(absl::StrCat(
+        "forbidden pickle global ", Quote(absl::StrCat(module, ".", name)),
+        "; a state_dict checkpoint may only use collections.OrderedDict, "
+        "torch._utils._rebuild_tensor_v2/_rebuild_parameter and torch storage types"));
+  }
+  globals_.push_back(g);
+  return Push(Value{Kind::kGlobal, static_cast<int64_t>(globals_.size() - 1), 0});
+}
+
+absl::Status Unpickler::SetItem(Dict& dict, const Value& key, const Value& value) {
+  std::string k;
+  if (key.kind == Kind::kStr) {
+    k = absl::StrCat("s", strings_[static_cast<size_t>(key.i)]);
+  } else if (key.kind == Kind::kInt) {
+    k = absl::StrCat("i", key.i);
+  } else {
+    return Unsupported(absl::StrCat("dict key of type ", KindName(key.kind)));
+  }
+  auto [it, inserted] = dict.index.emplace(std::move(k), dict.items.size());
+  if (inserted) {
+    FT_RETURN_IF_ERROR(CountItems(2));
+    dict.items.emplace_back(key, value);
+  } else {
+    dict.items[it->second].second = value;  // Python keeps the first position
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Memoize(uint64_t index) {
+  Value* top = nullptr;
+  FT_RETURN_IF_ERROR(Top(&top));
+  auto it = memo_.find(index);
+  if (it != memo_.end()) {
+    it->second = *top;
+    return absl::OkStatus();
+  }
+  if (memo_.size() >= kMaxMemo) return Unsupported("pickle memo too large");
+  memo_.emplace(index, *top);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::IntTuple(const Value& v, absl::string_view what,
+                                 std::vector<int64_t>* out) {
+  if (v.kind != Kind::kTuple) {
+    return Corrupt(absl::StrCat("tensor ", what, " is a ", KindName(v.kind), ", not a tuple"));
+  }
+  const std::vector<Value>& items = seqs_[static_cast<size_t>(v.i)];
+  if (items.size() > kMaxDims) {
+    return Unsupported(absl::StrCat("tensor with ", items.size(), " dimensions"));
+  }
+  out->clear();
+  for (const Value& item : items) {
+    if (item.kind != Kind::kInt || item.i < 0) {
+      return Corrupt(absl::StrCat("tensor ", what, " holds a negative or non-integer value"));
+    }
+    out->push_back(item.i);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PersistentLoad(const Value& pid, Value* result) {
+  if (pid.kind != Kind::kTuple || seqs_[static_cast<size_t>(pid.i)].size() != 5) {
+    return Corrupt("persistent id is not a 5-tuple ('storage', type, key, location, numel)");
+  }
+  const std::vector<Value>& t = seqs_[static_cast<size_t>(pid.i)];
+  if (t[0].kind != Kind::kStr || strings_[static_cast<size_t>(t[0].i)] != "storage") {
+    return Unsupported("persistent id that is not a storage");
+  }
+  if (t[1].kind != Kind::kGlobal ||
+      globals_[static_cast<size_t>(t[1].i)].kind != GlobalKind::kStorageType) {
+    return Corrupt("persistent id does not name a storage type");
+  }
+  if (t[2].kind != Kind::kStr || t[3].kind != Kind::kStr || t[4].kind != Kind::kInt ||
+      t[4].i < 0) {
+    return Corrupt("persistent id has a bad key, location or size");
+  }
+  const at::ScalarType dtype = globals_[static_cast<size_t>(t[1].i)].dtype;
+  const std::string& key = strings_[static_cast<size_t>(t[2].i)];
+  ZipEntry* entry = zip_->Find(absl::StrCat(prefix_, "data/", key));
+  if (entry == nullptr) {
+    return absl::DataLossError(
+        absl::StrCat(what_, ": storage ", Quote(key), " has no record ",
+                     Quote(absl::StrCat(prefix_, "data/", key)), " in the zip"));
+  }
+  uint64_t nbytes = 0;
+  if (!CheckedBytes(t[4].i, c10::elementSize(dtype), &nbytes) || nbytes > entry->size) {
+    return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " of ", t[4].i, " ",
+                                            c10::toString(dtype), " elements needs more than the ",
+                                            entry->size, " bytes of its record"));
+  }
+  FT_RETURN_IF_ERROR(zip_->Contents(*entry).status());  // CRC check, once per record
+  storages_.push_back(Storage{entry, dtype, t[4].i});
+  *result = Value{Kind::kStorage, static_cast<int64_t>(storages_.size() - 1), 0};
+  return absl::OkStatus();
+}
+
+// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+//                    backward_hooks[, metadata])
+absl::Status Unpickler::RebuildTensor(const std::vector<Value>& args, Value* result) {
+  if (args.size() != 6 && args.size() != 7) {
+    return Corrupt(absl::StrCat("_rebuild_tensor_v2 called with ", args.size(), " arguments"));
+  }
+  if (args[0].kind != Kind::kStorage) return Corrupt("_rebuild_tensor_v2 without a storage");
+  if (args[1].kind != Kind::kInt || args[1].i < 0) {
+    return Corrupt("tensor storage offset is not a non-negative integer");
+  }
+  if (args[4].kind != Kind::kBool) return Corrupt("tensor requires_grad is not a bool");
+  if (args[5].kind != Kind::kDict) return Corrupt("tensor backward_hooks is not a dict");
+  if (args.size() == 7 && args[6].kind != Kind::kDict && args[6].kind != Kind::kNone) {
+    return Corrupt("tensor metadata is not a dict");
+  }
+  if (tensors_.size() >= kMaxTensors) {
+    return Unsupported(absl::StrCat("more than ", kMaxTensors, " tensors"));
+  }
+  TensorSpec spec;
+  spec.storage = static_cast<size_t>(args[0].i);
+  spec.offset = args[1].i;
+  FT_RETURN_IF_ERROR(IntTuple(args[2], "size", &spec.sizes));
+  FT_RETURN_IF_ERROR(IntTuple(args[3], "stride", &spec.strides));
+  if (spec.sizes.size() != spec.strides.size()) {
+    return Corrupt("tensor size and stride differ in length");
+  }
+  const Storage& storage = storages_[spec.storage];
+  int64_t numel = 0;
+  if (!CheckedNumel(spec.sizes, &numel)) return Corrupt("tensor size overflows");
+  // The view must stay inside its storage: the highest element it reaches is
+  // offset + sum((size - 1) * stride).
+  if (numel == 0) {
+    if (spec.offset > storage.numel) return Corrupt("empty tensor's offset is past its storage");
+  } else {
+    int64_t last = spec.offset;
+    for (size_t d = 0; d < spec.sizes.size(); ++d) {
+      int64_t step = 0;
+      if (__builtin_mul_overflow(spec.sizes[d] - 1, spec.strides[d], &step) ||
+          __builtin_add_overflow(last, step, &last)) {
+        return Corrupt("tensor extent overflows");
+      }
+    }
+    if (last >= storage.numel) {
+      return absl::DataLossError(absl::StrCat(
+          what_, ": tensor view (offset ", spec.offset, ", last element ", last,
+          ") lies outside its storage of ", storage.numel, " elements"));
+    }
+  }
+  tensors_.push_back(std::move(spec));
+  *result = Value{Kind::kTensor, static_cast<int64_t>(tensors_.size() - 1), 0};
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Reduce(const Value& callable, const Value& args, Value* result) {
+  if (callable.kind != Kind::kGlobal) {
+    return Corrupt(absl::StrCat("REDUCE on a ", KindName(callable.kind)));
+  }
+  if (args.kind != Kind::kTuple) return Corrupt("REDUCE arguments are not a tuple");
+  const std::vector<Value>& a = seqs_[static_cast<size_t>(args.i)];
+  switch (globals_[static_cast<size_t>(callable.i)].kind) {
+    case GlobalKind::kOrderedDict:
+      if (!a.empty()) return Unsupported("OrderedDict built from arguments");
+      dicts_.emplace_back();
+      *result = Value{Kind::kDict, static_cast<int64_t>(dicts_.size() - 1), 0};
+      return absl::OkStatus();
+    case GlobalKind::kRebuildTensorV2:
+      return RebuildTensor(a, result);
+    case GlobalKind::kRebuildParameter:
+      // _rebuild_parameter(data, requires_grad, backward_hooks): the data is all we keep.
+      if (a.size() != 3 || a[0].kind != Kind::kTensor) {
+        return Corrupt("_rebuild_parameter without a tensor");
+      }
+      *result = a[0];
+      return absl::OkStatus();
+    case GlobalKind::kStorageType:
+      return Unsupported("a storage type called as a function");
+  }
+  return Corrupt("unknown global");
+}
+
+absl::Status Unpickler::Step(uint8_t code) {
+  Value a, b;
+  Value* top = nullptr;
+  std::vector<Value> items;
+  absl::string_view s;
+  uint64_t n = 0;
+  switch (code) {
+    case op::kProto:
+      FT_RETURN_IF_ERROR(TakeLe(1, &n));
+      if (n < 2 || n > 5) return Unsupported(absl::StrCat("pickle protocol ", n));
+      return absl::OkStatus();
+    case op::kFrame:  // framing is only a read-ahead hint
+      FT_RETURN_IF_ERROR(TakeLe(8, &n));
+      if (n > in_.size() - pos_) return Corrupt("FRAME runs past the pickle");
+      return absl::OkStatus();
+    case op::kGlobal: {
+      absl::string_view module, name;
+      FT_RETURN_IF_ERROR(TakeLine(&module));
+      FT_RETURN_IF_ERROR(TakeLine(&name));
+      return PushGlobal(module, name);
+    }
+    case op::kStackGlobal:
+      FT_RETURN_IF_ERROR(Pop(&b));
+      FT_RETURN_IF_ERROR(Pop(&a));
+      if (a.kind != Kind::kStr || b.kind != Kind::kStr) {
+        return Corrupt("STACK_GLOBAL operands are not strings");
+      }
+      return PushGlobal(strings_[static_cast<size_t>(a.i)], strings_[static_cast<size_t>(b.i)]);
+    case op::kBinPut:
+      FT_RETURN_IF_ERROR(TakeLe(1, &n));
+      return Memoize(n);
+    case op::kLongBinPut:
+      FT_RETURN_IF_ERROR(TakeLe(4, &n));
+      return Memoize(n);
+    case op::kMemoize:
+      return Memoize(memo_.size());
+    case op::kBinGet:
+    case op::kLongBinGet: {
+      FT_RETURN_IF_ERROR(TakeLe(code == op::kBinGet ? 1 : 4, &n));
+      auto it = memo_.find(n);
+      if (it == memo_.end()) return Corrupt(absl::StrCat("memo key ", n, " is not set"));
+      return Push(it->second);
+    }
+    case op::kMark:
+      if (marks_.size() >= kMaxMarks) return Unsupported("pickle MARKs nested too deeply");
+      marks_.push_back(stack_.size());
+      return absl::OkStatus();
+    case op::kPop:
+      if (stack_.size() > Floor()) {
+        stack_.pop_back();
+        return absl::OkStatus();
+      }
+      return PopMark(&items);
+    case op::kPopMark:
+      return PopMark(&items);
+    case op::kDup:
+      FT_RETURN_IF_ERROR(Top(&top));
+      return Push(*top);
+    case op::kEmptyDict:
+      dicts_.emplace_back();
+      return Push(Value{Kind::kDict, static_cast<int64_t>(dicts_.size() - 1), 0});
+    case op::kEmptyList:
+      return Push(NewSeq(Kind::kList, {}));
+    case op::kEmptyTuple:
+      return Push(NewSeq(Kind::kTuple, {}));
+    case op::kTuple:
+      FT_RETURN_IF_ERROR(PopMark(&items));
+      FT_RETURN_IF_ERROR(CountItems(items.size()));
+      return Push(NewSeq(Kind::kTuple, std::move(items)));
+    case op::kTuple1:
+    case op::kTuple2:
+    case op::kTuple3: {
+      const size_t count = static_cast<size_t>(code - op::kTuple1 + 1);
+      if (stack_.size() - Floor() < count) return Corrupt("stack underflow");
+      items.assign(stack_.end() - static_cast<std::ptrdiff_t>(count), stack_.end());
+      stack_.resize(stack_.size() - count);
+      FT_RETURN_IF_ERROR(CountItems(count));
+      return Push(NewSeq(Kind::kTuple, std::move(items)));
+    }
+    case op::kAppend:
+    case op::kAppends: {
+      if (code == op::kAppend) {
+        FT_RETURN_IF_ERROR(Pop(&a));
+        items.push_back(a);
+      } else {
+        FT_RETURN_IF_ERROR(PopMark(&items));
+      }
+      FT_RETURN_IF_ERROR(Top(&top));
+      if (top->kind != Kind::kList) return Corrupt(absl::StrCat("APPEND to a ", KindName(top->kind)));
+      FT_RETURN_IF_ERROR(CountItems(items.size()));
+      std::vector<Value>& list = seqs_[static_cast<size_t>(top->i)];
+      list.insert(list.end(), items.begin(), items.end());
+      return absl::OkStatus();
+    }
+    case op::kSetItem:
+    case op::kSetItems: {
+      if (code == op::kSetItem) {
+        FT_RETURN_IF_ERROR(Pop(&b));
+        FT_RETURN_IF_ERROR(Pop(&a));
+        items = {a, b};
+      } else {
+        FT_RETURN_IF_ERROR(PopMark(&items));
+        if (items.size() % 2 != 0) return Corrupt("SETITEMS with an odd number of values");
+      }
+      FT_RETURN_IF_ERROR(Top(&top));
+      if (top->kind != Kind::kDict) {
+        return Corrupt(absl::StrCat("SETITEM on a ", KindName(top->kind)));
+      }
+      Dict& dict = dicts_[static_cast<size_t>(top->i)];
+      for (size_t k = 0; k < items.size(); k += 2) {
+        FT_RETURN_IF_ERROR(SetItem(dict, items[k], items[k + 1]));
+      }
+      return absl::OkStatus();
+    }
+    case op::kBinUnicode:
+    case op::kShortBinUnicode:
+    case op::kBinUnicode8:
+      FT_RETURN_IF_ERROR(
+          TakeLe(code == op::kShortBinUnicode ? 1 : code == op::kBinUnicode ? 4 : 8, &n));
+      FT_RETURN_IF_ERROR(Take(n, &s));
+      return PushString(s);
+    case op::kBinInt:
+      FT_RETURN_IF_ERROR(TakeLe(4, &n));
+      return Push(Value{Kind::kInt, static_cast<int32_t>(static_cast<uint32_t>(n)), 0});
+    case op::kBinInt1:
+    case op::kBinInt2:
+      FT_RETURN_IF_ERROR(TakeLe(code == op::kBinInt1 ? 1 : 2, &n));
+      return Push(Value{Kind::kInt, static_cast<int64_t>(n), 0});
+    case op::kLong1: {
+      uint64_t width = 0;
+      FT_RETURN_IF_ERROR(TakeLe(1, &width));
+      if (width > 8) return Unsupported("integer wider than 64 bits");
+      if (width == 0) return Push(Value{Kind::kInt, 0, 0});
+      FT_RETURN_IF_ERROR(TakeLe(static_cast<size_t>(width), &n));
+      if (width < 8 && (n >> (width * 8 - 1)) != 0) n |= ~uint64_t{0} << (width * 8);  // sign
+      return Push(Value{Kind::kInt, static_cast<int64_t>(n), 0});
+    }
+    case op::kBinFloat: {
+      FT_RETURN_IF_ERROR(Take(8, &s));
+      uint64_t bits = 0;
+      for (char c : s) bits = (bits << 8) | static_cast<uint8_t>(c);  // big-endian
+      double d;
+      std::memcpy(&d, &bits, sizeof d);
+      return Push(Value{Kind::kFloat, 0, d});
+    }
+    case op::kNewTrue:
+    case op::kNewFalse:
+      return Push(Value{Kind::kBool, code == op::kNewTrue ? 1 : 0, 0});
+    case op::kNone:
+      return Push(Value{});
+    case op::kReduce: {
+      FT_RETURN_IF_ERROR(Pop(&b));
+      FT_RETURN_IF_ERROR(Pop(&a));
+      Value result;
+      FT_RETURN_IF_ERROR(Reduce(a, b, &result));
+      return Push(result);
+    }
+    case op::kBuild:
+      // torch.save sets OrderedDict._metadata this way; it is not needed.
+      FT_RETURN_IF_ERROR(Pop(&a));
+      FT_RETURN_IF_ERROR(Top(&top));
+      if (top->kind != Kind::kDict) return Unsupported(absl::StrCat("BUILD on a ", KindName(top->kind)));
+      return absl::OkStatus();
+    case op::kBinPersId: {
+      FT_RETURN_IF_ERROR(Pop(&a));
+      Value result;
+      FT_RETURN_IF_ERROR(PersistentLoad(a, &result));
+      return Push(result);
+    }
+    default:
+      return Unsupported(
+          absl::StrCat("unsupported pickle opcode 0x", absl::Hex(code, absl::kZeroPad2)));
+  }
+}
+
+absl::StatusOr<at::Tensor> Unpickler::Materialize(const TensorSpec& spec, const std::string& name) {
+  const Storage& storage = storages_[spec.storage];
+  const std::string what = absl::StrCat(what_, ": tensor ", Quote(name));
+  const size_t element_size = c10::elementSize(storage.dtype);
+  int64_t numel = 0;
+  CheckedNumel(spec.sizes, &numel);  // checked in RebuildTensor
+  if (numel == 0) return at::empty(spec.sizes, at::TensorOptions().dtype(storage.dtype));
+  FT_ASSIGN_OR_RETURN(absl::string_view record, zip_->Contents(*storage.entry));
+
+  bool contiguous = true;
+  int64_t expected = 1;
+  int64_t last = spec.offset;
+  for (size_t d = spec.sizes.size(); d-- > 0;) {
+    if (spec.sizes[d] != 1 && spec.strides[d] != expected) contiguous = false;
+    expected *= spec.sizes[d];
+    last += (spec.sizes[d] - 1) * spec.strides[d];
+  }
+  // Elements [offset, last] of the storage back the view; RebuildTensor
+  // checked that last < storage.numel, and PersistentLoad that the storage
+  // fits its record. Check again before touching memory.
+  const uint64_t span = contiguous ? static_cast<uint64_t>(numel)
+                                   : static_cast<uint64_t>(last - spec.offset) + 1;
+  const uint64_t begin = static_cast<uint64_t>(spec.offset) * element_size;
+  uint64_t span_bytes = 0;
+  if (__builtin_mul_overflow(span, element_size, &span_bytes) ||
+      !InRange(begin, span_bytes, record.size())) {
+    return absl::DataLossError(absl::StrCat(what, " lies outside its storage record"));
+  }
+  const uint64_t limit = kMaxOutputFactor * zip_->file_size() + kOutputSlackBytes;
+  uint64_t out_bytes = 0;
+  if (!CheckedBytes(numel, element_size, &out_bytes) || out_bytes > limit - output_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what_, ": tensors add up to more than ", limit, " bytes; too many share one storage"));
+  }
+  output_bytes_ += out_bytes;
+
+  absl::string_view bytes = record.substr(begin, span_bytes);
+  if (contiguous) return TensorFromBytes(bytes, storage.dtype, spec.sizes, what);
+  FT_ASSIGN_OR_RETURN(at::Tensor flat, TensorFromBytes(bytes, storage.dtype,
+                                                       {static_cast<int64_t>(span)}, what));
+  return flat.as_strided(spec.sizes, spec.strides, 0).clone(at::MemoryFormat::Contiguous);
+}
+
+absl::StatusOr<std::vector<NamedTensor>> Unpickler::Run() {
+  Value result;
+  for (;;) {
+    if (pos_ >= in_.size()) {
+      return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: no STOP opcode"));
+    }
+    op_pos_ = pos_;
+    const uint8_t code = static_cast<uint8_t>(in_[pos_++]);
+    if (code == op::kStop) {
+      FT_RETURN_IF_ERROR(Pop(&result));
+      break;
+    }
+    FT_RETURN_IF_ERROR(Step(code));
+  }
+  if (pos_ != in_.size()) return Corrupt("bytes after STOP");
+  if (!stack_.empty() || !marks_.empty()) return Corrupt("values left on the stack at STOP");
+
+  if (result.kind != Kind::kDict) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what_, ": the checkpoint holds a ", KindName(result.kind),
+        ", not a state_dict; save model.state_dict()"));
+  }
+  const Dict& dict = dicts_[static_cast<size_t>(result.i)];
+  std::vector<NamedTensor> out;
+  out.reserve(dict.items.size());
+  for (const auto& [key, value] : dict.items) {
+    if (key.kind != Kind::kStr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what_, ": state_dict key of type ", KindName(key.kind)));
+    }
+    const std::string& name = strings_[static_cast<size_t>(key.i)];
+    if (value.kind != Kind::kTensor) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what_, ": entry ", Quote(name), " is a ", KindName(value.kind),
+          ", not a tensor; expected a state_dict (save model.state_dict())"));
+    }
+    FT_ASSIGN_OR_RETURN(at::Tensor tensor,
+                        Materialize(tensors_[static_cast<size_t>(value.i)], name));
+    out.push_back(NamedTensor{name, std::move(tensor)});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view bytes,
+                                                            const std::string& what) {
+  FT_ASSIGN_OR_RETURN(ZipArchive zip, ZipArchive::Open(bytes, what));
+  // Like torch: every record sits in one folder named after the first record.
+  if (zip.entries().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": empty zip, not a torch checkpoint"));
+  }
+  const std::string& first = zip.entries().front().name;
+  const size_t slash = first.find('/');
+  if (slash == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": zip entry ", Quote(first), " is not in an archive folder; not a torch checkpoint"));
+  }
+  const std::string prefix = first.substr(0, slash + 1);
+  ZipEntry* pickle = zip.Find(prefix + "data.pkl");
+  if (pickle == nullptr) {
+    const bool torchscript = zip.Find(prefix + "constants.pkl") != nullptr;
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": no ", Quote(prefix + "data.pkl"), " record; not a torch.save checkpoint",
+        torchscript ? " (this is a TorchScript archive; save model.state_dict() instead)" : ""));
+  }
+  if (ZipEntry* order = zip.Find(prefix + "byteorder"); order != nullptr) {
+    FT_ASSIGN_OR_RETURN(absl::string_view byteorder, zip.Contents(*order));
+    if (byteorder != "little") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": byte order ", Quote(byteorder), " is not supported"));
+    }
+  }
+  if (pickle->size > kMaxPickleBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": data.pkl of ", pickle->size,
+                                                   " bytes is larger than the limit of ",
+                                                   kMaxPickleBytes));
+  }
+  FT_ASSIGN_OR_RETURN(absl::string_view pickle_bytes, zip.Contents(*pickle));
+  Unpickler unpickler(pickle_bytes, &zip, prefix, what);
+  return unpickler.Run();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<NamedTensor>> ParseTorchCheckpoint(absl::string_view bytes,
+                                                              const std::string& what_for_errors) {
+  try {
+    return ParseZipCheckpoint(bytes, what_for_errors);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(what_for_errors, ": ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(what_for_errors, ": out of memory"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what_for_errors, ": ", e.what()));
+  }
+}
+
+absl::StatusOr<std::vector<NamedTensor>> ReadTorchCheckpoint(const std::string& path) {
+  try {
+    FT_ASSIGN_OR_RETURN(std::string bytes, util::ReadFile(path, kMaxFileBytes));
+    return ParseTorchCheckpoint(bytes, path);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": out of memory"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
+}  // namespace ft::worker
