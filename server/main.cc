@@ -24,6 +24,7 @@
 #include "server/events/event_hub.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_job_store.h"
+#include "server/metrics/server_metrics.h"
 #include "server/models/model_store.h"
 #include "server/workers/local_worker_pool.h"
 
@@ -35,6 +36,7 @@ ABSL_FLAG(std::string, dataset_roots, "",
           "comma-separated directories file:// datasets may be read from "
           "(default: <data-dir>/datasets and /usr/share/datasets)");
 ABSL_FLAG(std::string, weights_dir, "", "where `pretrained` weights are looked up (default <data-dir>/weights)");
+ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
 ABSL_FLAG(int, worker_threads, 0, "--threads for each local worker (default: cores / local workers)");
 ABSL_FLAG(std::string, worker_binary, "", "finetune-worker to spawn (default: next to finetuned)");
 ABSL_FLAG(std::string, worker_device, "auto", "--device for local workers");
@@ -90,6 +92,20 @@ int Run() {
   JobManager manager(jm, store->get(), &hub, models->get());
 
 
+  std::unique_ptr<ServerMetrics> metrics;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    ServerMetricsOptions mo;
+    mo.listen = absl::GetFlag(FLAGS_metrics_listen);
+    mo.manager = &manager;
+    auto m = ServerMetrics::Create(mo);
+    if (!m.ok()) {
+      std::cerr << "finetuned: " << m.status().message() << std::endl;
+      return 1;
+    }
+    metrics = *std::move(m);
+    manager.SetObserver(metrics.get());
+  }
+
   FineTuneService api(&manager);
   WorkerGatewayService gateway(&manager);
   grpc::EnableDefaultHealthCheckService(true);
@@ -99,12 +115,14 @@ int Run() {
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&api);
   builder.RegisterService(&gateway);
+  if (metrics) builder.experimental().SetInterceptorCreators(metrics->InterceptorCreators());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::cerr << "finetuned: cannot listen on " << absl::GetFlag(FLAGS_listen) << std::endl;
     return 1;
   }
   manager.Start();
+  if (metrics) metrics->Start();
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     if (auto s = ft::util::WriteFileAtomic(absl::GetFlag(FLAGS_port_file), absl::StrCat(port, "\n"));
         !s.ok()) {
@@ -134,12 +152,15 @@ int Run() {
   }
   LocalWorkerPool pool(pool_options);
   pool.Start();
+  if (metrics) metrics->SetWorkerPool(&pool);
 
   int sig = 0;
   sigwait(&signals, &sig);
   std::cerr << "finetuned: signal " << sig << ", shutting down" << std::endl;
+  if (metrics) metrics->SetWorkerPool(nullptr);
   pool.Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (metrics) metrics->Stop();
   manager.Shutdown();
   std::cerr << "finetuned: stopped" << std::endl;
   return 0;

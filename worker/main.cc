@@ -16,6 +16,7 @@
 #include "proto/util/files.h"
 #include "proto/util/flag_names.h"
 #include "worker/agent/agent.h"
+#include "worker/agent/worker_metrics.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "finetuned address");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
@@ -24,6 +25,7 @@ ABSL_FLAG(std::string, work_dir, "./var/worker", "scratch space for exports and 
 ABSL_FLAG(std::string, worker_id, "", "name shown in job events (default: hostname-pid)");
 ABSL_FLAG(int, parent_pid, 0, "exit when this process is gone (set by finetuned for local workers)");
 ABSL_FLAG(int, max_jobs, 0, "exit after this many jobs; 0 runs forever");
+ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
 ABSL_FLAG(bool, version, false, "print the version and LibTorch build, then exit");
 
 namespace {
@@ -81,6 +83,16 @@ int main(int argc, char** argv) {
   if (auto s = ft::util::MakeDirs(options.work_dir); !s.ok()) {
     std::cerr << "finetune-worker: " << s.message() << std::endl;
     return 1;
+  }
+  std::unique_ptr<ft::worker::WorkerMetrics> metrics;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    auto m = ft::worker::WorkerMetrics::Create(absl::GetFlag(FLAGS_metrics_listen));
+    if (!m.ok()) {
+      std::cerr << "finetune-worker: " << m.status().message() << std::endl;
+      return 1;
+    }
+    metrics = *std::move(m);
+    options.metrics = metrics.get();
   }
   ft::worker::Agent agent(options);
   g_agent = &agent;

@@ -193,6 +193,7 @@ absl::StatusOr<pb::Job> JobManager::Submit(const pb::JobSpec& spec, const std::s
   if (request_id.size() > 128) return Invalid("request_id", "is longer than 128 characters");
   FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, Resolve(spec));
   FT_ASSIGN_OR_RETURN(pb::Job job, store_->CreateJob(resolved, request_id));
+  if (observer_) observer_->OnSubmitted();
   hub_->Notify(job.id());
   WakeLeasers();
   return job;
@@ -211,7 +212,9 @@ absl::StatusOr<std::vector<pb::Job>> JobManager::List(const std::vector<pb::JobS
 
 absl::StatusOr<pb::Job> JobManager::Cancel(const std::string& job_id) {
   if (job_id.empty()) return Invalid("job_id", "is required");
+  FT_ASSIGN_OR_RETURN(pb::Job before, store_->GetJob(job_id));
   FT_ASSIGN_OR_RETURN(pb::Job job, store_->RequestCancel(job_id));
+  if (before.state() == pb::QUEUED && job.state() == pb::CANCELLED) ReportFinished(job);
   hub_->Notify(job_id);
   return job;
 }
@@ -232,7 +235,15 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
       generation = queue_generation_;
     }
     FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased, store_->LeaseNext(worker, options_.lease_ttl));
+    SeenWorker(worker.worker_id());
     if (leased.has_value()) {
+      if (observer_ && leased->lease.attempt() == 1) {
+        if (auto job = store_->GetJob(leased->lease.job_id()); job.ok()) {
+          observer_->OnLeased(absl::FromUnixSeconds(job->start_time().seconds()) -
+                              absl::FromUnixSeconds(job->create_time().seconds()) +
+                              absl::Nanoseconds(job->start_time().nanos() - job->create_time().nanos()));
+        }
+      }
       hub_->Notify(leased->lease.job_id());
       return leased;
     }
@@ -248,7 +259,45 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
 
 absl::StatusOr<pb::Job> JobManager::Heartbeat(const std::string& job_id,
                                               const std::string& lease_id) {
-  return store_->RenewLease(job_id, lease_id, options_.lease_ttl);
+  FT_ASSIGN_OR_RETURN(pb::Job job, store_->RenewLease(job_id, lease_id, options_.lease_ttl));
+  SeenWorker(job.worker_id());
+  return job;
+}
+
+void JobManager::SeenWorker(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  workers_seen_[worker_id] = absl::Now();
+}
+
+JobManager::WorkerCounts JobManager::Workers() {
+  WorkerCounts counts;
+  int seen = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time cutoff = absl::Now() - absl::Seconds(30);
+    for (auto it = workers_seen_.begin(); it != workers_seen_.end();) {
+      if (it->second < cutoff) {
+        it = workers_seen_.erase(it);
+      } else {
+        ++seen;
+        ++it;
+      }
+    }
+  }
+  auto running = store_->CountInState(pb::RUNNING);
+  counts.busy = std::min(seen, running.ok() ? *running : 0);
+  counts.idle = seen - counts.busy;
+  return counts;
+}
+
+void JobManager::ReportFinished(const pb::Job& job) {
+  if (!observer_) return;
+  auto to_time = [](const google::protobuf::Timestamp& t) {
+    return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+  };
+  const absl::Duration duration =
+      job.start_time().seconds() > 0 ? to_time(job.end_time()) - to_time(job.start_time()) : absl::ZeroDuration();
+  observer_->OnFinished(job.state(), duration, job.metrics().trained_images());
 }
 
 absl::Status JobManager::RecordEvent(const std::string& job_id, const std::string& lease_id,
@@ -264,6 +313,7 @@ absl::StatusOr<pb::Job> JobManager::Finish(const std::string& job_id, const std:
     FT_RETURN_IF_ERROR(models_->Get(result.model_id()).status());
   }
   FT_ASSIGN_OR_RETURN(pb::Job job, store_->FinishJob(job_id, lease_id, result));
+  ReportFinished(job);
   hub_->Notify(job_id);
   return job;
 }
@@ -281,6 +331,12 @@ void JobManager::Sweep() {
   if (!expired.ok()) return;
   bool requeued = false;
   for (const auto& e : *expired) {
+    if (observer_) {
+      observer_->OnLeaseExpired();
+      if (IsTerminal(e.new_state)) {
+        if (auto job = store_->GetJob(e.job_id); job.ok()) ReportFinished(*job);
+      }
+    }
     hub_->Notify(e.job_id);
     requeued |= e.new_state == pb::QUEUED;
   }

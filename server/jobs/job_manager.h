@@ -1,6 +1,7 @@
 #ifndef FT_SERVER_JOBS_JOB_MANAGER_H_
 #define FT_SERVER_JOBS_JOB_MANAGER_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +29,18 @@ struct JobManagerOptions {
   int max_attempts = 3;
   // How often expired leases are swept.
   absl::Duration sweep_interval = absl::Seconds(1);
+};
+
+// Told of job lifecycle moments, for metrics. Implementations are
+// thread-safe and quick; they are called outside the manager's locks.
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  virtual void OnSubmitted() = 0;
+  // A job's first lease, `queue_wait` after it was submitted.
+  virtual void OnLeased(absl::Duration queue_wait) = 0;
+  virtual void OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images) = 0;
+  virtual void OnLeaseExpired() = 0;
 };
 
 // The service core, knowing nothing of gRPC: validates and queues jobs,
@@ -70,6 +83,15 @@ class JobManager {
   void ReleaseLease(const std::string& job_id, const std::string& lease_id);
   absl::Status CheckLease(const std::string& job_id, const std::string& lease_id);
 
+  // Not owned; set before Start(), or null.
+  void SetObserver(JobObserver* observer) { observer_ = observer; }
+  struct WorkerCounts {
+    int idle = 0;
+    int busy = 0;
+  };
+  // Workers that leased or heart-beat in the last 30 s.
+  WorkerCounts Workers();
+
   JobStore* store() { return store_; }
   EventHub* hub() { return hub_; }
   FilesystemModelStore* models() { return models_; }
@@ -78,13 +100,17 @@ class JobManager {
   void SweepLoop();
   void Sweep();
   void WakeLeasers();
+  void SeenWorker(const std::string& worker_id);
+  void ReportFinished(const pb::Job& job);
 
   JobManagerOptions options_;
   JobStore* store_;
   EventHub* hub_;
   FilesystemModelStore* models_;
+  JobObserver* observer_ = nullptr;
 
   absl::Mutex mu_;
+  std::map<std::string, absl::Time> workers_seen_ ABSL_GUARDED_BY(mu_);
   int64_t queue_generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread sweeper_;

@@ -17,6 +17,7 @@
 #include "proto/util/files.h"
 #include "proto/util/sha256.h"
 #include "proto/util/status.h"
+#include "worker/agent/worker_metrics.h"
 #include "worker/train/trainer.h"
 
 namespace ft::worker {
@@ -127,7 +128,11 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
     *e.mutable_progress() = p;
     send_event(std::move(e));
   };
+  if (options_.metrics != nullptr) {
+    hooks.on_step = [this](double seconds, int64_t images) { options_.metrics->OnStep(seconds, images); };
+  }
   hooks.on_epoch = [&](const pb::EpochSummary& s) {
+    if (options_.metrics != nullptr) options_.metrics->OnLoaderWait(s.loader_wait_seconds());
     pb::JobEvent e;
     *e.mutable_epoch() = s;
     send_event(std::move(e));

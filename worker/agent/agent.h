@@ -13,6 +13,7 @@
 namespace ft::worker {
 
 namespace pb = ::finetune::v1;
+class WorkerMetrics;
 
 struct AgentOptions {
   std::string server_address;
@@ -24,6 +25,8 @@ struct AgentOptions {
   int parent_pid = 0;
   // Stop after this many jobs; 0 = run forever.
   int max_jobs = 0;
+  // Not owned; may be null.
+  WorkerMetrics* metrics = nullptr;
 };
 
 // The worker's lease loop: lease a job, run it while streaming events and

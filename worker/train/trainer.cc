@@ -196,6 +196,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
         result.cancelled = true;
         return result;
       }
+      const auto step_start = Clock::now();
       auto x = batch->images.to(options.device, /*non_blocking=*/true);
       auto y = batch->labels.to(options.device, /*non_blocking=*/true);
       auto logits = model.forward({x}).toTensor();
@@ -207,6 +208,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
       ++steps_done;
       const int64_t n = y.size(0);
       loss_sum += loss.item<double>() * n;
+      if (hooks.on_step) hooks.on_step(Seconds(step_start), n);
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += n;
       if (Seconds(last_report) >= options.progress_interval_seconds || step == steps_per_epoch) {

@@ -19,6 +19,8 @@ struct TrainerHooks {
   std::function<void(const pb::Progress&)> on_progress;
   std::function<void(const pb::EpochSummary&)> on_epoch;
   std::function<void(const std::string& level, const std::string& message)> on_log;
+  // After each optimiser step: its wall time and batch size.
+  std::function<void(double seconds, int64_t images)> on_step;
   // Polled between steps; true stops training (the result is then CANCELLED).
   std::function<bool()> cancelled;
   // Fetches a stored model's model.pt for model:// weights; returns its path.
