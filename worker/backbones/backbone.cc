@@ -1,20 +1,42 @@
 #include "worker/backbones/backbone.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "worker/backbones/jit_modules.h"
 #include "worker/backbones/resnet.h"
+// FAMILY HEADERS (keep this marker)
 #include "worker/catalog/catalog.h"
 
 namespace ft::worker {
 
+namespace {
+
+using Builder = Backbone (*)(const std::string& name);
+
+// One line per architecture. Each family lives in its own file.
+const std::map<std::string, Builder>& Builders() {
+  static const auto* kBuilders = new std::map<std::string, Builder>{
+      {"resnet18", [](const std::string& n) { return BuildResNet(n, 18); }},
+      {"resnet34", [](const std::string& n) { return BuildResNet(n, 34); }},
+      {"resnet50", [](const std::string& n) { return BuildResNet(n, 50); }},
+      {"resnet101", [](const std::string& n) { return BuildResNet(n, 101); }},
+      {"resnet152", [](const std::string& n) { return BuildResNet(n, 152); }},
+      {"resnext50_32x4d", [](const std::string& n) { return BuildResNet(n, 50, 32, 4); }},
+      {"wide_resnet50_2", [](const std::string& n) { return BuildResNet(n, 50, 1, 128); }},
+      // FAMILY BUILDERS (one line each, keep this marker)
+  };
+  return *kBuilders;
+}
+
+}  // namespace
+
 absl::StatusOr<Backbone> BuildBackbone(const std::string& name) {
   try {
-    if (name == "resnet18") return BuildResNet(name, 18);
-    if (name == "resnet34") return BuildResNet(name, 34);
-    if (name == "resnet50") return BuildResNet(name, 50);
+    auto it = Builders().find(name);
+    if (it != Builders().end()) return it->second(name);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("cannot build ", name, ": ", e.what()));
   }

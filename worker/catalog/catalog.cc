@@ -12,6 +12,15 @@ const std::vector<BackboneInfo>& Backbones() {
        {"stem", "layer1", "layer2", "layer3", "layer4"},
        2048,
        {"resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth", "resnet50-19c8e357.pth"}},
+      {"resnet101", {"stem", "layer1", "layer2", "layer3", "layer4"}, 2048,
+       {"resnet101-cd907fc2.pth", "resnet101-63fe2227.pth", "resnet101-5d3b4d8f.pth"}},
+      {"resnet152", {"stem", "layer1", "layer2", "layer3", "layer4"}, 2048,
+       {"resnet152-f82ba261.pth", "resnet152-394f9c45.pth", "resnet152-b121ed2d.pth"}},
+      {"resnext50_32x4d", {"stem", "layer1", "layer2", "layer3", "layer4"}, 2048,
+       {"resnext50_32x4d-1a0047aa.pth", "resnext50_32x4d-7cdf4587.pth"}},
+      {"wide_resnet50_2", {"stem", "layer1", "layer2", "layer3", "layer4"}, 2048,
+       {"wide_resnet50_2-9ba9bcbe.pth", "wide_resnet50_2-95faca4d.pth"}},
+      // FAMILY CATALOG (entries above this marker)
   };
   return *kBackbones;
 }

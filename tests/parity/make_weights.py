@@ -1,0 +1,74 @@
+"""Writes seeded random torchvision weights for one architecture, exactly as
+torch.save(model.state_dict()) writes them, plus a fixed input and
+torchvision's eval-mode features for it (the input of the replaced head).
+
+usage: /usr/bin/python3 make_weights.py ARCH OUT_DIR [--image-size N]
+writes OUT_DIR/ARCH.pth and OUT_DIR/ARCH.io.pth ({"input", "features"}).
+"""
+import argparse
+import os
+
+import torch
+import torchvision
+
+
+def build(arch):
+    kwargs = {}
+    if arch == "inception_v3":
+        # aux_logits=True: real torchvision files carry AuxLogits.*, which we skip.
+        kwargs = dict(aux_logits=True, init_weights=False, transform_input=False)
+    return getattr(torchvision.models, arch)(**kwargs)
+
+
+def strip_head(model):
+    """Replaces torchvision's last nn.Linear with Identity (the head we replace)."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and not name.startswith("AuxLogits"):
+            last = name
+    parent = model
+    parts = last.split(".")
+    for p in parts[:-1]:
+        parent = getattr(parent, p)
+    setattr(parent, parts[-1], torch.nn.Identity())
+    return last
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("arch")
+    ap.add_argument("out")
+    ap.add_argument("--image-size", type=int, default=64)
+    args = ap.parse_args()
+    torch.manual_seed(1234)
+    model = build(args.arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                # Non-trivial statistics, so eval-mode normalisation is really tested.
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(7)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                if m.weight is not None:
+                    m.weight.uniform_(0.8, 1.2)
+                    m.bias.uniform_(-0.1, 0.1)
+        if args.arch.startswith("convnext"):
+            # torchvision initialises layer_scale to 1e-6, which would hide the blocks.
+            for name, p in model.named_parameters():
+                if name.endswith("layer_scale"):
+                    p.uniform_(0.1, 0.5)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.out, f"{args.arch}.pth"))
+    strip_head(model)
+    model.eval()
+    x = torch.randn(2, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        f = model(x)
+    if isinstance(f, tuple):
+        f = f[0]
+    torch.save({"input": x.contiguous(), "features": f.contiguous()}, os.path.join(args.out, f"{args.arch}.io.pth"))
+
+
+if __name__ == "__main__":
+    main()
