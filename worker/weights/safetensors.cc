@@ -17,7 +17,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "proto/util/files.h"
@@ -30,6 +29,7 @@ namespace {
 using weights_internal::CheckedBytes;
 using weights_internal::CheckedNumel;
 using weights_internal::kMaxDims;
+using weights_internal::Quote;
 using weights_internal::TensorFromBytes;
 
 constexpr uint64_t kMaxFileBytes = uint64_t{1} << 36;       // 64 GiB
@@ -37,13 +37,6 @@ constexpr uint64_t kMaxHeaderBytes = uint64_t{100} << 20;   // as the reference 
 constexpr size_t kMaxJsonDepth = 8;  // the format needs 3: {name: {shape: [...]}}
 constexpr size_t kMaxTensors = 100000;
 constexpr char kMetadataKey[] = "__metadata__";
-
-std::string Quote(absl::string_view s) {
-  constexpr size_t kMaxShown = 200;
-  std::string out = absl::StrCat("'", absl::CHexEscape(s.substr(0, kMaxShown)), "'");
-  if (s.size() > kMaxShown) out += "...";
-  return out;
-}
 
 bool Dtype(const std::string& name, at::ScalarType* dtype) {
   static const std::pair<const char*, at::ScalarType> kTypes[] = {

@@ -1,6 +1,5 @@
-// Internal helpers shared by the weight-file readers: checked shape
-// arithmetic and copying little-endian tensor bytes into owned tensors.
-// Not part of the public API of ft::weights.
+// Internal helper of ft::weights: copying little-endian tensor bytes from a
+// file into an owned tensor.
 #ifndef FT_WORKER_WEIGHTS_TENSOR_BYTES_H_
 #define FT_WORKER_WEIGHTS_TENSOR_BYTES_H_
 
@@ -15,31 +14,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "worker/weights/checks.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "weight readers assume a little-endian host, as the file formats are");
 
 namespace ft::worker::weights_internal {
-
-// Most dimensions a tensor in a weight file may have.
-inline constexpr size_t kMaxDims = 64;
-
-// Product of `sizes` into *numel; false when a size is negative or it overflows.
-inline bool CheckedNumel(const std::vector<int64_t>& sizes, int64_t* numel) {
-  int64_t n = 1;
-  for (int64_t s : sizes) {
-    if (s < 0 || __builtin_mul_overflow(n, s, &n)) return false;
-  }
-  *numel = n;
-  return true;
-}
-
-// numel * element_size into *nbytes; false on a negative count or overflow.
-inline bool CheckedBytes(int64_t numel, size_t element_size, uint64_t* nbytes) {
-  if (numel < 0) return false;
-  return !__builtin_mul_overflow(static_cast<uint64_t>(numel),
-                                 static_cast<uint64_t>(element_size), nbytes);
-}
 
 // Copies `bytes` (exactly numel(sizes) elements of `dtype`, little-endian)
 // into a new contiguous CPU tensor. Bool tensors must hold only 0 and 1.

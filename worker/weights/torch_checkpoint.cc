@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -15,70 +14,41 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "proto/util/files.h"
 #include "proto/util/status.h"
 #include "worker/weights/tensor_bytes.h"
+#include "worker/weights/zip_archive.h"
 
 namespace ft::worker {
 namespace {
 
 using weights_internal::CheckedBytes;
 using weights_internal::CheckedNumel;
+using weights_internal::InRange;
 using weights_internal::kMaxDims;
+using weights_internal::Quote;
 using weights_internal::TensorFromBytes;
+using weights_internal::ZipArchive;
+using weights_internal::ZipEntry;
 
 // Bounds on what a checkpoint may hold. Real state_dicts are far below them.
 constexpr uint64_t kMaxFileBytes = uint64_t{1} << 36;  // 64 GiB
-constexpr uint64_t kMaxZipEntries = 100000;
-constexpr size_t kMaxEntryNameBytes = 4096;
 constexpr uint64_t kMaxPickleBytes = uint64_t{64} << 20;
 constexpr size_t kMaxStack = size_t{1} << 20;    // values on the pickle stack
 constexpr size_t kMaxMarks = 4096;               // open MARKs (nesting depth)
 constexpr size_t kMaxMemo = size_t{1} << 20;     // memo entries
 constexpr uint64_t kMaxStringBytes = 1 << 20;    // one pickled string
 constexpr size_t kMaxItems = size_t{1} << 23;    // values inside containers, all together
+constexpr size_t kMaxObjects = size_t{1} << 22;  // strings, tuples, lists, dicts, ...
+constexpr size_t kMaxDicts = size_t{1} << 20;    // dicts cost the most memory each
 constexpr size_t kMaxTensors = 100000;
 constexpr size_t kMaxGlobalLine = 256;
 // Tensors may share storage (tied weights), so the tensors read may exceed
 // the file; a bounded multiple stops a small file from asking for terabytes.
 constexpr uint64_t kMaxOutputFactor = 4;
 constexpr uint64_t kOutputSlackBytes = uint64_t{1} << 20;
-
-constexpr uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr uint32_t kEndSig = 0x06054b50;
-constexpr uint32_t kZip64EndSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint64_t kEndSize = 22;
-constexpr uint64_t kZip64EndSize = 56;
-constexpr uint64_t kZip64LocatorSize = 20;
-constexpr uint64_t kCentralHeaderSize = 46;
-constexpr uint64_t kLocalHeaderSize = 30;
-
-uint16_t Le16(const char* p) {
-  return static_cast<uint16_t>(static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8);
-}
-uint32_t Le32(const char* p) {
-  return static_cast<uint32_t>(Le16(p)) | static_cast<uint32_t>(Le16(p + 2)) << 16;
-}
-uint64_t Le64(const char* p) {
-  return static_cast<uint64_t>(Le32(p)) | static_cast<uint64_t>(Le32(p + 4)) << 32;
-}
-
-// [offset, offset + length) lies within [0, limit), without overflow.
-bool InRange(uint64_t offset, uint64_t length, uint64_t limit) {
-  return offset <= limit && length <= limit - offset;
-}
-
-// A name from the file, quoted and escaped for an error message.
-std::string Quote(absl::string_view s) {
-  constexpr size_t kMaxShown = 200;
-  std::string out = absl::StrCat("'", absl::CHexEscape(s.substr(0, kMaxShown)), "'");
-  if (s.size() > kMaxShown) out += "...";
-  return out;
-}
 
 bool ValidUtf8(absl::string_view s) {
   size_t i = 0;
@@ -110,289 +80,6 @@ bool ValidUtf8(absl::string_view s) {
     i += len;
   }
   return true;
-}
-
-// ---------------------------------------------------------------------------
-// Zip: the central directory is the truth; local headers only locate data.
-
-struct ZipEntry {
-  std::string name;
-  uint64_t header_offset = 0;
-  uint64_t data_offset = 0;
-  uint64_t size = 0;
-  uint32_t crc32 = 0;
-  bool crc_checked = false;
-};
-
-class ZipArchive {
- public:
-  static absl::StatusOr<ZipArchive> Open(absl::string_view bytes, const std::string& what);
-
-  // nullptr when there is no entry of that name.
-  ZipEntry* Find(const std::string& name) {
-    auto it = by_name_.find(name);
-    return it == by_name_.end() ? nullptr : &entries_[it->second];
-  }
-  // The entry's bytes, CRC-checked on first use.
-  absl::StatusOr<absl::string_view> Contents(ZipEntry& entry);
-  const std::vector<ZipEntry>& entries() const { return entries_; }
-  uint64_t file_size() const { return bytes_.size(); }
-
- private:
-  ZipArchive(absl::string_view bytes, const std::string& what) : bytes_(bytes), what_(what) {}
-
-  absl::Status Truncated(absl::string_view detail) const {
-    return absl::DataLossError(absl::StrCat(what_, ": truncated zip: ", detail));
-  }
-  absl::Status Corrupt(absl::string_view detail) const {
-    return absl::DataLossError(absl::StrCat(what_, ": corrupt zip: ", detail));
-  }
-  absl::Status ParseCentralDirectory(uint64_t cd_offset, uint64_t cd_size, uint64_t count);
-
-  absl::string_view bytes_;
-  std::string what_;
-  std::vector<ZipEntry> entries_;
-  std::unordered_map<std::string, size_t> by_name_;
-};
-
-absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes, const std::string& what) {
-  if (bytes.size() < 4 || Le32(bytes.data()) != kLocalHeaderSig) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what,
-        ": not a zip-format torch checkpoint (saved with _use_new_zipfile_serialization=False?)"));
-  }
-  ZipArchive zip(bytes, what);
-  const char* p = bytes.data();
-  const uint64_t n = bytes.size();
-  if (n < kEndSize) return zip.Truncated("shorter than an end-of-central-directory record");
-
-  // The end record is the last 22 bytes plus a comment of up to 64 KiB; its
-  // comment length must reach exactly to the end of the file.
-  const uint64_t last = n - kEndSize;
-  const uint64_t lowest = last > 0xFFFF ? last - 0xFFFF : 0;
-  uint64_t end = 0;
-  bool found = false;
-  for (uint64_t pos = last + 1; pos-- > lowest;) {
-    if (Le32(p + pos) == kEndSig && pos + kEndSize + Le16(p + pos + 20) == n) {
-      end = pos;
-      found = true;
-      break;
-    }
-  }
-  if (!found) return zip.Truncated("no end-of-central-directory record");
-
-  uint64_t disk = Le16(p + end + 4);
-  uint64_t cd_disk = Le16(p + end + 6);
-  uint64_t count_on_disk = Le16(p + end + 8);
-  uint64_t count = Le16(p + end + 10);
-  uint64_t cd_size = Le32(p + end + 12);
-  uint64_t cd_offset = Le32(p + end + 16);
-  uint64_t cd_limit = end;  // the central directory ends before this
-
-  if (end >= kZip64LocatorSize && Le32(p + end - kZip64LocatorSize) == kZip64LocatorSig) {
-    const uint64_t locator = end - kZip64LocatorSize;
-    const uint64_t z64 = Le64(p + locator + 8);
-    if (Le32(p + locator + 16) > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": multi-disk zip archives are not supported"));
-    }
-    if (!InRange(z64, kZip64EndSize, locator) || Le32(p + z64) != kZip64EndSig) {
-      return zip.Corrupt(absl::StrCat("bad zip64 end record offset ", z64));
-    }
-    const uint64_t record_size = Le64(p + z64 + 4);
-    if (record_size < kZip64EndSize - 12 || !InRange(z64 + 12, record_size, locator)) {
-      return zip.Corrupt(absl::StrCat("bad zip64 end record size ", record_size));
-    }
-    disk = Le32(p + z64 + 16);
-    cd_disk = Le32(p + z64 + 20);
-    count_on_disk = Le64(p + z64 + 24);
-    count = Le64(p + z64 + 32);
-    cd_size = Le64(p + z64 + 40);
-    cd_offset = Le64(p + z64 + 48);
-    cd_limit = z64;
-  }
-  if (disk != 0 || cd_disk != 0 || count_on_disk != count) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": multi-disk zip archives are not supported"));
-  }
-  if (count > kMaxZipEntries) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": zip has ", count, " entries, more than the limit of ", kMaxZipEntries));
-  }
-  if (!InRange(cd_offset, cd_size, cd_limit)) {
-    return zip.Truncated(absl::StrCat("central directory (", cd_size, " bytes at offset ", cd_offset,
-                                      ") lies outside the ", cd_limit,
-                                      " bytes before the end record"));
-  }
-  if (count * kCentralHeaderSize > cd_size) {
-    return zip.Corrupt(absl::StrCat(count, " entries cannot fit a central directory of ", cd_size,
-                                    " bytes"));
-  }
-  FT_RETURN_IF_ERROR(zip.ParseCentralDirectory(cd_offset, cd_size, count));
-  return zip;
-}
-
-absl::Status ZipArchive::ParseCentralDirectory(uint64_t cd_offset, uint64_t cd_size,
-                                               uint64_t count) {
-  const char* p = bytes_.data();
-  const uint64_t cd_end = cd_offset + cd_size;
-  entries_.reserve(count);
-  uint64_t pos = cd_offset;
-  for (uint64_t i = 0; i < count; ++i) {
-    if (!InRange(pos, kCentralHeaderSize, cd_end) || Le32(p + pos) != kCentralHeaderSig) {
-      return Corrupt(absl::StrCat("central directory entry ", i, " at offset ", pos, " is invalid"));
-    }
-    const char* h = p + pos;
-    const uint16_t flags = Le16(h + 8);
-    const uint16_t method = Le16(h + 10);
-    const uint32_t crc = Le32(h + 16);
-    uint64_t compressed = Le32(h + 20);
-    uint64_t size = Le32(h + 24);
-    const uint64_t name_len = Le16(h + 28);
-    const uint64_t extra_len = Le16(h + 30);
-    const uint64_t comment_len = Le16(h + 32);
-    uint64_t disk = Le16(h + 34);
-    uint64_t header_offset = Le32(h + 42);
-    if (!InRange(pos + kCentralHeaderSize, name_len + extra_len + comment_len, cd_end)) {
-      return Corrupt(absl::StrCat("central directory entry ", i, " runs past the directory"));
-    }
-    absl::string_view name(h + kCentralHeaderSize, name_len);
-    absl::string_view extra(h + kCentralHeaderSize + name_len, extra_len);
-    pos += kCentralHeaderSize + name_len + extra_len + comment_len;
-
-    // Zip64 extended information: the 64-bit values of the saturated fields, in order.
-    const bool need_size = size == 0xFFFFFFFF;
-    const bool need_compressed = compressed == 0xFFFFFFFF;
-    const bool need_offset = header_offset == 0xFFFFFFFF;
-    const bool need_disk = disk == 0xFFFF;
-    if (need_size || need_compressed || need_offset || need_disk) {
-      bool have_zip64 = false;
-      size_t q = 0;
-      while (q + 4 <= extra.size()) {
-        const uint16_t id = Le16(extra.data() + q);
-        const size_t len = Le16(extra.data() + q + 2);
-        if (len > extra.size() - q - 4) {
-          return Corrupt(absl::StrCat("extra field of ", Quote(name), " runs past its entry"));
-        }
-        if (id == 0x0001) {
-          absl::string_view f = extra.substr(q + 4, len);
-          size_t r = 0;
-          auto take = [&](bool need, size_t width, uint64_t* out) {
-            if (!need) return true;
-            if (width > f.size() - r) return false;
-            *out = width == 8 ? Le64(f.data() + r) : Le32(f.data() + r);
-            r += width;
-            return true;
-          };
-          if (!take(need_size, 8, &size) || !take(need_compressed, 8, &compressed) ||
-              !take(need_offset, 8, &header_offset) || !take(need_disk, 4, &disk)) {
-            return Corrupt(absl::StrCat("zip64 field of ", Quote(name), " is too short"));
-          }
-          have_zip64 = true;
-          break;
-        }
-        q += 4 + len;
-      }
-      if (!have_zip64) {
-        return Corrupt(absl::StrCat("entry ", Quote(name), " lacks its zip64 extra field"));
-      }
-    }
-
-    if (name.empty() || name.size() > kMaxEntryNameBytes || name.find('\0') != name.npos) {
-      return Corrupt(absl::StrCat("entry ", i, " has an invalid name"));
-    }
-    if (disk != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(what_, ": multi-disk zip archives are not supported"));
-    }
-    if ((flags & 0x0041) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what_, ": zip entry ", Quote(name), " is encrypted"));
-    }
-    if (method != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what_, ": zip entry ", Quote(name), " is compressed (method ", method,
-          "); only stored entries, as torch.save writes them, are supported"));
-    }
-    if (compressed != size) {
-      return Corrupt(absl::StrCat("stored entry ", Quote(name), " has compressed size ",
-                                  compressed, " but size ", size));
-    }
-
-    // The local header only tells where the data starts.
-    if (!InRange(header_offset, kLocalHeaderSize, cd_offset) ||
-        Le32(p + header_offset) != kLocalHeaderSig) {
-      return Corrupt(absl::StrCat("local header of ", Quote(name), " at offset ", header_offset,
-                                  " is invalid"));
-    }
-    const char* l = p + header_offset;
-    const uint16_t local_flags = Le16(l + 6);
-    const uint16_t local_method = Le16(l + 8);
-    const uint32_t local_crc = Le32(l + 14);
-    const uint32_t local_compressed = Le32(l + 18);
-    const uint32_t local_size = Le32(l + 22);
-    const uint64_t local_name_len = Le16(l + 26);
-    const uint64_t local_extra_len = Le16(l + 28);
-    if (!InRange(header_offset + kLocalHeaderSize, local_name_len + local_extra_len, cd_offset) ||
-        absl::string_view(l + kLocalHeaderSize, local_name_len) != name) {
-      return Corrupt(absl::StrCat("local header of ", Quote(name),
-                                  " does not match the central directory"));
-    }
-    if (local_method != method ||
-        ((local_flags & 0x0008) == 0 && local_compressed != 0xFFFFFFFF &&
-         (local_crc != crc || local_compressed != compressed || local_size != size))) {
-      return Corrupt(absl::StrCat("local header of ", Quote(name),
-                                  " disagrees with the central directory"));
-    }
-    const uint64_t data_offset = header_offset + kLocalHeaderSize + local_name_len + local_extra_len;
-    if (!InRange(data_offset, size, cd_offset)) {
-      return Truncated(absl::StrCat("entry ", Quote(name), " claims ", size, " bytes at offset ",
-                                    data_offset, ", past the end of the records (", cd_offset,
-                                    " bytes) in a file of ", bytes_.size(), " bytes"));
-    }
-    ZipEntry entry;
-    entry.name = std::string(name);
-    entry.header_offset = header_offset;
-    entry.data_offset = data_offset;
-    entry.size = size;
-    entry.crc32 = crc;
-    if (!by_name_.emplace(entry.name, entries_.size()).second) {
-      return Corrupt(absl::StrCat("duplicate entry ", Quote(name)));
-    }
-    entries_.push_back(std::move(entry));
-  }
-  if (pos != cd_end) {
-    return Corrupt(absl::StrCat("central directory has ", cd_end - pos,
-                                " bytes beyond its ", count, " entries"));
-  }
-
-  // No two records may share bytes.
-  std::vector<const ZipEntry*> order;
-  order.reserve(entries_.size());
-  for (const ZipEntry& e : entries_) order.push_back(&e);
-  std::sort(order.begin(), order.end(), [](const ZipEntry* a, const ZipEntry* b) {
-    return a->header_offset < b->header_offset;
-  });
-  for (size_t i = 1; i < order.size(); ++i) {
-    if (order[i]->header_offset < order[i - 1]->data_offset + order[i - 1]->size) {
-      return Corrupt(absl::StrCat("entries ", Quote(order[i - 1]->name), " and ",
-                                  Quote(order[i]->name), " overlap"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<absl::string_view> ZipArchive::Contents(ZipEntry& entry) {
-  absl::string_view data = bytes_.substr(entry.data_offset, entry.size);
-  if (!entry.crc_checked) {
-    const uint32_t crc = static_cast<uint32_t>(
-        crc32_z(0, reinterpret_cast<const Bytef*>(data.data()), data.size()));
-    if (crc != entry.crc32) {
-      return absl::DataLossError(absl::StrCat(
-          what_, ": zip entry ", Quote(entry.name), " fails its CRC-32 check (stored ",
-          absl::Hex(entry.crc32, absl::kZeroPad8), ", computed ", absl::Hex(crc, absl::kZeroPad8),
-          ")"));
-    }
-    entry.crc_checked = true;
-  }
-  return data;
 }
 
 // ---------------------------------------------------------------------------
@@ -518,7 +205,9 @@ class Unpickler {
   absl::Status PopMark(std::vector<Value>* items);
   absl::Status CountItems(size_t n);
 
-  Value NewSeq(Kind kind, std::vector<Value> items);
+  absl::Status CountObject();
+  absl::Status PushSeq(Kind kind, std::vector<Value> items);
+  absl::Status NewDict(Value* result);
   absl::Status PushString(absl::string_view s);
   absl::Status PushGlobal(absl::string_view module, absl::string_view name);
   absl::Status SetItem(Dict& dict, const Value& key, const Value& value);
@@ -540,6 +229,7 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Value> memo_;
   size_t items_ = 0;
+  size_t objects_ = 0;
 
   std::vector<std::string> strings_;
   std::vector<std::vector<Value>> seqs_;  // tuples and lists
@@ -618,9 +308,27 @@ absl::Status Unpickler::CountItems(size_t n) {
   return absl::OkStatus();
 }
 
-Value Unpickler::NewSeq(Kind kind, std::vector<Value> items) {
+// Every object the pickle creates counts, so that a pickle of a few bytes
+// per object cannot make the arenas outgrow it by much.
+absl::Status Unpickler::CountObject() {
+  if (objects_ >= kMaxObjects) return Unsupported("pickle creates too many objects");
+  ++objects_;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PushSeq(Kind kind, std::vector<Value> items) {
+  FT_RETURN_IF_ERROR(CountObject());
+  FT_RETURN_IF_ERROR(CountItems(items.size()));
   seqs_.push_back(std::move(items));
-  return Value{kind, static_cast<int64_t>(seqs_.size() - 1), 0};
+  return Push(Value{kind, static_cast<int64_t>(seqs_.size() - 1), 0});
+}
+
+absl::Status Unpickler::NewDict(Value* result) {
+  FT_RETURN_IF_ERROR(CountObject());
+  if (dicts_.size() >= kMaxDicts) return Unsupported("pickle creates too many dicts");
+  dicts_.emplace_back();
+  *result = Value{Kind::kDict, static_cast<int64_t>(dicts_.size() - 1), 0};
+  return absl::OkStatus();
 }
 
 absl::Status Unpickler::PushString(absl::string_view s) {
@@ -628,6 +336,7 @@ absl::Status Unpickler::PushString(absl::string_view s) {
     return Unsupported(absl::StrCat("pickled string of ", s.size(), " bytes is too long"));
   }
   if (!ValidUtf8(s)) return Corrupt("string is not valid UTF-8");
+  FT_RETURN_IF_ERROR(CountObject());
   strings_.emplace_back(s);
   return Push(Value{Kind::kStr, static_cast<int64_t>(strings_.size() - 1), 0});
 }
@@ -648,6 +357,7 @@ absl::Status Unpickler::PushGlobal(absl::string_view module, absl::string_view n
         "; a state_dict checkpoint may only use collections.OrderedDict, "
         "torch._utils._rebuild_tensor_v2/_rebuild_parameter and torch storage types"));
   }
+  FT_RETURN_IF_ERROR(CountObject());
   globals_.push_back(g);
   return Push(Value{Kind::kGlobal, static_cast<int64_t>(globals_.size() - 1), 0});
 }
@@ -734,6 +444,7 @@ absl::Status Unpickler::PersistentLoad(const Value& pid, Value* result) {
                                             entry->size, " bytes of its record"));
   }
   FT_RETURN_IF_ERROR(zip_->Contents(*entry).status());  // CRC check, once per record
+  FT_RETURN_IF_ERROR(CountObject());
   storages_.push_back(Storage{entry, dtype, t[4].i});
   *result = Value{Kind::kStorage, static_cast<int64_t>(storages_.size() - 1), 0};
   return absl::OkStatus();
@@ -801,9 +512,7 @@ absl::Status Unpickler::Reduce(const Value& callable, const Value& args, Value* 
   switch (globals_[static_cast<size_t>(callable.i)].kind) {
     case GlobalKind::kOrderedDict:
       if (!a.empty()) return Unsupported("OrderedDict built from arguments");
-      dicts_.emplace_back();
-      *result = Value{Kind::kDict, static_cast<int64_t>(dicts_.size() - 1), 0};
-      return absl::OkStatus();
+      return NewDict(result);
     case GlobalKind::kRebuildTensorV2:
       return RebuildTensor(a, result);
     case GlobalKind::kRebuildParameter:
@@ -878,16 +587,15 @@ absl::Status Unpickler::Step(uint8_t code) {
       FT_RETURN_IF_ERROR(Top(&top));
       return Push(*top);
     case op::kEmptyDict:
-      dicts_.emplace_back();
-      return Push(Value{Kind::kDict, static_cast<int64_t>(dicts_.size() - 1), 0});
+      FT_RETURN_IF_ERROR(NewDict(&a));
+      return Push(a);
     case op::kEmptyList:
-      return Push(NewSeq(Kind::kList, {}));
+      return PushSeq(Kind::kList, {});
     case op::kEmptyTuple:
-      return Push(NewSeq(Kind::kTuple, {}));
+      return PushSeq(Kind::kTuple, {});
     case op::kTuple:
       FT_RETURN_IF_ERROR(PopMark(&items));
-      FT_RETURN_IF_ERROR(CountItems(items.size()));
-      return Push(NewSeq(Kind::kTuple, std::move(items)));
+      return PushSeq(Kind::kTuple, std::move(items));
     case op::kTuple1:
     case op::kTuple2:
     case op::kTuple3: {
@@ -895,8 +603,7 @@ absl::Status Unpickler::Step(uint8_t code) {
       if (stack_.size() - Floor() < count) return Corrupt("stack underflow");
       items.assign(stack_.end() - static_cast<std::ptrdiff_t>(count), stack_.end());
       stack_.resize(stack_.size() - count);
-      FT_RETURN_IF_ERROR(CountItems(count));
-      return Push(NewSeq(Kind::kTuple, std::move(items)));
+      return PushSeq(Kind::kTuple, std::move(items));
     }
     case op::kAppend:
     case op::kAppends: {
@@ -1082,6 +789,11 @@ absl::StatusOr<std::vector<NamedTensor>> Unpickler::Run() {
 
 absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view bytes,
                                                             const std::string& what) {
+  if (!absl::StartsWith(bytes, absl::string_view("PK\x03\x04", 4))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what,
+        ": not a zip-format torch checkpoint (saved with _use_new_zipfile_serialization=False?)"));
+  }
   FT_ASSIGN_OR_RETURN(ZipArchive zip, ZipArchive::Open(bytes, what));
   // Like torch: every record sits in one folder named after the first record.
   if (zip.entries().empty()) {
@@ -1094,12 +806,15 @@ absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view by
         what, ": zip entry ", Quote(first), " is not in an archive folder; not a torch checkpoint"));
   }
   const std::string prefix = first.substr(0, slash + 1);
+  if (zip.Find(prefix + "constants.pkl") != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": a TorchScript archive (torch.jit.save), not a state_dict; "
+              "save model.state_dict() with torch.save instead"));
+  }
   ZipEntry* pickle = zip.Find(prefix + "data.pkl");
   if (pickle == nullptr) {
-    const bool torchscript = zip.Find(prefix + "constants.pkl") != nullptr;
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ": no ", Quote(prefix + "data.pkl"), " record; not a torch.save checkpoint",
-        torchscript ? " (this is a TorchScript archive; save model.state_dict() instead)" : ""));
+        what, ": no ", Quote(prefix + "data.pkl"), " record; not a torch.save checkpoint"));
   }
   if (ZipEntry* order = zip.Find(prefix + "byteorder"); order != nullptr) {
     FT_ASSIGN_OR_RETURN(absl::string_view byteorder, zip.Contents(*order));
