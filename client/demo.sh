@@ -12,7 +12,7 @@ set -euo pipefail
 BIN=${1:-build/bin}
 DATA=/usr/share/datasets/fashion-mnist
 VAR=${DEMO_VAR:-./var/demo}
-SHOTS=${DEMO_SHOTS:-10}                 # training images per class for the target task
+SHOTS=${DEMO_SHOTS:-5}                 # training images per class for the target task
 SOURCE_PER_CLASS=${DEMO_SOURCE_PER_CLASS:-600}
 export FTCTL_SERVER
 

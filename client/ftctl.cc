@@ -40,6 +40,12 @@ Jobs:
          [--lr F] [--optimizer adam|adamw|sgd] [--val-split F] [--seed N]
          [--augment standard|light|none] [--name S] [--priority N]
          [--request-id S] [--follow]
+       recipe: [--weight-decay F] [--label-smoothing F] [--class-weights balanced]
+         [--grad-clip F] [--lr-schedule constant|step|cosine] [--warmup-epochs N]
+         [--lr-step-epochs N] [--lr-gamma F] [--momentum F] [--nesterov]
+         [--unfreeze-at EPOCH --finetune-freeze-depth N|all --finetune-lr-mult F]
+         [--early-stopping PATIENCE] [--cache-features auto|on|off]
+         [--on-bad-image fail|skip]
   get JOB                      show a job
   list [--limit N]             list jobs, newest first
   watch JOB [--from SEQ]       stream a job's events until it ends
@@ -64,7 +70,7 @@ struct Args {
 };
 
 const std::vector<std::string>& BoolFlags() {
-  static const std::vector<std::string> kBool = {"follow", "help"};
+  static const std::vector<std::string> kBool = {"follow", "help", "nesterov"};
   return kBool;
 }
 
@@ -215,9 +221,18 @@ class Cli {
     std::cout << absl::StrFormat("created   %s  started %s  ended %s\n", Time(j.create_time()),
                                  Time(j.start_time()), Time(j.end_time()));
     if (j.metrics().epochs_completed() > 0) {
-      std::cout << absl::StrFormat("metrics   val_accuracy %.4f  val_loss %.4f  train_loss %.4f  epochs %d\n",
-                                   j.metrics().val_accuracy(), j.metrics().val_loss(),
-                                   j.metrics().train_loss(), j.metrics().epochs_completed());
+      std::cout << absl::StrFormat(
+          "metrics   val_accuracy %.4f  val_top5 %.4f  val_loss %.4f  train_loss %.4f  best epoch %d of %d\n",
+          j.metrics().val_accuracy(), j.metrics().val_top5_accuracy(), j.metrics().val_loss(),
+          j.metrics().train_loss(), j.metrics().best_epoch(), j.metrics().epochs_completed());
+    }
+    if (j.metrics().has_test()) {
+      std::cout << absl::StrFormat("test      accuracy %.4f  top5 %.4f  loss %.4f\n", j.metrics().test_accuracy(),
+                                   j.metrics().test_top5_accuracy(), j.metrics().test_loss());
+      for (const auto& c : j.metrics().test_per_class()) {
+        std::cout << absl::StrFormat("          %-16s precision %.3f  recall %.3f  f1 %.3f  (n=%d)\n", c.name(),
+                                     c.precision(), c.recall(), c.f1(), c.support());
+      }
     }
     if (!j.model_id().empty()) std::cout << "model     " << j.model_id() << "\n";
     if (!j.error().empty()) std::cout << "error     " << j.error() << "\n";
@@ -228,7 +243,10 @@ class Cli {
   int Submit() {
     const std::vector<std::string> allowed = {
         "dataset", "backbone", "weights", "freeze-depth", "epochs", "batch-size", "image-size", "lr",
-        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment"};
+        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment",
+        "weight-decay", "label-smoothing", "class-weights", "grad-clip", "lr-schedule", "warmup-epochs",
+        "lr-step-epochs", "lr-gamma", "momentum", "nesterov", "unfreeze-at", "finetune-freeze-depth",
+        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image"};
     if (auto rc = CheckFlags(allowed)) return *rc;
     if (args_.words.size() != 1) return Refuse("submit takes flags only");
     pb::JobSpec spec;
@@ -238,6 +256,11 @@ class Cli {
     spec.set_optimizer(Flag("optimizer", ""));
     spec.set_name(Flag("name", ""));
     spec.set_augment(Flag("augment", ""));
+    spec.set_class_weights(Flag("class-weights", ""));
+    spec.set_lr_schedule(Flag("lr-schedule", ""));
+    spec.set_cache_features(Flag("cache-features", ""));
+    spec.set_on_bad_image(Flag("on-bad-image", ""));
+    spec.set_nesterov(Flag("nesterov", "false") == "true");
     if (spec.dataset_uri().empty()) return Refuse("submit needs --dataset URI");
     if (spec.backbone().empty()) return Refuse("submit needs --backbone NAME");
     // A local path is taken as a file:// URI, as users expect.
@@ -262,6 +285,18 @@ class Cli {
     } else if (!int_flag("freeze-depth", [&](int64_t v) { spec.set_freeze_depth(static_cast<int32_t>(v)); })) {
       return kExitRefused;
     }
+    if (Has("finetune-freeze-depth") && Flag("finetune-freeze-depth", "") == "all") {
+      spec.set_finetune_freeze_depth(-1);
+    } else if (!int_flag("finetune-freeze-depth",
+                         [&](int64_t v) { spec.set_finetune_freeze_depth(static_cast<int32_t>(v)); })) {
+      return kExitRefused;
+    }
+    if (!int_flag("warmup-epochs", [&](int64_t v) { spec.set_warmup_epochs(static_cast<int32_t>(v)); }) ||
+        !int_flag("lr-step-epochs", [&](int64_t v) { spec.set_lr_step_epochs(static_cast<int32_t>(v)); }) ||
+        !int_flag("unfreeze-at", [&](int64_t v) { spec.set_unfreeze_at(static_cast<int32_t>(v)); }) ||
+        !int_flag("early-stopping", [&](int64_t v) { spec.set_early_stopping_patience(static_cast<int32_t>(v)); })) {
+      return kExitRefused;
+    }
     if (!int_flag("epochs", [&](int64_t v) { spec.set_epochs(static_cast<int32_t>(v)); }) ||
         !int_flag("batch-size", [&](int64_t v) { spec.set_batch_size(static_cast<int32_t>(v)); }) ||
         !int_flag("image-size", [&](int64_t v) { spec.set_image_size(static_cast<int32_t>(v)); }) ||
@@ -272,7 +307,13 @@ class Cli {
     for (const auto& [flag, setter] :
          std::vector<std::pair<std::string, std::function<void(float)>>>{
              {"lr", [&](float v) { spec.set_learning_rate(v); }},
-             {"val-split", [&](float v) { spec.set_val_split(v); }}}) {
+             {"val-split", [&](float v) { spec.set_val_split(v); }},
+             {"weight-decay", [&](float v) { spec.set_weight_decay(v); }},
+             {"label-smoothing", [&](float v) { spec.set_label_smoothing(v); }},
+             {"grad-clip", [&](float v) { spec.set_grad_clip_norm(v); }},
+             {"lr-gamma", [&](float v) { spec.set_lr_gamma(v); }},
+             {"momentum", [&](float v) { spec.set_momentum(v); }},
+             {"finetune-lr-mult", [&](float v) { spec.set_finetune_lr_mult(v); }}}) {
       if (!Has(flag)) continue;
       float v;
       if (!absl::SimpleAtof(Flag(flag, ""), &v) || !std::isfinite(v)) {
@@ -411,10 +452,12 @@ class Cli {
       if (e.has_epoch()) {
         const auto& s = e.epoch();
         std::cout << absl::StrFormat(
-                         "epoch %d: train_loss %.4f train_acc %.4f | val_loss %.4f val_acc %.4f | %.0f img/s, "
-                         "%.1fs (loader wait %.1fs)",
+                         "epoch %d: train_loss %.4f train_acc %.4f | val_loss %.4f val_acc %.4f top5 %.4f | lr %.2g"
+                         " | %.0f img/s, %.1fs (loader wait %.1fs)%s%s",
                          s.epoch(), s.train_loss(), s.train_accuracy(), s.val_loss(), s.val_accuracy(),
-                         s.images_per_second(), s.epoch_seconds(), s.loader_wait_seconds())
+                         s.val_top5_accuracy(), s.learning_rate(), s.images_per_second(), s.epoch_seconds(),
+                         s.loader_wait_seconds(), s.features_cached() ? " [cached features]" : "",
+                         s.best() ? " *best" : "")
                   << std::endl;
       } else if (e.has_state_changed()) {
         std::cout << "[" << StateName(e.state_changed().state()) << "] " << e.state_changed().message()

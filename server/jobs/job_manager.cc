@@ -65,7 +65,12 @@ absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** bac
                    absl::StrCat("unknown optimizer '", spec->optimizer(), "'; known: adam, adamw, sgd"));
   }
   const int stages = static_cast<int>((*backbone)->stages.size());
-  if (spec->freeze_depth() < -1 || spec->freeze_depth() > stages) {
+  if (catalog::IsTorchScriptBackbone(spec->backbone())) {
+    // Its stages are the file's top-level children; the worker checks the depth.
+    if (spec->freeze_depth() < -1) {
+      return Invalid("freeze_depth", absl::StrCat("must be -1 (all) or >= 0, got ", spec->freeze_depth()));
+    }
+  } else if (spec->freeze_depth() < -1 || spec->freeze_depth() > stages) {
     return Invalid("freeze_depth",
                    absl::StrCat("must be -1 (all) or between 0 and ", stages, " (", spec->backbone(),
                                 " stages: ", absl::StrJoin((*backbone)->stages, ", "), "), got ",
@@ -75,14 +80,67 @@ absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** bac
     return Invalid("val_split", absl::StrCat("must be in [0, 1), got ", spec->val_split()));
   }
   if (spec->val_split() == 0) spec->set_val_split(kDefaultValSplit);
-  if (spec->seed() < 0) return Invalid("seed", "must be non-negative");
-  if (spec->name().size() > 256) return Invalid("name", "is longer than 256 characters");
-  if (spec->weights_uri().empty()) spec->set_weights_uri("none");
   if (spec->augment().empty()) spec->set_augment("standard");
   if (spec->augment() != "standard" && spec->augment() != "light" && spec->augment() != "none") {
     return Invalid("augment", absl::StrCat("unknown augmentation '", spec->augment(),
                                            "'; known: standard, light, none"));
   }
+  if (spec->seed() < 0) return Invalid("seed", "must be non-negative");
+  auto in_range = [](float v, float lo, float hi) { return std::isfinite(v) && v >= lo && v <= hi; };
+  if (!in_range(spec->weight_decay(), 0, 1)) {
+    return Invalid("weight_decay", absl::StrCat("must be in [0, 1], got ", spec->weight_decay()));
+  }
+  if (!in_range(spec->label_smoothing(), 0, 0.99f)) {
+    return Invalid("label_smoothing", absl::StrCat("must be in [0, 0.99], got ", spec->label_smoothing()));
+  }
+  if (!spec->class_weights().empty() && spec->class_weights() != "balanced" && spec->class_weights() != "none") {
+    return Invalid("class_weights", absl::StrCat("unknown '", spec->class_weights(), "'; known: none, balanced"));
+  }
+  if (!in_range(spec->grad_clip_norm(), 0, 1e6f)) {
+    return Invalid("grad_clip_norm", absl::StrCat("must be >= 0, got ", spec->grad_clip_norm()));
+  }
+  if (spec->lr_schedule().empty()) spec->set_lr_schedule("constant");
+  if (spec->lr_schedule() != "constant" && spec->lr_schedule() != "step" && spec->lr_schedule() != "cosine") {
+    return Invalid("lr_schedule", absl::StrCat("unknown '", spec->lr_schedule(), "'; known: constant, step, cosine"));
+  }
+  if (spec->warmup_epochs() < 0 || spec->warmup_epochs() > spec->epochs()) {
+    return Invalid("warmup_epochs", absl::StrCat("must be in [0, epochs], got ", spec->warmup_epochs()));
+  }
+  if (spec->lr_step_epochs() < 0) return Invalid("lr_step_epochs", "must be >= 0");
+  if (spec->lr_step_epochs() == 0) spec->set_lr_step_epochs(std::max(1, spec->epochs() / 3));
+  if (spec->lr_gamma() == 0) spec->set_lr_gamma(0.1f);
+  if (!in_range(spec->lr_gamma(), 1e-6f, 1)) return Invalid("lr_gamma", "must be in (0, 1]");
+  if (spec->momentum() == 0 && spec->optimizer() == "sgd") spec->set_momentum(0.9f);
+  if (!in_range(spec->momentum(), 0, 0.9999f)) return Invalid("momentum", "must be in [0, 1)");
+  if (spec->nesterov() && (spec->optimizer() != "sgd" || spec->momentum() <= 0)) {
+    return Invalid("nesterov", "needs --optimizer sgd with momentum > 0");
+  }
+  if (spec->unfreeze_at() < 0 || spec->unfreeze_at() > spec->epochs()) {
+    return Invalid("unfreeze_at", absl::StrCat("must be an epoch in [1, epochs] or 0 (off), got ", spec->unfreeze_at()));
+  }
+  if (spec->unfreeze_at() > 0) {
+    if (spec->finetune_lr_mult() == 0) spec->set_finetune_lr_mult(0.1f);
+    if (!in_range(spec->finetune_lr_mult(), 1e-6f, 100)) return Invalid("finetune_lr_mult", "must be in (0, 100]");
+    if (spec->finetune_freeze_depth() < -1 ||
+        (!catalog::IsTorchScriptBackbone(spec->backbone()) && spec->finetune_freeze_depth() > stages)) {
+      return Invalid("finetune_freeze_depth", absl::StrCat("must be -1 (all) or between 0 and ", stages));
+    }
+  }
+  if (spec->early_stopping_patience() < 0) return Invalid("early_stopping_patience", "must be >= 0");
+  if (spec->cache_features().empty()) spec->set_cache_features("auto");
+  if (spec->cache_features() != "auto" && spec->cache_features() != "on" && spec->cache_features() != "off") {
+    return Invalid("cache_features", "must be auto, on or off");
+  }
+  if (spec->cache_features() == "on" &&
+      (spec->freeze_depth() != -1 || spec->augment() != "none" || spec->unfreeze_at() > 0)) {
+    return Invalid("cache_features", "on needs --freeze-depth all, --augment none and no --unfreeze-at");
+  }
+  if (spec->on_bad_image().empty()) spec->set_on_bad_image("fail");
+  if (spec->on_bad_image() != "fail" && spec->on_bad_image() != "skip") {
+    return Invalid("on_bad_image", "must be fail or skip");
+  }
+  if (spec->name().size() > 256) return Invalid("name", "is longer than 256 characters");
+  if (spec->weights_uri().empty()) spec->set_weights_uri("none");
   return absl::OkStatus();
 }
 
@@ -125,6 +183,9 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
 
   // Weights, before the (slower) dataset scan.
   const std::string& w = spec->weights_uri();
+  if (catalog::IsTorchScriptBackbone(spec->backbone()) && !absl::StartsWith(w, "file://")) {
+    return Invalid("weights_uri", "backbone torchscript takes its module from --weights file:///path.pt");
+  }
   if (w == "none") {
   } else if (w == "pretrained") {
     std::vector<std::string> tried;

@@ -53,6 +53,12 @@ def main():
                 if m.weight is not None:
                     m.weight.uniform_(0.8, 1.2)
                     m.bias.uniform_(-0.1, 0.1)
+        if args.arch == "inception_v3":
+            # With init_weights=False its output barely depends on the input,
+            # which would hide errors in early layers.
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight)
         if args.arch.startswith("convnext"):
             # torchvision initialises layer_scale to 1e-6, which would hide the blocks.
             for name, p in model.named_parameters():

@@ -25,14 +25,9 @@ int main(int argc, char** argv) {
     std::cerr << backbone.status() << std::endl;
     return 1;
   }
-  auto tensors = ft::worker::ReadWeightsFile(argv[2]);
-  if (!tensors.ok()) {
-    std::cerr << tensors.status() << std::endl;
-    return 1;
-  }
-  auto applied = ft::worker::ApplyStateDict(backbone->module, *tensors, backbone->head_prefixes, argv[2]);
-  if (!applied.ok()) {
-    std::cerr << applied << std::endl;
+  auto loaded = ft::worker::LoadBackboneWeights(*backbone, argv[2], /*pretrained=*/false);
+  if (!loaded.ok()) {
+    std::cerr << loaded.status() << std::endl;
     return 1;
   }
   auto io = ft::worker::ReadTorchCheckpoint(argv[3]);

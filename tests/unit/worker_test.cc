@@ -4,6 +4,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/backbones/backbone.h"
+#include "worker/catalog/catalog.h"
 #include "worker/data/images.h"
 
 namespace ft::worker {
@@ -68,6 +69,38 @@ TEST(ImagesTest, EvalTransformNormalisesAndReplicatesGray) {
   TransformInto(noise, o, &r1, a.data());
   TransformInto(noise, o, &r2, b.data());
   EXPECT_EQ(a, b);
+}
+
+}  // namespace
+}  // namespace ft::worker
+
+namespace ft::worker {
+namespace {
+
+// Every catalogued backbone: the server's stage list and feature width agree
+// with the worker's, and each freeze depth freezes strictly more.
+TEST(BackboneTest, CatalogAgreesAndEveryDepthFreezes) {
+  for (const auto& info : catalog::Backbones()) {
+    if (catalog::IsTorchScriptBackbone(info.name)) continue;
+    SCOPED_TRACE(info.name);
+    auto b = BuildBackbone(info.name);
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->stage_names, info.stages);
+    EXPECT_EQ(b->feature_dim, info.feature_dim);
+    EXPECT_FALSE(info.pretrained_files.empty());
+    auto model = BuildClassifier(b->module, b->feature_dim, {"a", "b"});
+    int64_t last_frozen = -1;
+    for (int depth = 0; depth <= static_cast<int>(info.stages.size()); ++depth) {
+      ApplyFreeze(model, *b, depth);
+      int64_t frozen = 0;
+      for (const auto& p : model.attr("backbone").toModule().parameters()) frozen += p.requires_grad() ? 0 : p.numel();
+      EXPECT_GT(frozen, last_frozen) << "depth " << depth;
+      last_frozen = frozen;
+    }
+    int64_t total = 0;
+    for (const auto& p : model.attr("backbone").toModule().parameters()) total += p.numel();
+    EXPECT_EQ(last_frozen, total) << "the stages must cover every backbone parameter";
+  }
 }
 
 }  // namespace

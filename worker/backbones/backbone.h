@@ -17,7 +17,7 @@ struct Backbone {
   // forward(x: [N,3,H,W]) -> pooled features [N, feature_dim].
   torch::jit::Module module;
   // The stages freeze_depth counts, from the input; each lists the module's
-  // top-level children that belong to it.
+  // children (or dotted paths into them, "features.3") that belong to it.
   std::vector<std::string> stage_names;
   std::vector<std::vector<std::string>> stages;
   int64_t feature_dim = 0;
@@ -29,6 +29,16 @@ struct Backbone {
 // Builds a randomly initialised backbone (initialised as torchvision does).
 // INVALID_ARGUMENT for an unknown name.
 absl::StatusOr<Backbone> BuildBackbone(const std::string& name);
+
+// The name of the backbone that comes whole from a TorchScript file.
+inline constexpr char kTorchScriptBackbone[] = "torchscript";
+
+// Loads a scripted module whose forward(x) returns pooled features [N, D]
+// (e.g. a torchvision model with its head replaced by Identity): the way in
+// for architectures the zoo lacks. Its stages are its top-level children, in
+// order. D is found by one forward pass at probe_size. FAILED_PRECONDITION
+// when the file is not TorchScript or forward does not return [N, D].
+absl::StatusOr<Backbone> LoadTorchScriptBackbone(const std::string& path, int probe_size);
 
 // The exported model: a TorchScript module with `backbone` and `head`
 // (a Linear) and two methods, forward(x) -> logits and features(x) ->

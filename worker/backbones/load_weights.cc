@@ -5,6 +5,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/util/status.h"
+#include "worker/backbones/backbone.h"
+#include "worker/backbones/densenet.h"
 #include "worker/weights/safetensors.h"
 
 namespace ft::worker {
@@ -75,6 +78,18 @@ absl::Status ApplyStateDict(torch::jit::Module& module, const std::vector<NamedT
     target.copy_(it->second->to(target.dtype()));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> LoadBackboneWeights(Backbone& backbone, const std::string& path, bool pretrained) {
+  FT_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors, ReadWeightsFile(path));
+  if (absl::StartsWith(backbone.name, "densenet")) {
+    for (auto& t : tensors) t.name = RemapDensenetKey(t.name);
+  }
+  FT_RETURN_IF_ERROR(ApplyStateDict(backbone.module, tensors, backbone.head_prefixes, path));
+  if (pretrained && backbone.module.hasattr("transform_input")) {
+    backbone.module.setattr("transform_input", true);
+  }
+  return tensors.size();
 }
 
 absl::StatusOr<std::vector<NamedTensor>> ReadWeightsFile(const std::string& path) {

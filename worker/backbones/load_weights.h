@@ -20,6 +20,15 @@ absl::Status ApplyStateDict(torch::jit::Module& module, const std::vector<NamedT
                             const std::vector<std::string>& skip_prefixes,
                             const std::string& source);
 
+struct Backbone;
+
+// Loads a torchvision weights file into `backbone`: reads it, renames
+// old-style DenseNet keys ("norm.1" -> "norm1") as torchvision does, and
+// applies it strictly. `pretrained` files get the input transform
+// torchvision switches on for them (Inception v3's transform_input).
+// Returns the number of tensors read.
+absl::StatusOr<size_t> LoadBackboneWeights(Backbone& backbone, const std::string& path, bool pretrained);
+
 // Reads a weights file by its format (.safetensors, else a torch.save zip).
 absl::StatusOr<std::vector<NamedTensor>> ReadWeightsFile(const std::string& path);
 

@@ -20,6 +20,9 @@ struct BackboneInfo {
 };
 
 const std::vector<BackboneInfo>& Backbones();
+// "torchscript": the backbone is the TorchScript file given as weights; its
+// stages (its top-level children) are only known to the worker.
+bool IsTorchScriptBackbone(const std::string& name);
 // nullptr when unknown.
 const BackboneInfo* FindBackbone(const std::string& name);
 // "resnet18, resnet34, ..." for error messages.

@@ -124,6 +124,17 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
   for (int t = 1; t < threads; ++t) pool.emplace_back(work);
   work();
   for (auto& t : pool) t.join();
+  if (!failures.empty() && options.skip_bad) {
+    std::sort(failures.begin(), failures.end());
+    ImageSet kept;
+    for (size_t i = 0; i < set.images.size(); ++i) {
+      if (set.images[i].empty()) continue;
+      kept.images.push_back(std::move(set.images[i]));
+      kept.labels.push_back(set.labels[i]);
+    }
+    kept.skipped = std::move(failures);
+    return kept;
+  }
   if (!failures.empty()) {
     std::sort(failures.begin(), failures.end());
     std::vector<std::string> named(failures.begin(),

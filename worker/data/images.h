@@ -18,6 +18,8 @@ namespace ft::worker {
 struct ImageSet {
   std::vector<cv::Mat> images;
   std::vector<int64_t> labels;
+  // Files that could not be decoded and were skipped (skip_bad only).
+  std::vector<std::string> skipped;
 };
 
 struct DecodeOptions {
@@ -26,11 +28,14 @@ struct DecodeOptions {
   // bounded without changing what the model sees. 0 keeps full size.
   int max_short_side = 0;
   int threads = 1;
+  // Skip undecodable files (listed in ImageSet::skipped) instead of failing.
+  bool skip_bad = false;
 };
 
 // Decodes `samples` (image files through OpenCV, or IDX records). 16-bit
 // images are scaled to 8 bits, alpha is dropped, grayscale stays 1 channel.
-// FAILED_PRECONDITION naming the first few files when any cannot be decoded.
+// FAILED_PRECONDITION naming the first few files when any cannot be decoded,
+// unless skip_bad.
 absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samples,
                                        const DecodeOptions& options);
 

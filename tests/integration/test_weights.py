@@ -1,0 +1,135 @@
+"""Weight files through the public path: `pretrained` found in --weights-dir,
+.safetensors and TorchScript backbones giving torchvision's features after a
+job with --freeze-depth all, and bad weight files failing the job with a
+clear error while the server and its worker stay up."""
+import json
+import os
+import shutil
+import struct
+import tempfile
+import unittest
+
+import harness
+
+
+def save_safetensors(state_dict, path):
+    """The safetensors format by hand (the Python package is not in Debian 12)."""
+    import torch
+    names = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}
+    header, blobs, offset = {}, [], 0
+    for k, v in state_dict.items():
+        data = v.contiguous().numpy().tobytes()
+        header[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+class WeightsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        import torch
+        import torchvision
+        cls.tmp = tempfile.mkdtemp(prefix="ft-weights-")
+        cls.root = os.path.join(cls.tmp, "data")
+        cls.weights_dir = os.path.join(cls.tmp, "weights")
+        os.makedirs(cls.weights_dir)
+        cls.data = harness.make_imagefolder(os.path.join(cls.root, "shapes"), classes=2,
+                                            train_per_class=8, val_per_class=4, size=32)
+        torch.manual_seed(11)
+        cls.net = torchvision.models.resnet18()
+        with torch.no_grad():
+            for m in cls.net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.5, 1.5)
+        sd = cls.net.state_dict()
+        torch.save(sd, os.path.join(cls.weights_dir, "resnet18-f37072fd.pth"))
+        save_safetensors(sd, os.path.join(cls.root, "resnet18.safetensors"))
+        headless = torchvision.models.resnet18()
+        headless.load_state_dict(sd)
+        headless.fc = torch.nn.Identity()
+        headless.eval()
+        torch.jit.save(torch.jit.script(headless), os.path.join(cls.root, "resnet18-backbone.pt"))
+        cls.reference = headless
+        # Bad files.
+        full = open(os.path.join(cls.weights_dir, "resnet18-f37072fd.pth"), "rb").read()
+        open(os.path.join(cls.root, "truncated.pth"), "wb").write(full[: len(full) // 2])
+        open(os.path.join(cls.root, "random.pth"), "wb").write(os.urandom(100000))
+        torch.save(torchvision.models.resnet34().state_dict(), os.path.join(cls.root, "resnet34.pth"))
+        cls.server = harness.Server(os.path.join(cls.tmp, "var"), [cls.root],
+                                    extra=[f"--weights-dir={cls.weights_dir}"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def run_job(self, *args):
+        return self.server.submit(f"--dataset=file://{self.data}", "--epochs=1", "--image-size=32",
+                                  "--batch-size=8", *args)
+
+    def features_match(self, job):
+        import torch
+        out = os.path.join(self.tmp, "dl-" + job["id"])
+        d = self.server.ftctl("models", "download", job["model_id"], f"--dir={out}")
+        self.assertEqual(d.returncode, 0, d.stderr)
+        model = torch.jit.load(os.path.join(out, "model.pt"))
+        x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            got, want = model.features(x), self.reference(x)
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        self.assertLessEqual(err, 1e-4)
+
+    def test_pretrained_from_weights_dir(self):
+        r, events, job = self.run_job("--backbone=resnet18", "--weights=pretrained", "--freeze-depth=all")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        logs = [e["log"]["message"] for e in events if "log" in e]
+        self.assertTrue(any("resnet18-f37072fd.pth" in m for m in logs), logs)
+        self.features_match(job)
+
+    def test_pretrained_missing_is_not_found(self):
+        r = self.server.ftctl("submit", f"--dataset=file://{self.data}", "--backbone=resnet50",
+                              "--weights=pretrained")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("NOT_FOUND", r.stderr)
+        self.assertIn("resnet50-11ad3fa6.pth", r.stderr)
+
+    def test_safetensors(self):
+        r, _, job = self.run_job("--backbone=resnet18", f"--weights=file://{self.root}/resnet18.safetensors",
+                                 "--freeze-depth=all")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.features_match(job)
+
+    def test_torchscript_backbone(self):
+        r, events, job = self.run_job("--backbone=torchscript",
+                                      f"--weights=file://{self.root}/resnet18-backbone.pt", "--freeze-depth=all")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.features_match(job)
+        # Freeze depth counts the module's top-level children.
+        r, _, job = self.run_job("--backbone=torchscript",
+                                 f"--weights=file://{self.root}/resnet18-backbone.pt", "--freeze-depth=99")
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(job["state"], "FAILED")
+        self.assertIn("top-level children", job["error"])
+
+    def test_bad_weight_files_fail_clearly_and_nothing_goes_down(self):
+        cases = [("truncated.pth", "truncated"), ("random.pth", "not a zip"),
+                 ("resnet34.pth", "layer1.2")]
+        for name, needle in cases:
+            r, events, job = self.run_job("--backbone=resnet18", f"--weights=file://{self.root}/{name}")
+            self.assertEqual(r.returncode, 1, f"{name}: {r.stderr}")
+            self.assertEqual(job["state"], "FAILED")
+            self.assertIn(name, job["error"])
+            self.assertIn(needle, job["error"].lower())
+            self.assertEqual(job["attempts"], 1, "a bad file is the job's failure, not a worker crash")
+        self.assertIsNone(self.server.proc.poll())
+        r, _, job = self.run_job("--backbone=resnet18")
+        self.assertEqual(r.returncode, 0, "the worker must still take jobs")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
