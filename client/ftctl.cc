@@ -45,7 +45,7 @@ Jobs:
          [--lr-step-epochs N] [--lr-gamma F] [--momentum F] [--nesterov]
          [--unfreeze-at EPOCH --finetune-freeze-depth N|all --finetune-lr-mult F]
          [--early-stopping PATIENCE] [--cache-features auto|on|off]
-         [--on-bad-image fail|skip]
+         [--on-bad-image fail|skip] [--export best|last]
   get JOB                      show a job
   list [--limit N]             list jobs, newest first
   watch JOB [--from SEQ]       stream a job's events until it ends
@@ -246,7 +246,7 @@ class Cli {
         "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment",
         "weight-decay", "label-smoothing", "class-weights", "grad-clip", "lr-schedule", "warmup-epochs",
         "lr-step-epochs", "lr-gamma", "momentum", "nesterov", "unfreeze-at", "finetune-freeze-depth",
-        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image"};
+        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image", "export"};
     if (auto rc = CheckFlags(allowed)) return *rc;
     if (args_.words.size() != 1) return Refuse("submit takes flags only");
     pb::JobSpec spec;
@@ -260,6 +260,7 @@ class Cli {
     spec.set_lr_schedule(Flag("lr-schedule", ""));
     spec.set_cache_features(Flag("cache-features", ""));
     spec.set_on_bad_image(Flag("on-bad-image", ""));
+    spec.set_export_weights(Flag("export", ""));
     spec.set_nesterov(Flag("nesterov", "false") == "true");
     if (spec.dataset_uri().empty()) return Refuse("submit needs --dataset URI");
     if (spec.backbone().empty()) return Refuse("submit needs --backbone NAME");

@@ -135,6 +135,10 @@ absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** bac
       (spec->freeze_depth() != -1 || spec->augment() != "none" || spec->unfreeze_at() > 0)) {
     return Invalid("cache_features", "on needs --freeze-depth all, --augment none and no --unfreeze-at");
   }
+  if (spec->export_weights().empty()) spec->set_export_weights("best");
+  if (spec->export_weights() != "best" && spec->export_weights() != "last") {
+    return Invalid("export_weights", "must be best or last");
+  }
   if (spec->on_bad_image().empty()) spec->set_on_bad_image("fail");
   if (spec->on_bad_image() != "fail" && spec->on_bad_image() != "skip") {
     return Invalid("on_bad_image", "must be fail or skip");

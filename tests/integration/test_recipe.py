@@ -52,10 +52,11 @@ class RecipeTest(unittest.TestCase):
         import torch
         r, events, job = self.run_job(f"--weights=file://{self.weights}", "--freeze-depth=all", "--epochs=3",
                                       "--unfreeze-at=2", "--finetune-freeze-depth=3", "--finetune-lr-mult=0.5",
-                                      "--lr=0.002")
+                                      "--lr=0.002", "--export=last")
         self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
         epochs = [e["epoch"] for e in events if "epoch" in e]
         self.assertEqual([e["freeze_depth"] for e in epochs], [-1, 3, 3])
+        self.assertEqual(job["metrics"]["best_epoch"], 3)
         self.assertAlmostEqual(epochs[1]["learning_rate"], 0.001, places=6)
         _, params = self.download(job)
         original = self.net.state_dict()

@@ -237,9 +237,11 @@ absl::Status PrepareModel(const pb::ResolvedJob& job, const std::vector<std::str
   const int stages = static_cast<int>(backbone->stages.size());
   for (int depth : {spec.freeze_depth(), spec.unfreeze_at() > 0 ? spec.finetune_freeze_depth() : 0}) {
     if (depth > stages) {
-      return absl::InvalidArgumentError(absl::StrCat("freeze depth ", depth, " is deeper than ", spec.backbone(),
-                                                     "'s ", stages, " stages (",
-                                                     absl::StrJoin(backbone->stage_names, ", "), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "freeze depth ", depth, " is deeper than ",
+          spec.backbone() == kTorchScriptBackbone ? "the TorchScript backbone's " : spec.backbone() + "'s ", stages,
+          spec.backbone() == kTorchScriptBackbone ? " top-level children (" : " stages (",
+          absl::StrJoin(backbone->stage_names, ", "), ")"));
     }
   }
   return absl::OkStatus();
@@ -365,7 +367,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   double best_loss = std::numeric_limits<double>::infinity();
   int best_epoch = 0, since_best = 0;
   std::vector<torch::Tensor> best_weights;
-  pb::EpochSummary best_summary;
+  pb::EpochSummary best_summary, last_summary;
 
   for (int epoch = 1; epoch <= spec.epochs(); ++epoch) {
     if (spec.unfreeze_at() > 0 && epoch == spec.unfreeze_at()) {
@@ -489,6 +491,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
       ++since_best;
     }
     summary.set_best(improved);
+    last_summary = summary;
     if (hooks.on_epoch) hooks.on_epoch(summary);
     history.push_back(nlohmann::json::parse(util::ToJson(summary)));
     if (spec.early_stopping_patience() > 0 && since_best >= spec.early_stopping_patience() &&
@@ -499,8 +502,13 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
     }
   }
 
-  // Export the best epoch's weights.
-  if (!best_weights.empty()) Restore(model, best_weights);
+  // Export the best epoch's weights, unless asked for the last.
+  if (spec.export_weights() == "last") {
+    best_epoch = static_cast<int>(result.metrics.epochs_completed());
+    best_summary = last_summary;
+  } else if (!best_weights.empty()) {
+    Restore(model, best_weights);
+  }
   result.metrics.set_best_epoch(best_epoch);
   result.metrics.set_val_accuracy(best_summary.val_accuracy());
   result.metrics.set_val_loss(best_summary.val_loss());
