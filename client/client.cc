@@ -3,6 +3,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -165,6 +166,33 @@ absl::StatusOr<std::vector<std::string>> Client::DownloadModel(const std::string
     written.push_back(o.final_path);
   }
   return written;
+}
+
+absl::StatusOr<pb::ValidationReport> Client::Validate(const pb::JobSpec& spec) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(15));
+  pb::SubmitJobRequest req;
+  *req.mutable_spec() = spec;
+  pb::ValidationReport report;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->ValidateJob(&ctx, req, &report)));
+  return report;
+}
+
+absl::StatusOr<pb::PredictResponse> Client::Predict(const std::string& model_id,
+                                                    const std::vector<std::string>& files, int top_k) {
+  pb::PredictRequest req;
+  req.set_model_id(model_id);
+  req.set_top_k(top_k);
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", f));
+    req.add_images(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
+  pb::PredictResponse resp;
+  FT_RETURN_IF_ERROR(FromGrpc(stub_->Predict(&ctx, req, &resp)));
+  return resp;
 }
 
 absl::Status Client::Health() {

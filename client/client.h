@@ -35,6 +35,18 @@ class Client {
   // file's sha256 (DATA_LOSS on mismatch). Returns the paths written.
   absl::StatusOr<std::vector<std::string>> DownloadModel(const std::string& model_id,
                                                          const std::string& dir);
+  absl::StatusOr<pb::ValidationReport> Validate(const pb::JobSpec& spec);
+  // Reads the image files and asks the server for their top-k classes.
+  absl::StatusOr<pb::PredictResponse> Predict(const std::string& model_id, const std::vector<std::string>& files,
+                                              int top_k);
+  // Uploads the tar or zip archive at `archive_path` as dataset `name`
+  // (client/client_datasets.cc). The server checks the bytes against
+  // `sha256`, or the file's own digest when it is empty; `format` (tar,
+  // tar.gz, zip) is an optional hint.
+  absl::StatusOr<pb::Dataset> UploadDataset(const std::string& archive_path, const std::string& name,
+                                            const std::string& sha256, const std::string& format);
+  absl::StatusOr<std::vector<pb::Dataset>> ListDatasets();
+  absl::Status DeleteDataset(const std::string& name);
   // grpc.health.v1 check of the whole server.
   absl::Status Health();
 

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/client.h"
+#include "client/ftctl_datasets.h"
 #include "google/protobuf/util/time_util.h"
 #include "proto/util/proto_json.h"
 
@@ -46,6 +47,8 @@ Jobs:
          [--unfreeze-at EPOCH --finetune-freeze-depth N|all --finetune-lr-mult F]
          [--early-stopping PATIENCE] [--cache-features auto|on|off]
          [--on-bad-image fail|skip] [--export best|last]
+  validate [submit flags]      a dry run of submit: class counts, undecodable
+                               files, image sizes, parameters, time per epoch
   get JOB                      show a job
   list [--limit N]             list jobs, newest first
   watch JOB [--from SEQ]       stream a job's events until it ends
@@ -55,6 +58,13 @@ Models:
   models get MODEL
   models download MODEL --dir DIR
   models delete MODEL
+  predict MODEL IMAGE... [--top-k N]   top-k classes of images, run on the server
+Datasets (jobs name them --dataset dataset://NAME):
+  datasets upload DIR|ARCHIVE --name NAME [--sha256 HEX] [--format tar|tar.gz|zip]
+                               a DIR is packed into a tar; an ARCHIVE (.tar,
+                               .tar.gz, .zip) is sent as it is
+  datasets list
+  datasets delete NAME
 Other:
   health                       check the server (grpc.health.v1)
 
@@ -142,8 +152,17 @@ class Cli {
         if (!job.ok()) return Fail(job.status());
         return PrintJob(job);
       });
+    } else if (cmd == "validate") {
+      rc = Validate();
+    } else if (cmd == "predict") {
+      rc = Predict();
     } else if (cmd == "models") {
       rc = Models();
+    } else if (cmd == "datasets") {
+      rc = RunDatasetsCommand({args_.words, args_.flags, json_, client_.get(),
+                               [this](const std::string& m) { return Refuse(m); },
+                               [this](const absl::Status& s) { return Fail(s); },
+                               [this](const std::vector<std::string>& allowed) { return CheckFlags(allowed); }});
     } else if (cmd == "health") {
       auto s = client_->Health();
       if (!s.ok()) return Fail(s);
@@ -240,16 +259,9 @@ class Cli {
     return kExitOk;
   }
 
-  int Submit() {
-    const std::vector<std::string> allowed = {
-        "dataset", "backbone", "weights", "freeze-depth", "epochs", "batch-size", "image-size", "lr",
-        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment",
-        "weight-decay", "label-smoothing", "class-weights", "grad-clip", "lr-schedule", "warmup-epochs",
-        "lr-step-epochs", "lr-gamma", "momentum", "nesterov", "unfreeze-at", "finetune-freeze-depth",
-        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image", "export"};
-    if (auto rc = CheckFlags(allowed)) return *rc;
-    if (args_.words.size() != 1) return Refuse("submit takes flags only");
-    pb::JobSpec spec;
+  // Fills a JobSpec from the submit flags; returns an exit code on bad flags.
+  std::optional<int> BuildSpec(pb::JobSpec* out) {
+    pb::JobSpec& spec = *out;
     spec.set_dataset_uri(Flag("dataset", ""));
     spec.set_backbone(Flag("backbone", ""));
     spec.set_weights_uri(Flag("weights", "none"));
@@ -322,6 +334,85 @@ class Cli {
       }
       setter(v);
     }
+    return std::nullopt;
+  }
+
+  static const std::vector<std::string>& SubmitFlags() {
+    static const auto* kFlags = new std::vector<std::string>{
+        "dataset", "backbone", "weights", "freeze-depth", "epochs", "batch-size", "image-size", "lr",
+        "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment",
+        "weight-decay", "label-smoothing", "class-weights", "grad-clip", "lr-schedule", "warmup-epochs",
+        "lr-step-epochs", "lr-gamma", "momentum", "nesterov", "unfreeze-at", "finetune-freeze-depth",
+        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image", "export"};
+    return *kFlags;
+  }
+
+  int Validate() {
+    if (auto rc = CheckFlags(SubmitFlags())) return *rc;
+    if (args_.words.size() != 1) return Refuse("validate takes flags only");
+    pb::JobSpec spec;
+    if (auto rc = BuildSpec(&spec)) return *rc;
+    auto report = client_->Validate(spec);
+    if (!report.ok()) return Fail(report.status());
+    if (json_) {
+      std::cout << util::ToJson(*report) << std::endl;
+      return kExitOk;
+    }
+    const auto& r = *report;
+    std::cout << absl::StrFormat("dataset   %s (%s; val: %s)\n", r.spec().dataset_uri(), r.dataset_format(),
+                                 r.val_source());
+    std::cout << absl::StrFormat("%-20s %8s %8s %8s\n", "CLASS", "TRAIN", "VAL", "TEST");
+    for (const auto& c : r.classes()) {
+      std::cout << absl::StrFormat("%-20s %8d %8d %8d\n", c.name(), c.train(), c.val(), c.test());
+    }
+    std::cout << absl::StrFormat("imbalance %.2fx (largest / smallest training class)\n", r.imbalance_ratio());
+    const auto& sz = r.image_sizes();
+    std::cout << absl::StrFormat("images    %d decodable (%d grayscale), %d undecodable%s\n", sz.images(),
+                                 sz.grayscale(), r.undecodable(),
+                                 r.undecodable_examples().empty()
+                                     ? ""
+                                     : ": " + absl::StrJoin(r.undecodable_examples(), ", "));
+    std::cout << absl::StrFormat("sizes     %dx%d to %dx%d, mean %.0fx%.0f\n", sz.min_width(), sz.min_height(),
+                                 sz.max_width(), sz.max_height(), sz.mean_width(), sz.mean_height());
+    std::cout << absl::StrFormat("model     %s: %d trainable, %d frozen parameters (freeze_depth %d)\n",
+                                 r.spec().backbone(), r.trainable_parameters(), r.frozen_parameters(),
+                                 r.spec().freeze_depth());
+    std::cout << absl::StrFormat("estimate  %.1f s per epoch on %s; queue position %d\n",
+                                 r.estimated_epoch_seconds(), r.estimate_device(), r.queue_position());
+    for (const auto& w : r.warnings()) std::cout << "warning   " << w << "\n";
+    std::cout.flush();
+    return kExitOk;
+  }
+
+  int Predict() {
+    if (auto rc = CheckFlags({"top-k"})) return *rc;
+    if (args_.words.size() < 3) return Refuse("predict takes a MODEL id and one or more IMAGE files");
+    int top_k = 5;
+    if (Has("top-k") && (!absl::SimpleAtoi(Flag("top-k", ""), &top_k) || top_k < 1)) {
+      return Refuse("--top-k must be a positive integer");
+    }
+    std::vector<std::string> files(args_.words.begin() + 2, args_.words.end());
+    auto response = client_->Predict(args_.words[1], files, top_k);
+    if (!response.ok()) return Fail(response.status());
+    if (json_) {
+      std::cout << util::ToJson(*response) << std::endl;
+      return kExitOk;
+    }
+    for (int i = 0; i < response->predictions_size(); ++i) {
+      std::cout << files[static_cast<size_t>(i)] << "\n";
+      for (const auto& c : response->predictions(i).top()) {
+        std::cout << absl::StrFormat("  %-24s %.4f\n", c.label(), c.probability());
+      }
+    }
+    std::cout.flush();
+    return kExitOk;
+  }
+
+  int Submit() {
+    if (auto rc = CheckFlags(SubmitFlags())) return *rc;
+    if (args_.words.size() != 1) return Refuse("submit takes flags only");
+    pb::JobSpec spec;
+    if (auto rc = BuildSpec(&spec)) return *rc;
     std::string request_id = Flag("request-id", "");
     if (request_id.empty()) {
       std::random_device rd;

@@ -21,12 +21,14 @@
 #include "proto/util/flag_names.h"
 #include "server/api/finetune_service.h"
 #include "server/api/worker_gateway_service.h"
+#include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_job_store.h"
 #include "server/metrics/server_metrics.h"
 #include "server/models/model_store.h"
 #include "server/workers/local_worker_pool.h"
+#include "server/workers/worker_tool.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
@@ -42,6 +44,10 @@ ABSL_FLAG(std::string, worker_binary, "", "finetune-worker to spawn (default: ne
 ABSL_FLAG(std::string, worker_device, "auto", "--device for local workers");
 ABSL_FLAG(int, lease_ttl_seconds, 30, "a job's lease expires this long after its worker's last heartbeat");
 ABSL_FLAG(int, max_attempts, 3, "a job fails after its worker is lost this many times");
+ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{10} << 30, "largest dataset archive UploadDataset accepts");
+ABSL_FLAG(int64_t, max_dataset_extracted_bytes, int64_t{64} << 30,
+          "largest total a dataset archive may extract to (uploads and file:// archives)");
+ABSL_FLAG(int64_t, max_dataset_entries, 1000000, "most entries a dataset archive may hold");
 
 namespace {
 
@@ -89,6 +95,18 @@ int Run() {
                        : fs::absolute(absl::GetFlag(FLAGS_weights_dir)).string();
   jm.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl_seconds));
   jm.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  ft::datasets::DatasetStoreOptions dso;
+  dso.root = data_dir + "/datasets-uploaded";
+  dso.cache_root = data_dir + "/datasets-cache";
+  dso.max_upload_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
+  dso.extract.max_bytes = absl::GetFlag(FLAGS_max_dataset_extracted_bytes);
+  dso.extract.max_entries = absl::GetFlag(FLAGS_max_dataset_entries);
+  auto dataset_store = ft::datasets::DatasetStore::Create(dso);
+  if (!dataset_store.ok()) {
+    std::cerr << "finetuned: " << dataset_store.status().message() << std::endl;
+    return 1;
+  }
+  jm.dataset_store = dataset_store->get();
   JobManager manager(jm, store->get(), &hub, models->get());
 
 
@@ -106,7 +124,14 @@ int Run() {
     manager.SetObserver(metrics.get());
   }
 
-  FineTuneService api(&manager);
+  const std::string worker_binary = absl::GetFlag(FLAGS_worker_binary).empty()
+                                        ? ft::util::ExecutableDir() + "/finetune-worker"
+                                        : absl::GetFlag(FLAGS_worker_binary);
+  const int tool_threads = absl::GetFlag(FLAGS_worker_threads) > 0
+                               ? absl::GetFlag(FLAGS_worker_threads)
+                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  WorkerTool tool({worker_binary, tool_threads});
+  FineTuneService api(&manager, &tool);
   WorkerGatewayService gateway(&manager);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -134,9 +159,7 @@ int Run() {
 
   LocalWorkerPoolOptions pool_options;
   pool_options.count = absl::GetFlag(FLAGS_local_workers);
-  pool_options.worker_binary = absl::GetFlag(FLAGS_worker_binary).empty()
-                                   ? ft::util::ExecutableDir() + "/finetune-worker"
-                                   : absl::GetFlag(FLAGS_worker_binary);
+  pool_options.worker_binary = worker_binary;
   pool_options.server_address = absl::StrCat("127.0.0.1:", port);
   pool_options.work_root = data_dir + "/work";
   int threads = absl::GetFlag(FLAGS_worker_threads);

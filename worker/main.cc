@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <iterator>
 #include <thread>
 #include <vector>
 
@@ -15,22 +16,57 @@
 #include "absl/strings/str_cat.h"
 #include "proto/util/files.h"
 #include "proto/util/flag_names.h"
+#include "proto/util/proto_json.h"
 #include "worker/agent/agent.h"
+#include "worker/agent/tools.h"
 #include "worker/agent/worker_metrics.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "finetuned address");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
 ABSL_FLAG(int, threads, 0, "LibTorch threads (default: the cores available)");
 ABSL_FLAG(std::string, work_dir, "./var/worker", "scratch space for exports and fetched models");
+ABSL_FLAG(std::string, fetch_datasets, "auto",
+          "uploaded and archived datasets: auto (use the server's extracted copy when readable here, else fetch "
+          "and cache in <work-dir>/datasets) or always (fetch and cache)");
 ABSL_FLAG(std::string, worker_id, "", "name shown in job events (default: hostname-pid)");
 ABSL_FLAG(int, parent_pid, 0, "exit when this process is gone (set by finetuned for local workers)");
 ABSL_FLAG(int, max_jobs, 0, "exit after this many jobs; 0 runs forever");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
+ABSL_FLAG(std::string, tool, "",
+          "run one tool and exit: validate (ResolvedJob JSON on stdin) or predict (--model-dir, image "
+          "paths as arguments); prints JSON");
+ABSL_FLAG(std::string, model_dir, "", "for --tool=predict: a folder with model.pt and metadata.json");
+ABSL_FLAG(int, top_k, 5, "for --tool=predict");
 ABSL_FLAG(bool, version, false, "print the version and LibTorch build, then exit");
 
 namespace {
 
 ft::worker::Agent* g_agent = nullptr;
+
+// Prints the tool's result as JSON on stdout; errors go to stderr as
+// "CODE: message" with exit status 1.
+int RunTool(const std::string& tool, const std::vector<std::string>& args) {
+  auto fail = [](const absl::Status& s) {
+    std::cerr << absl::StatusCodeToString(s.code()) << ": " << s.message() << std::endl;
+    return 1;
+  };
+  if (tool == "validate") {
+    std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    finetune::v1::ResolvedJob job;
+    if (auto s = ft::util::FromJson(input, &job); !s.ok()) return fail(s);
+    auto report = ft::worker::ValidateJobTool(job);
+    if (!report.ok()) return fail(report.status());
+    std::cout << ft::util::ToJson(*report) << std::endl;
+    return 0;
+  }
+  if (tool == "predict") {
+    auto response = ft::worker::PredictTool(absl::GetFlag(FLAGS_model_dir), args, absl::GetFlag(FLAGS_top_k));
+    if (!response.ok()) return fail(response.status());
+    std::cout << ft::util::ToJson(*response) << std::endl;
+    return 0;
+  }
+  return fail(absl::InvalidArgumentError(absl::StrCat("unknown --tool '", tool, "' (validate, predict)")));
+}
 
 void OnSignal(int) {
   if (g_agent) g_agent->Stop();
@@ -43,7 +79,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> args = ft::util::DashedFlagsToAbseil(argc, argv);
   std::vector<char*> argv2;
   for (auto& a : args) argv2.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
+  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
+  std::vector<std::string> positional(rest.begin() + 1, rest.end());
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << "finetune-worker 0.1.0, LibTorch " << TORCH_VERSION
               << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << std::endl;
@@ -54,6 +91,11 @@ int main(int argc, char** argv) {
   options.work_dir = absl::GetFlag(FLAGS_work_dir);
   options.parent_pid = absl::GetFlag(FLAGS_parent_pid);
   options.max_jobs = absl::GetFlag(FLAGS_max_jobs);
+  options.fetch_datasets = absl::GetFlag(FLAGS_fetch_datasets);
+  if (options.fetch_datasets != "auto" && options.fetch_datasets != "always") {
+    std::cerr << "finetune-worker: --fetch-datasets must be auto or always" << std::endl;
+    return 2;
+  }
 
   const std::string device = absl::GetFlag(FLAGS_device);
   try {
@@ -75,6 +117,7 @@ int main(int argc, char** argv) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // OpenMP would otherwise start LibTorch with one thread here.
   torch::set_num_threads(threads);
+  if (!absl::GetFlag(FLAGS_tool).empty()) return RunTool(absl::GetFlag(FLAGS_tool), positional);
   options.threads = threads;
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);

@@ -8,10 +8,21 @@
 #include "server/api/model_files.h"
 #include "server/api/status.h"
 
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "proto/util/proto_json.h"
+#include "proto/util/status.h"
+
 namespace ft::server {
 namespace {
 
 constexpr int kEventBatch = 128;
+constexpr int kMaxPredictImages = 64;
+constexpr size_t kMaxPredictBytes = 32 << 20;
 
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
   auto* reactor = ctx->DefaultReactor();
@@ -224,6 +235,70 @@ grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(
                                       {"metadata.json", "model.pt"});
   if (!reader.ok()) return new ErrorWriter<pb::ModelChunk>(reader.status());
   return new DownloadReactor(*std::move(reader));
+}
+
+absl::StatusOr<pb::ValidationReport> FineTuneService::Validate(const pb::JobSpec& spec) {
+  FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, manager_->Resolve(spec));
+  if (tool_ == nullptr) return absl::UnimplementedError("ValidateJob needs a local finetune-worker binary");
+  FT_ASSIGN_OR_RETURN(std::string json,
+                      tool_->Run("validate", {}, util::ToJson(resolved), absl::Minutes(10)));
+  pb::ValidationReport report;
+  FT_RETURN_IF_ERROR(util::FromJson(json, &report));
+  FT_ASSIGN_OR_RETURN(int queued, manager_->store()->CountInState(pb::QUEUED));
+  report.set_queue_position(queued + 1);
+  return report;
+}
+
+grpc::ServerUnaryReactor* FineTuneService::ValidateJob(grpc::CallbackServerContext* ctx,
+                                                       const pb::SubmitJobRequest* request,
+                                                       pb::ValidationReport* response) {
+  auto report = Validate(request->spec());
+  if (report.ok()) *response = *std::move(report);
+  return Done(ctx, report.status());
+}
+
+absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::PredictRequest& request) {
+  if (request.images_size() == 0) return absl::InvalidArgumentError("images: at least one image is required");
+  if (request.images_size() > kMaxPredictImages) {
+    return absl::InvalidArgumentError(absl::StrCat("images: at most ", kMaxPredictImages, " per request"));
+  }
+  size_t total = 0;
+  for (const auto& img : request.images()) total += img.size();
+  if (total > kMaxPredictBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("images: more than ", kMaxPredictBytes, " bytes"));
+  }
+  if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be positive");
+  FT_ASSIGN_OR_RETURN(std::string model_path, manager_->models()->FilePath(request.model_id(), "model.pt"));
+  if (tool_ == nullptr) return absl::UnimplementedError("Predict needs a local finetune-worker binary");
+  namespace fs = std::filesystem;
+  std::random_device rd;
+  const fs::path dir = fs::temp_directory_path() / absl::StrFormat("finetuned-predict-%08x%08x", rd(), rd());
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string()));
+  std::vector<std::string> args = {absl::StrCat("--model-dir=", fs::path(model_path).parent_path().string()),
+                                   absl::StrCat("--top-k=", request.top_k() > 0 ? request.top_k() : 5), "--"};
+  for (int i = 0; i < request.images_size(); ++i) {
+    const fs::path p = dir / absl::StrCat("image-", i);
+    std::ofstream(p, std::ios::binary).write(request.images(i).data(),
+                                             static_cast<std::streamsize>(request.images(i).size()));
+    args.push_back(p.string());
+  }
+  auto json = tool_->Run("predict", args, "", absl::Minutes(2));
+  fs::remove_all(dir, ec);
+  FT_RETURN_IF_ERROR(json.status());
+  pb::PredictResponse response;
+  FT_RETURN_IF_ERROR(util::FromJson(*json, &response));
+  response.set_model_id(request.model_id());
+  return response;
+}
+
+grpc::ServerUnaryReactor* FineTuneService::Predict(grpc::CallbackServerContext* ctx,
+                                                   const pb::PredictRequest* request,
+                                                   pb::PredictResponse* response) {
+  auto r = RunPredict(*request);
+  if (r.ok()) *response = *std::move(r);
+  return Done(ctx, r.status());
 }
 
 }  // namespace ft::server

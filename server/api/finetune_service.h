@@ -3,14 +3,16 @@
 
 #include "finetune/v1/finetune.grpc.pb.h"
 #include "server/jobs/job_manager.h"
+#include "server/workers/worker_tool.h"
 
 namespace ft::server {
 
 // The public FineTune API: a thin callback-API layer over JobManager.
 class FineTuneService final : public pb::FineTune::CallbackService {
  public:
-  // `manager` is not owned and must outlive the service.
-  explicit FineTuneService(JobManager* manager) : manager_(manager) {}
+  // `manager` and `tool` are not owned and must outlive the service; `tool`
+  // (for ValidateJob and Predict) may be null, and those calls then fail.
+  FineTuneService(JobManager* manager, const WorkerTool* tool) : manager_(manager), tool_(tool) {}
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                       const pb::SubmitJobRequest* request,
@@ -36,9 +38,24 @@ class FineTuneService final : public pb::FineTune::CallbackService {
                                         pb::DeleteModelResponse* response) override;
   grpc::ServerWriteReactor<pb::ModelChunk>* DownloadModel(
       grpc::CallbackServerContext* ctx, const pb::DownloadModelRequest* request) override;
+  grpc::ServerUnaryReactor* ValidateJob(grpc::CallbackServerContext* ctx, const pb::SubmitJobRequest* request,
+                                        pb::ValidationReport* response) override;
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx, const pb::PredictRequest* request,
+                                    pb::PredictResponse* response) override;
+  // Uploaded datasets, in dataset_rpcs.cc.
+  grpc::ServerReadReactor<pb::UploadDatasetRequest>* UploadDataset(grpc::CallbackServerContext* ctx,
+                                                                   pb::Dataset* response) override;
+  grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* ctx, const pb::ListDatasetsRequest* request,
+                                         pb::ListDatasetsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* ctx, const pb::DeleteDatasetRequest* request,
+                                          pb::DeleteDatasetResponse* response) override;
 
  private:
+  absl::StatusOr<pb::ValidationReport> Validate(const pb::JobSpec& spec);
+  absl::StatusOr<pb::PredictResponse> RunPredict(const pb::PredictRequest& request);
+
   JobManager* manager_;
+  const WorkerTool* tool_;
 };
 
 }  // namespace ft::server

@@ -21,6 +21,9 @@ class WorkerGatewayService final : public pb::WorkerGateway::Service {
                            pb::UploadModelResponse* response) override;
   grpc::Status FetchModel(grpc::ServerContext* ctx, const pb::FetchModelRequest* request,
                           grpc::ServerWriter<pb::ModelChunk>* writer) override;
+  // In dataset_rpcs.cc.
+  grpc::Status FetchDataset(grpc::ServerContext* ctx, const pb::FetchDatasetRequest* request,
+                            grpc::ServerWriter<pb::DatasetChunk>* writer) override;
 
  private:
   JobManager* manager_;

@@ -51,12 +51,14 @@ bool IsInside(const fs::path& p, const fs::path& root) {
 
 absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field) {
   constexpr absl::string_view kScheme = "file://";
+  constexpr absl::string_view kUploaded = "dataset://";
   if (uri.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
-  if (!absl::StartsWith(uri, kScheme)) {
+  const bool uploaded = absl::StartsWith(uri, kUploaded);
+  if (!uploaded && !absl::StartsWith(uri, kScheme)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        field, ": unsupported URI '", uri, "'; use file:///absolute/path"));
+        field, ": unsupported URI '", uri, "'; use file:///absolute/path or dataset://NAME"));
   }
-  absl::string_view rest = absl::string_view(uri).substr(kScheme.size());
+  absl::string_view rest = absl::string_view(uri).substr(uploaded ? kUploaded.size() : kScheme.size());
   absl::string_view query;
   if (size_t q = rest.find('?'); q != absl::string_view::npos) {
     query = rest.substr(q + 1);
@@ -65,8 +67,14 @@ absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::st
   DatasetUri out;
   auto path = PercentDecode(rest, field);
   if (!path.ok()) return path.status();
-  out.path = *path;
-  if (out.path.empty() || out.path[0] != '/') {
+  if (uploaded) {
+    // The name's syntax is the store's to check, with its own message.
+    if (path->empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": '", uri, "' names no dataset"));
+    out.dataset_name = *path;
+  } else {
+    out.path = *path;
+  }
+  if (!uploaded && (out.path.empty() || out.path[0] != '/')) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": '", uri, "' is not an absolute file URI (file:///abs/path)"));
   }

@@ -9,13 +9,15 @@
 
 namespace ft::datasets {
 
-// A parsed file:// URI with its query options.
+// A parsed file:// or dataset:// URI with its query options.
 struct DatasetUri {
-  std::string path;  // as written, percent-decoded
+  std::string path;  // file://: as written, percent-decoded
+  std::string dataset_name;  // dataset://NAME (an uploaded dataset); path is then empty
   LayoutOptions options;
 };
 
-// Parses "file:///abs/dir?classes=a,b&max_per_class=N&max_val_per_class=N".
+// Parses "file:///abs/dir?classes=a,b&max_per_class=N&max_val_per_class=N",
+// or "dataset://NAME" with the same query parameters.
 // INVALID_ARGUMENT naming `field` on a malformed URI.
 absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field);
 

@@ -241,12 +241,14 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
 
   FT_ASSIGN_OR_RETURN(datasets::DatasetUri uri,
                       datasets::ParseDatasetUri(spec->dataset_uri(), "dataset_uri"));
-  FT_ASSIGN_OR_RETURN(std::string path,
-                      datasets::ResolveInside(uri.path, options_.dataset_roots, "dataset"));
+  FT_ASSIGN_OR_RETURN(datasets::DatasetLocation location,
+                      datasets::LocateDataset(uri, options_.dataset_roots, options_.dataset_store));
+  const std::string& path = location.path;
   uri.options.val_split = spec->val_split();
   uri.options.seed = static_cast<uint64_t>(spec->seed());
   FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(path, uri.options));
   resolved.set_dataset_path(path);
+  resolved.set_dataset_digest(location.digest);
   resolved.set_dataset_format(layout.format);
   for (const auto& c : uri.options.classes) resolved.add_dataset_classes(c);
   resolved.set_max_per_class(uri.options.max_per_class);

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_store.h"
 #include "server/models/model_store.h"
@@ -20,6 +21,9 @@ namespace ft::server {
 struct JobManagerOptions {
   // The only places file:// datasets and weights may be read from.
   std::vector<std::string> dataset_roots;
+  // Uploaded datasets (dataset://) and the cache of file:// archives. Not
+  // owned; null refuses both with FAILED_PRECONDITION.
+  datasets::DatasetStore* dataset_store = nullptr;
   // Where `pretrained` weights are looked up first, then
   // $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints).
   std::string weights_dir;
@@ -95,6 +99,7 @@ class JobManager {
   JobStore* store() { return store_; }
   EventHub* hub() { return hub_; }
   FilesystemModelStore* models() { return models_; }
+  datasets::DatasetStore* dataset_store() { return options_.dataset_store; }
 
  private:
   void SweepLoop();

@@ -117,6 +117,12 @@ class RecipeTest(unittest.TestCase):
         with open(os.path.join(bad, "train", "class_1", "notes.txt"), "w") as f:
             f.write("not an image, ignored")
         os.makedirs(os.path.join(bad, "train", "empty_class"))
+        v = self.server.ftctl("validate", f"--dataset=file://{bad}", "--backbone=resnet18", json_output=True)
+        self.assertEqual(v.returncode, 0, v.stderr)
+        report = json.loads(v.stdout)
+        self.assertEqual(int(report["undecodable"]), 1)
+        self.assertTrue(report["undecodable_examples"][0].endswith("broken.png"))
+        self.assertTrue(any("cannot be decoded" in w for w in report["warnings"]))
         r, events, job = self.run_job("--epochs=1", "--on-bad-image=skip", data=bad)
         self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
         self.assertEqual(int(job["metrics"]["skipped_images"]), 1)

@@ -67,11 +67,57 @@ class TrainDownloadTest(unittest.TestCase):
         self.assertEqual(tuple(f.shape), (2, 512))
         torch.testing.assert_close(m(x), m.head(f))
 
+        # ftctl predict runs the stored model on the server and agrees with it in Python.
+        val_dir = os.path.join(self.data, "val")
+        images = [os.path.join(val_dir, c, f) for c in sorted(os.listdir(val_dir))
+                  for f in sorted(os.listdir(os.path.join(val_dir, c)))[:3]]
+        p = self.server.ftctl("predict", job["model_id"], *images, "--top-k=2", json_output=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        predictions = json.loads(p.stdout)["predictions"]
+        self.assertEqual(len(predictions), len(images))
+        from PIL import Image
+        tf = harness.eval_transform(32)
+        with torch.no_grad():
+            probs = torch.softmax(m(torch.stack([tf(Image.open(f).convert("RGB")) for f in images])), 1)
+        for pred, row in zip(predictions, probs):
+            self.assertEqual(len(pred["top"]), 2)
+            self.assertEqual(pred["top"][0]["label"], meta["classes"][int(row.argmax())])
+            self.assertAlmostEqual(pred["top"][0]["probability"], float(row.max()), delta=0.02)
+        bad = self.server.ftctl("predict", job["model_id"], os.path.join(self.tmp, "nope.png"))
+        self.assertEqual(bad.returncode, 2)
+        bad = self.server.ftctl("predict", "mdl-unknown", images[0])
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("NOT_FOUND", bad.stderr)
+
         # The model shows in the list and can be deleted.
         lst = self.server.ftctl("models", "list", json_output=True)
         self.assertIn(job["model_id"], lst.stdout)
         g = self.server.ftctl("get", job["id"], json_output=True)
         self.assertEqual(json.loads(g.stdout)["model_id"], job["model_id"])
+
+    def test_validate_is_a_dry_run(self):
+        before = self.server.ftctl("list", json_output=True).stdout
+        r = self.server.ftctl("validate", f"--dataset=file://{self.data}", "--backbone=resnet18",
+                              "--image-size=32", "--freeze-depth=2", json_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual([(c["name"], int(c["train"]), int(c["val"])) for c in report["classes"]],
+                         [(f"class_{i}", 80, 30) for i in range(3)])
+        self.assertEqual(report["imbalance_ratio"], 1.0)
+        self.assertEqual(int(report["undecodable"]), 0)
+        self.assertEqual(report["image_sizes"]["min_width"], 40)
+        self.assertGreater(int(report["trainable_parameters"]), 0)
+        self.assertGreater(int(report["frozen_parameters"]), 0)
+        self.assertGreater(report["estimated_epoch_seconds"], 0)
+        self.assertGreaterEqual(report["queue_position"], 1)
+        self.assertEqual(self.server.ftctl("list", json_output=True).stdout, before, "validate must not queue")
+        t = self.server.ftctl("validate", f"--dataset=file://{self.data}", "--backbone=resnet18")
+        self.assertEqual(t.returncode, 0, t.stderr)
+        self.assertIn("class_2", t.stdout)
+        self.assertIn("per epoch", t.stdout)
+        bad = self.server.ftctl("validate", f"--dataset=file://{self.data}", "--backbone=nope")
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("backbone", bad.stderr)
 
     def test_text_output_and_exit_codes(self):
         r = self.server.ftctl("get", "job-doesnotexist")

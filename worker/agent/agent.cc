@@ -39,6 +39,10 @@ Agent::Agent(const AgentOptions& options) : options_(options) {
   args.SetMaxReceiveMessageSize(64 << 20);
   channel_ = grpc::CreateCustomChannel(options.server_address, grpc::InsecureChannelCredentials(), args);
   stub_ = pb::WorkerGateway::NewStub(channel_);
+  DatasetCacheOptions dataset_options;
+  dataset_options.root = options.work_dir + "/datasets";
+  dataset_options.fetch = options.fetch_datasets;
+  datasets_ = std::make_unique<DatasetCache>(dataset_options, stub_.get());
 }
 
 bool Agent::ParentGone() const {
@@ -173,7 +177,16 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   trainer_options.device = options_.device;
   trainer_options.job_id = job_id;
   trainer_options.loader_threads = std::max(1, options_.threads / 2);
-  auto trained = RunTraining(lease.job(), trainer_options, hooks);
+  // Uploaded and archived datasets are fetched (or found cached) first.
+  auto job = datasets_->Prepare(
+      lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, hooks.cancelled);
+  absl::StatusOr<TrainResult> trained = job.status();
+  if (job.ok()) {
+    trained = RunTraining(*job, trainer_options, hooks);
+  } else if (absl::IsCancelled(job.status())) {
+    trained = TrainResult();
+    trained->cancelled = true;
+  }
 
   pb::JobResult result;
   if (lease_lost) {

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "finetune/v1/worker.grpc.pb.h"
+#include "worker/agent/dataset_cache.h"
 
 namespace ft::worker {
 
@@ -27,6 +28,9 @@ struct AgentOptions {
   int max_jobs = 0;
   // Not owned; may be null.
   WorkerMetrics* metrics = nullptr;
+  // Datasets with a digest: auto (the server's copy when readable here, else
+  // fetch into <work_dir>/datasets) or always (fetch); see DatasetCache.
+  std::string fetch_datasets = "auto";
 };
 
 // The worker's lease loop: lease a job, run it while streaming events and
@@ -48,6 +52,7 @@ class Agent {
   AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::WorkerGateway::Stub> stub_;
+  std::unique_ptr<DatasetCache> datasets_;
   std::atomic<bool> stopping_{false};
 };
 

@@ -62,6 +62,22 @@ cv::Mat ToGrayOrRgb8(const cv::Mat& raw) {
 
 int EvalResizeSize(int image_size) { return image_size * 256 / 224; }
 
+absl::StatusOr<cv::Mat> DecodeImageFile(const std::string& path) {
+  try {
+    cv::Mat raw = cv::imread(path, cv::IMREAD_UNCHANGED);
+    if (raw.empty() || raw.rows < 1 || raw.cols < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a decodable image"));
+    }
+    cv::Mat img = ToGrayOrRgb8(raw);
+    if (img.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported channel count ", raw.channels()));
+    }
+    return img;
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
 absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samples,
                                        const DecodeOptions& options) {
   ImageSet set;
@@ -96,16 +112,11 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
                     .clone();
         }
       } else {
-        try {
-          cv::Mat raw = cv::imread(s.path, cv::IMREAD_UNCHANGED);
-          if (raw.empty() || raw.rows < 1 || raw.cols < 1) {
-            why = "not a decodable image";
-          } else {
-            img = ToGrayOrRgb8(raw);
-            if (img.empty()) why = absl::StrCat("unsupported channel count ", raw.channels());
-          }
-        } catch (const cv::Exception& e) {
-          why = e.what();
+        auto decoded = DecodeImageFile(s.path);
+        if (decoded.ok()) {
+          img = *std::move(decoded);
+        } else {
+          why = std::string(decoded.status().message());
         }
       }
       if (img.empty()) {

@@ -39,6 +39,10 @@ struct DecodeOptions {
 absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samples,
                                        const DecodeOptions& options);
 
+// Decodes one image file as DecodeSamples does (8-bit gray or RGB).
+// INVALID_ARGUMENT naming the file when it cannot be decoded.
+absl::StatusOr<cv::Mat> DecodeImageFile(const std::string& path);
+
 struct TransformOptions {
   int image_size = 224;
   bool train = false;  // random resized crop + flip; else resize + centre crop

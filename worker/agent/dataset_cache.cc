@@ -1,0 +1,151 @@
+#include "worker/agent/dataset_cache.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/util/files.h"
+#include "proto/util/sha256.h"
+#include "proto/util/status.h"
+
+namespace ft::worker {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kRootFile[] = "root";  // the dataset folder, relative to the digest's folder
+
+std::string RandomHex() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("%012x", rng() & 0xffffffffffffULL);
+}
+
+bool IsDigest(const std::string& s) {
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
+}
+
+// The server keeps an archive's extracted copy under a folder named by its
+// digest (<...>/<digest>/data...); a path without it is not that copy.
+bool IsServerCopy(const std::string& path, const std::string& digest) {
+  std::error_code ec;
+  if (path.empty() || !fs::is_directory(path, ec)) return false;
+  for (const auto& part : fs::path(path)) {
+    if (part == digest) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+DatasetCache::DatasetCache(DatasetCacheOptions options, pb::WorkerGateway::Stub* stub)
+    : options_(std::move(options)), stub_(stub) {}
+
+absl::StatusOr<pb::ResolvedJob> DatasetCache::Prepare(const pb::ResolvedJob& job, const Log& log,
+                                                      const Cancelled& cancelled) {
+  const std::string& digest = job.dataset_digest();
+  if (digest.empty()) return job;
+  if (!IsDigest(digest)) return absl::InvalidArgumentError(absl::StrCat("bad dataset digest '", digest, "'"));
+  const std::string short_digest = digest.substr(0, 12);
+  pb::ResolvedJob out = job;
+  if (options_.fetch == "auto" && IsServerCopy(job.dataset_path(), digest)) {
+    log(absl::StrCat("dataset ", short_digest, ": using the server's copy at ", job.dataset_path()));
+    return out;
+  }
+  const fs::path dir = fs::path(options_.root) / digest;
+  if (auto root = util::ReadFile((dir / kRootFile).string(), 4096); root.ok()) {
+    out.set_dataset_path((dir / *root).lexically_normal().string());
+    log(absl::StrCat("dataset ", short_digest, ": using the cached copy in ", dir.string()));
+    return out;
+  }
+
+  FT_RETURN_IF_ERROR(util::MakeDirs(options_.root));
+  const std::string suffix = RandomHex();
+  const fs::path archive = fs::path(options_.root) / absl::StrCat(".fetch-", suffix);
+  const fs::path stage = fs::path(options_.root) / absl::StrCat(".stage-", suffix);
+  struct Cleanup {
+    fs::path archive, stage;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove(archive, ec);
+      fs::remove_all(stage, ec);
+    }
+  } cleanup{archive, stage};
+
+  int64_t bytes = 0;
+  FT_RETURN_IF_ERROR(Fetch(digest, archive.string(), cancelled, &bytes));
+  FT_RETURN_IF_ERROR(util::MakeDirs(stage.string()));
+  auto extracted = datasets::ExtractArchive(archive.string(), (stage / "data").string(), options_.extract);
+  if (!extracted.ok()) {
+    return absl::Status(extracted.status().code(),
+                        absl::StrCat("dataset ", short_digest, ": ", extracted.status().message()));
+  }
+  FT_RETURN_IF_ERROR(util::WriteFileAtomic((stage / kRootFile).string(),
+                                           fs::path(extracted->root).lexically_relative(stage).string()));
+  std::error_code ec;
+  fs::rename(stage, dir, ec);
+  // Another worker sharing this root may have published it first: the same bytes.
+  auto root = util::ReadFile((dir / kRootFile).string(), 4096);
+  if (!root.ok()) {
+    return absl::InternalError(absl::StrCat("cannot cache dataset ", short_digest, " in ", dir.string(), ": ",
+                                            ec ? ec.message() : std::string(root.status().message())));
+  }
+  out.set_dataset_path((dir / *root).lexically_normal().string());
+  log(absl::StrCat("dataset ", short_digest, ": fetched ", bytes, " bytes from the server, extracted ",
+                   extracted->entries, " entries (", extracted->bytes, " bytes) into the cache at ", dir.string()));
+  return out;
+}
+
+absl::Status DatasetCache::Fetch(const std::string& digest, const std::string& archive_path,
+                                 const Cancelled& cancelled, int64_t* bytes) {
+  grpc::ClientContext ctx;
+  pb::FetchDatasetRequest request;
+  request.set_digest(digest);
+  auto reader = stub_->FetchDataset(&ctx, request);
+  std::ofstream out(archive_path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", archive_path));
+  util::Sha256 sha;
+  int64_t total = -1;
+  pb::DatasetChunk chunk;
+  bool was_cancelled = false;
+  bool out_of_order = false;
+  while (reader->Read(&chunk)) {
+    if (chunk.offset() == 0) total = chunk.total_size();
+    if (chunk.offset() != *bytes) {
+      out_of_order = true;
+      ctx.TryCancel();
+      break;
+    }
+    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    sha.Update(chunk.data());
+    *bytes += static_cast<int64_t>(chunk.data().size());
+    if (cancelled && cancelled()) {
+      was_cancelled = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  const grpc::Status finished = reader->Finish();
+  if (was_cancelled) return absl::CancelledError("cancelled while fetching the dataset");
+  if (out_of_order) return absl::DataLossError(absl::StrCat("dataset ", digest.substr(0, 12), " arrived out of order"));
+  FT_RETURN_IF_ERROR(FromGrpc(finished, absl::StrCat("fetching dataset ", digest.substr(0, 12))));
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", archive_path));
+  const std::string got = sha.HexDigest();
+  if (*bytes != total || got != digest) {
+    return absl::DataLossError(absl::StrCat("dataset ", digest.substr(0, 12), " arrived corrupted: ", *bytes,
+                                            " of ", total, " bytes, sha256 ", got));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ft::worker
