@@ -18,6 +18,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/util/files.h"
+#include "proto/util/log.h"
 #include "proto/util/flag_names.h"
 #include "server/api/finetune_service.h"
 #include "server/api/worker_gateway_service.h"
@@ -42,6 +43,7 @@ ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /
 ABSL_FLAG(int, worker_threads, 0, "--threads for each local worker (default: cores / local workers)");
 ABSL_FLAG(std::string, worker_binary, "", "finetune-worker to spawn (default: next to finetuned)");
 ABSL_FLAG(std::string, worker_device, "auto", "--device for local workers");
+ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(int, lease_ttl_seconds, 30, "a job's lease expires this long after its worker's last heartbeat");
 ABSL_FLAG(int, max_attempts, 3, "a job fails after its worker is lost this many times");
 ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{10} << 30, "largest dataset archive UploadDataset accepts");
@@ -155,7 +157,7 @@ int Run() {
       return 1;
     }
   }
-  std::cerr << "finetuned: serving on port " << port << ", data in " << data_dir << std::endl;
+  ft::util::Log("info", "finetuned", "serving", {{"port", absl::StrCat(port)}, {"data_dir", data_dir}});
 
   LocalWorkerPoolOptions pool_options;
   pool_options.count = absl::GetFlag(FLAGS_local_workers);
@@ -179,13 +181,13 @@ int Run() {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::cerr << "finetuned: signal " << sig << ", shutting down" << std::endl;
+  ft::util::Log("info", "finetuned", "shutting down", {{"signal", absl::StrCat(sig)}});
   if (metrics) metrics->SetWorkerPool(nullptr);
   pool.Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (metrics) metrics->Stop();
   manager.Shutdown();
-  std::cerr << "finetuned: stopped" << std::endl;
+  ft::util::Log("info", "finetuned", "stopped");
   return 0;
 }
 
@@ -197,5 +199,11 @@ int main(int argc, char** argv) {
   std::vector<char*> argv2;
   for (auto& a : args) argv2.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
+  ft::util::LogFormat format;
+  if (!ft::util::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    std::cerr << "finetuned: --log-format must be text or json" << std::endl;
+    return 2;
+  }
+  ft::util::SetLogFormat(format);
   return Run();
 }

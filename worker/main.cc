@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "proto/util/files.h"
+#include "proto/util/log.h"
 #include "proto/util/flag_names.h"
 #include "proto/util/proto_json.h"
 #include "worker/agent/agent.h"
@@ -37,6 +38,7 @@ ABSL_FLAG(std::string, tool, "",
           "paths as arguments); prints JSON");
 ABSL_FLAG(std::string, model_dir, "", "for --tool=predict: a folder with model.pt and metadata.json");
 ABSL_FLAG(int, top_k, 5, "for --tool=predict");
+ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(bool, version, false, "print the version and LibTorch build, then exit");
 
 namespace {
@@ -81,6 +83,12 @@ int main(int argc, char** argv) {
   for (auto& a : args) argv2.push_back(a.data());
   std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
   std::vector<std::string> positional(rest.begin() + 1, rest.end());
+  ft::util::LogFormat format;
+  if (!ft::util::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    std::cerr << "finetune-worker: --log-format must be text or json" << std::endl;
+    return 2;
+  }
+  ft::util::SetLogFormat(format);
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << "finetune-worker 0.1.0, LibTorch " << TORCH_VERSION
               << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << std::endl;

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/util/log.h"
 #include "proto/util/status.h"
 #include "server/datasets/layout.h"
 #include "server/datasets/resolver.h"
@@ -261,6 +262,9 @@ absl::StatusOr<pb::Job> JobManager::Submit(const pb::JobSpec& spec, const std::s
   FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, Resolve(spec));
   FT_ASSIGN_OR_RETURN(pb::Job job, store_->CreateJob(resolved, request_id));
   if (observer_) observer_->OnSubmitted();
+  util::Log("info", "finetuned", "job queued",
+            {{"job_id", job.id()}, {"request_id", request_id}, {"backbone", job.spec().backbone()},
+             {"dataset", job.spec().dataset_uri()}});
   hub_->Notify(job.id());
   WakeLeasers();
   return job;
@@ -311,6 +315,9 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
                               absl::Nanoseconds(job->start_time().nanos() - job->create_time().nanos()));
         }
       }
+      util::Log("info", "finetuned", "job leased",
+                {{"job_id", leased->lease.job_id()}, {"worker_id", worker.worker_id()},
+                 {"attempt", absl::StrCat(leased->lease.attempt())}});
       hub_->Notify(leased->lease.job_id());
       return leased;
     }
@@ -358,6 +365,9 @@ JobManager::WorkerCounts JobManager::Workers() {
 }
 
 void JobManager::ReportFinished(const pb::Job& job) {
+  util::Log(job.state() == pb::FAILED ? "warning" : "info", "finetuned", "job finished",
+            {{"job_id", job.id()}, {"state", pb::JobState_Name(job.state())}, {"model_id", job.model_id()},
+             {"error", job.error()}});
   if (!observer_) return;
   auto to_time = [](const google::protobuf::Timestamp& t) {
     return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
@@ -398,6 +408,8 @@ void JobManager::Sweep() {
   if (!expired.ok()) return;
   bool requeued = false;
   for (const auto& e : *expired) {
+    util::Log("warning", "finetuned", "lease expired",
+              {{"job_id", e.job_id}, {"now", pb::JobState_Name(e.new_state)}});
     if (observer_) {
       observer_->OnLeaseExpired();
       if (IsTerminal(e.new_state)) {

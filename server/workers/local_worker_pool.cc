@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "proto/util/log.h"
 
 extern char** environ;
 
@@ -67,10 +68,10 @@ void LocalWorkerPool::MonitorLoop() {
           int status = 0;
           pid_t r = ::waitpid(slot.pid, &status, WNOHANG);
           if (r == slot.pid) {
-            std::cerr << "finetuned: local worker " << i << " (pid " << slot.pid << ") "
-                      << (WIFSIGNALED(status) ? absl::StrCat("killed by signal ", WTERMSIG(status))
-                                              : absl::StrCat("exited with ", WEXITSTATUS(status)))
-                      << "; restarting" << std::endl;
+            util::Log("warning", "finetuned", "local worker died; restarting",
+                      {{"worker", absl::StrCat("local-", i)}, {"pid", absl::StrCat(slot.pid)},
+                       {"how", WIFSIGNALED(status) ? absl::StrCat("signal ", WTERMSIG(status))
+                                                   : absl::StrCat("exit ", WEXITSTATUS(status))}});
             slot.pid = -1;
             ++slot.failures;
             ++restarts_;

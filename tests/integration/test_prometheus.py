@@ -39,7 +39,8 @@ class PrometheusTest(unittest.TestCase):
                                             train_per_class=24, val_per_class=8, size=32)
             server_metrics, worker_metrics, prom_port = (harness.free_port() for _ in range(3))
             server = harness.Server(os.path.join(tmp, "var"), [root], local_workers=0,
-                                    extra=[f"--metrics-listen=127.0.0.1:{server_metrics}"]).start()
+                                    extra=[f"--metrics-listen=127.0.0.1:{server_metrics}",
+                                           "--log-format=json"]).start()
             worker = subprocess.Popen(
                 [harness.WORKER, f"--server={server.address}", "--threads=2",
                  f"--work-dir={tmp}/worker", f"--metrics-listen=127.0.0.1:{worker_metrics}"],
@@ -91,6 +92,15 @@ scrape_configs:
             self.assertTrue(rpc)
             self.assertGreater(scalar(prom_port, "finetune_worker_step_seconds_count"), 0)
             server.stop()
+            # JSON log lines carry the job and request ids.
+            with open(server.log_path) as f:
+                logs = [json.loads(l) for l in f if l.startswith("{")]
+            queued = [l for l in logs if l["msg"] == "job queued"]
+            self.assertEqual(len(queued), 1, logs)
+            self.assertEqual(queued[0]["job_id"], job["id"])
+            self.assertTrue(queued[0]["request_id"].startswith("ftctl-"))
+            finished = [l for l in logs if l["msg"] == "job finished"]
+            self.assertEqual(finished[0]["state"], "SUCCEEDED")
         finally:
             for p in procs:
                 p.terminate()

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/util/files.h"
+#include "proto/util/log.h"
 #include "proto/util/sha256.h"
 #include "proto/util/status.h"
 #include "worker/agent/worker_metrics.h"
@@ -180,12 +181,18 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   // Uploaded and archived datasets are fetched (or found cached) first.
   auto job = datasets_->Prepare(
       lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, hooks.cancelled);
-  absl::StatusOr<TrainResult> trained = job.status();
+  absl::StatusOr<TrainResult> trained = absl::UnknownError("not trained");
   if (job.ok()) {
+    util::Log("info", "finetune-worker", "job started",
+              {{"job_id", job_id}, {"worker_id", options_.worker_id},
+               {"attempt", absl::StrCat(lease.lease().attempt())}});
     trained = RunTraining(*job, trainer_options, hooks);
   } else if (absl::IsCancelled(job.status())) {
-    trained = TrainResult();
-    trained->cancelled = true;
+    TrainResult stopped;
+    stopped.cancelled = true;
+    trained = std::move(stopped);
+  } else {
+    trained = job.status();
   }
 
   pb::JobResult result;
@@ -245,6 +252,10 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
       result.set_error(std::string(exported.message()));
     }
   }
+  util::Log(result.state() == pb::FAILED ? "warning" : "info", "finetune-worker", "job ended",
+            {{"job_id", job_id},
+             {"state", lease_lost ? std::string("LEASE_LOST") : pb::JobState_Name(result.state())},
+             {"error", result.error()}});
   if (result.state() != pb::JOB_STATE_UNSPECIFIED) {
     pb::WorkerMessage m;
     *m.mutable_result() = result;
