@@ -18,6 +18,11 @@ namespace fs = std::filesystem;
 
 constexpr int kExitOk = 0;
 
+std::string Size(int64_t bytes) {
+  if (bytes < (1 << 20)) return absl::StrFormat("%.1f KB", bytes / 1e3);
+  return absl::StrFormat("%.1f MB", bytes / 1e6);
+}
+
 std::string Time(const google::protobuf::Timestamp& t) {
   if (t.seconds() == 0) return "-";
   return google::protobuf::util::TimeUtil::ToString(t).substr(0, 19) + "Z";
@@ -54,10 +59,11 @@ int Upload(const DatasetsCommandContext& ctx) {
   if (ctx.json) {
     std::cout << util::ToJson(*dataset) << std::endl;
   } else {
-    std::cout << absl::StrFormat("dataset   %s\nsha256    %s\nlayout    %s, %d classes, %d images\narchive   %s, %.1f MB (%.1f MB extracted)\n",
+    std::cout << absl::StrFormat("dataset   %s\nsha256    %s\nlayout    %s, %d classes, %d images\n"
+                                 "archive   %s, %s (%s extracted)\n",
                                  dataset->name(), dataset->sha256(), dataset->format(), dataset->num_classes(),
-                                 dataset->num_images(), dataset->archive_format(), dataset->size_bytes() / 1e6,
-                                 dataset->extracted_bytes() / 1e6)
+                                 dataset->num_images(), dataset->archive_format(), Size(dataset->size_bytes()),
+                                 Size(dataset->extracted_bytes()))
               << "use       --dataset dataset://" << dataset->name() << std::endl;
   }
   return kExitOk;
@@ -79,7 +85,7 @@ int List(const DatasetsCommandContext& ctx) {
   for (const auto& d : *datasets) {
     std::cout << absl::StrFormat("%-24s %-14s %-12s %-8d %-8d %-10s %s\n", d.name(), d.sha256().substr(0, 12),
                                  d.format(), d.num_classes(), d.num_images(),
-                                 absl::StrFormat("%.1f MB", d.size_bytes() / 1e6), Time(d.create_time()));
+                                 Size(d.size_bytes()), Time(d.create_time()));
   }
   return kExitOk;
 }

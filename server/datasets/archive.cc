@@ -141,7 +141,7 @@ class Extractor {
       archive_entry* entry = nullptr;
       const int r = archive_read_next_header(a_, &entry);
       if (r == ARCHIVE_EOF) break;
-      if (r < ARCHIVE_WARN) {
+      if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
         if (result_.entries == 0) {
           return absl::InvalidArgumentError(
               absl::StrCat("not a tar or zip archive (", ArchiveError(a_), ")"));
@@ -175,7 +175,9 @@ class Extractor {
     for (const auto& p : parts) path /= p;
 
     if (const char* hardlink = archive_entry_hardlink(entry); hardlink != nullptr) {
-      FT_ASSIGN_OR_RETURN(std::vector<std::string> target, SafeComponents(hardlink));
+      auto safe = SafeComponents(hardlink);
+      if (!safe.ok()) return EntryError(name, absl::StrCat("hard link to '", hardlink, "' leaves the archive"));
+      const std::vector<std::string>& target = *safe;
       fs::path tp = root_;
       for (const auto& p : target) tp /= p;
       struct stat st;
@@ -339,7 +341,9 @@ absl::Status AddFile(archive* a, const fs::path& path, const std::string& rel, i
     return absl::InternalError(absl::StrCat("cannot pack ", rel, ": ", ArchiveError(a)));
   }
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat("cannot read ", path.string(), ": ", std::strerror(errno)));
+  if (fd < 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot read ", path.string(), ": ", std::strerror(errno)));
+  }
   std::vector<char> buffer(kBlockBytes);
   int64_t done = 0;
   absl::Status status;
@@ -401,7 +405,8 @@ absl::Status AddTree(archive* a, const fs::path& dir, const std::string& prefix,
     } else if (S_ISREG(st.st_mode)) {
       FT_RETURN_IF_ERROR(AddFile(a, path, rel, st.st_size));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not a file or folder (special files cannot be packed)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path.string(), ": not a file or folder (special files cannot be packed)"));
     }
   }
   return absl::OkStatus();

@@ -3,10 +3,14 @@ torch.save(model.state_dict()) writes them, plus a fixed input and
 torchvision's eval-mode features for it (the input of the replaced head).
 
 usage: /usr/bin/python3 make_weights.py ARCH OUT_DIR [--image-size N]
-writes OUT_DIR/ARCH.pth and OUT_DIR/ARCH.io.pth ({"input", "features"}).
+writes OUT_DIR/ARCH.pth, the same tensors as OUT_DIR/ARCH.safetensors, the
+headless model as a TorchScript backbone OUT_DIR/ARCH.ts.pt, and
+OUT_DIR/ARCH.io.pth ({"input", "features"}).
 """
 import argparse
+import json
 import os
+import struct
 
 import torch
 import torchvision
@@ -32,6 +36,21 @@ def strip_head(model):
         parent = getattr(parent, p)
     setattr(parent, parts[-1], torch.nn.Identity())
     return last
+
+
+def save_safetensors(state_dict, path):
+    """The safetensors format by hand (the Python package is not in Debian 12)."""
+    names = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}
+    header, blobs, offset = {}, [], 0
+    for k, v in state_dict.items():
+        data = v.contiguous().numpy().tobytes()
+        header[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def main():
@@ -66,9 +85,16 @@ def main():
                     p.uniform_(0.1, 0.5)
     os.makedirs(args.out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(args.out, f"{args.arch}.pth"))
+    save_safetensors(model.state_dict(), os.path.join(args.out, f"{args.arch}.safetensors"))
     strip_head(model)
     model.eval()
     x = torch.randn(2, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(5))
+    if args.arch == "inception_v3":
+        # Scripted Inception3 always returns a tuple; trace it for a [N, D] forward.
+        scripted = torch.jit.trace(model, x)
+    else:
+        scripted = torch.jit.script(model)
+    torch.jit.save(scripted, os.path.join(args.out, f"{args.arch}.ts.pt"))
     with torch.no_grad():
         f = model(x)
     if isinstance(f, tuple):

@@ -11,6 +11,7 @@
 #include "worker/backbones/backbone.h"
 #include "worker/backbones/load_weights.h"
 #include "worker/weights/torch_checkpoint.h"
+#include "absl/status/statusor.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {
@@ -20,16 +21,7 @@ int main(int argc, char** argv) {
   torch::set_num_threads(2);
   torch::jit::setGraphExecutorOptimize(false);
   const std::string arch = argv[1];
-  auto backbone = ft::worker::BuildBackbone(arch);
-  if (!backbone.ok()) {
-    std::cerr << backbone.status() << std::endl;
-    return 1;
-  }
-  auto loaded = ft::worker::LoadBackboneWeights(*backbone, argv[2], /*pretrained=*/false);
-  if (!loaded.ok()) {
-    std::cerr << loaded.status() << std::endl;
-    return 1;
-  }
+  const std::string weights = argv[2];
   auto io = ft::worker::ReadTorchCheckpoint(argv[3]);
   if (!io.ok()) {
     std::cerr << io.status() << std::endl;
@@ -40,14 +32,39 @@ int main(int argc, char** argv) {
     if (t.name == "input") input = t.tensor;
     if (t.name == "features") expected = t.tensor;
   }
-  backbone->module.eval();
-  torch::NoGradGuard no_grad;
-  torch::Tensor got = backbone->module.forward({input}).toTensor();
-  if (!got.sizes().equals(expected.sizes())) {
-    std::cerr << arch << ": features " << got.sizes() << " but torchvision gives " << expected.sizes() << std::endl;
-    return 1;
+  // The same weights through each way in: torch.save file, safetensors, TorchScript backbone.
+  const std::string stem = weights.substr(0, weights.size() - 4);  // drop ".pth"
+  int failures = 0;
+  for (const std::string source : {"pth", "safetensors", "torchscript"}) {
+    absl::StatusOr<ft::worker::Backbone> backbone;
+    if (source == "torchscript") {
+      backbone = ft::worker::LoadTorchScriptBackbone(stem + ".ts.pt", static_cast<int>(input.size(2)));
+    } else {
+      backbone = ft::worker::BuildBackbone(arch);
+      if (backbone.ok()) {
+        auto loaded = ft::worker::LoadBackboneWeights(*backbone, source == "pth" ? weights : stem + ".safetensors",
+                                                      /*pretrained=*/false);
+        if (!loaded.ok()) backbone = loaded.status();
+      }
+    }
+    if (!backbone.ok()) {
+      std::cerr << arch << " (" << source << "): " << backbone.status() << std::endl;
+      ++failures;
+      continue;
+    }
+    backbone->module.eval();
+    torch::NoGradGuard no_grad;
+    torch::Tensor got = backbone->module.forward({input}).toTensor();
+    if (!got.sizes().equals(expected.sizes())) {
+      std::cerr << arch << " (" << source << "): features " << got.sizes() << " but torchvision gives "
+                << expected.sizes() << std::endl;
+      ++failures;
+      continue;
+    }
+    const double err = (got - expected).abs().max().item<double>() / expected.abs().max().item<double>();
+    std::cout << arch << " (" << source << "): relative max error " << err << " over " << expected.sizes()
+              << std::endl;
+    if (!(err <= 1e-4)) ++failures;
   }
-  const double err = (got - expected).abs().max().item<double>() / expected.abs().max().item<double>();
-  std::cout << arch << ": relative max error " << err << " over " << expected.sizes() << std::endl;
-  return err <= 1e-4 ? 0 : 1;
+  return failures == 0 ? 0 : 1;
 }
