@@ -48,6 +48,8 @@ class WeightsTest(unittest.TestCase):
                     m.running_var.uniform_(0.5, 1.5)
         sd = cls.net.state_dict()
         torch.save(sd, os.path.join(cls.weights_dir, "resnet18-f37072fd.pth"))
+        torch.save(torchvision.models.efficientnet_b0().state_dict(),
+                   os.path.join(cls.weights_dir, "efficientnet_b0_rwightman-3dd342df.pth"))
         save_safetensors(sd, os.path.join(cls.root, "resnet18.safetensors"))
         headless = torchvision.models.resnet18()
         headless.load_state_dict(sd)
@@ -90,6 +92,18 @@ class WeightsTest(unittest.TestCase):
         logs = [e["log"]["message"] for e in events if "log" in e]
         self.assertTrue(any("resnet18-f37072fd.pth" in m for m in logs), logs)
         self.features_match(job)
+
+    def test_efficientnet_b0_pretrained_trains_and_downloads(self):
+        r, events, job = self.run_job("--backbone=efficientnet_b0", "--weights=pretrained")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        logs = [e["log"]["message"] for e in events if "log" in e]
+        self.assertTrue(any("efficientnet_b0_rwightman-3dd342df.pth" in m for m in logs), logs)
+        out = os.path.join(self.tmp, "effnet")
+        d = self.server.ftctl("models", "download", job["model_id"], f"--dir={out}")
+        self.assertEqual(d.returncode, 0, d.stderr)
+        import torch
+        m = torch.jit.load(os.path.join(out, "model.pt"))
+        self.assertEqual(tuple(m.features(torch.randn(1, 3, 32, 32)).shape), (1, 1280))
 
     def test_pretrained_missing_is_not_found(self):
         r = self.server.ftctl("submit", f"--dataset=file://{self.data}", "--backbone=resnet50",
