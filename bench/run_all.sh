@@ -13,7 +13,8 @@ fi
 ninja -C "$BUILD" finetuned finetune-worker ftctl ft_bench_step_time ft_bench_loader
 BIN="$BUILD/bin"
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), load $(cut -d' ' -f1-3 /proc/loadavg)"
-bench/run_job.sh "$BIN" --scenarios a,b,c --reps 3
-bench/run_step_time.sh "$BIN" --arch priority --reps 3
-bench/run_accuracy.sh "$BIN" --parts ii,i
-bench/run_step_time.sh "$BIN" --arch rest --reps 1
+bench/run_job.sh "$BIN" --scenarios a,b,c --reps 3 --train-per-class 200 --val-per-class 50
+bench/run_step_time.sh "$BIN" --arch priority --reps 3 --warmup 2 --iters 5
+bench/run_accuracy.sh "$BIN" --parts ii
+bench/run_accuracy.sh "$BIN" --parts i --per-class 3000 --epochs 4 --augment none
+bench/run_step_time.sh "$BIN" --arch rest --reps 1 --warmup 2 --iters 5
