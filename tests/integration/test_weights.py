@@ -5,27 +5,14 @@ clear error while the server and its worker stay up."""
 import json
 import os
 import shutil
-import struct
+import sys
 import tempfile
 import unittest
 
 import harness
 
-
-def save_safetensors(state_dict, path):
-    """The safetensors format by hand (the Python package is not in Debian 12)."""
-    import torch
-    names = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}
-    header, blobs, offset = {}, [], 0
-    for k, v in state_dict.items():
-        data = v.contiguous().numpy().tobytes()
-        header[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
+from make_weights import save_safetensors  # noqa: E402  (one writer of the format for all tests)
 
 
 class WeightsTest(unittest.TestCase):
