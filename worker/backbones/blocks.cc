@@ -169,4 +169,18 @@ void InitTruncNormal(Module& m, double std) {
   ZeroBias(m);
 }
 
+torch::jit::Module FeaturesPoolClassifier(const std::string& cls, const std::vector<torch::jit::Module>& features,
+                                          const std::vector<torch::jit::Module>& classifier) {
+  torch::jit::Module m = NewModule(cls);
+  m.register_module("features", Sequential(features));
+  m.register_module("classifier", Sequential(classifier));
+  m.define(R"(
+def forward(self, x):
+    x = self.features.forward(x)
+    x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
+    return self.classifier.forward(x)
+)");
+  return m;
+}
+
 }  // namespace ft::worker

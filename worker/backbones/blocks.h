@@ -67,6 +67,11 @@ torch::jit::Module SqueezeExcitation(int64_t channels, int64_t squeeze_channels,
 
 // Stage lists name sub-modules by path: {"features.2", "features.3"} for
 // ChildPaths("features", 2, 3).
+// torchvision's MobileNet/EfficientNet layout: `features`, adaptive average
+// pooling to 1x1, flatten, then `classifier` (everything before the head).
+torch::jit::Module FeaturesPoolClassifier(const std::string& cls, const std::vector<torch::jit::Module>& features,
+                                          const std::vector<torch::jit::Module>& classifier);
+
 std::vector<std::string> ChildPaths(const std::string& parent, int first, int last);
 
 // In-place re-initialisations of a module's "weight" (and "bias" to zero when

@@ -91,15 +91,7 @@ Backbone BuildEfficientNet(const std::string& name, int variant) {
   features.push_back(
       Conv2dNormActivation(lastconv_in, lastconv_out, /*kernel=*/1, /*stride=*/1, /*groups=*/1, bn, "SiLU"));
 
-  Module m = NewModule("EfficientNetBackbone");
-  m.register_module("features", Sequential(features));
-  m.register_module("classifier", Sequential({Dropout(v.dropout)}));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
-    return self.classifier.forward(x)
-)");
+  Module m = FeaturesPoolClassifier("EfficientNetBackbone", features, {Dropout(v.dropout)});
   Backbone b;
   b.name = name;
   b.module = m;

@@ -89,15 +89,7 @@ Backbone BuildMobileNetV2(const std::string& name) {
   features.push_back(
       Conv2dNormActivation(in, kLastChannel, /*kernel=*/1, /*stride=*/1, /*groups=*/1, bn, "ReLU6"));
 
-  Module m = NewModule("MobileNetV2Backbone");
-  m.register_module("features", Sequential(features));
-  m.register_module("classifier", Sequential({Dropout(0.2)}));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
-    return self.classifier.forward(x)
-)");
+  Module m = FeaturesPoolClassifier("MobileNetV2Backbone", features, {Dropout(0.2)});
   Backbone b;
   b.name = name;
   b.module = m;
@@ -140,15 +132,7 @@ Backbone BuildMobileNetV3(const std::string& name, bool large) {
 
   Module linear = Linear(lastconv_out, last_channel);
   InitNormal(linear, 0.01);
-  Module m = NewModule("MobileNetV3Backbone");
-  m.register_module("features", Sequential(features));
-  m.register_module("classifier", Sequential({linear, Activation("Hardswish"), Dropout(0.2)}));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
-    return self.classifier.forward(x)
-)");
+  Module m = FeaturesPoolClassifier("MobileNetV3Backbone", features, {linear, Activation("Hardswish"), Dropout(0.2)});
   Backbone b;
   b.name = name;
   b.module = m;
