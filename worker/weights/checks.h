@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <exception>
+#include <new>
+
+#include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -45,6 +49,22 @@ inline std::string Quote(absl::string_view s) {
   std::string out = absl::StrCat("'", absl::CHexEscape(s.substr(0, kMaxShown)), "'");
   if (s.size() > kMaxShown) out += "...";
   return out;
+}
+
+// Runs `parse` with every exception turned into a Status naming `what`: the
+// readers' promise that nothing escapes. `Error` is LibTorch's c10::Error
+// (passed in so that this header needs no torch include).
+template <typename Error, typename F>
+auto GuardExceptions(const std::string& what, F parse) -> decltype(parse()) {
+  try {
+    return parse();
+  } catch (const Error& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  }
 }
 
 }  // namespace ft::worker::weights_internal

@@ -837,26 +837,15 @@ absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view by
 
 absl::StatusOr<std::vector<NamedTensor>> ParseTorchCheckpoint(absl::string_view bytes,
                                                               const std::string& what_for_errors) {
-  try {
-    return ParseZipCheckpoint(bytes, what_for_errors);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what_for_errors, ": ", e.what_without_backtrace()));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(what_for_errors, ": out of memory"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what_for_errors, ": ", e.what()));
-  }
+  return weights_internal::GuardExceptions<c10::Error>(what_for_errors, [&] { return ParseZipCheckpoint(bytes, what_for_errors); });
 }
 
 absl::StatusOr<std::vector<NamedTensor>> ReadTorchCheckpoint(const std::string& path) {
-  try {
-    FT_ASSIGN_OR_RETURN(std::string bytes, util::ReadFile(path, kMaxFileBytes));
-    return ParseTorchCheckpoint(bytes, path);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(path, ": out of memory"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(path, ": ", e.what()));
-  }
+  return weights_internal::GuardExceptions<c10::Error>(
+      path, [&]() -> absl::StatusOr<std::vector<NamedTensor>> {
+        FT_ASSIGN_OR_RETURN(std::string bytes, util::ReadFile(path, kMaxFileBytes));
+        return ParseTorchCheckpoint(bytes, path);
+      });
 }
 
 }  // namespace ft::worker
