@@ -6,18 +6,23 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <torch/script.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/util/files.h"
 #include "proto/util/log.h"
 #include "proto/util/sha256.h"
 #include "proto/util/status.h"
+#include "worker/agent/device_memory.h"
 #include "worker/agent/worker_metrics.h"
 #include "worker/train/trainer.h"
 
@@ -27,11 +32,35 @@ namespace {
 constexpr int kLeaseWaitSeconds = 5;
 constexpr auto kHeartbeatInterval = std::chrono::milliseconds(1000);
 constexpr size_t kUploadChunk = 256 * 1024;
+// NVML answers a memory query in well under a millisecond.
+constexpr absl::Duration kDeviceMemoryInterval = absl::Seconds(5);
 
 absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
 }
+
+// Calls `tick` at once and then every `interval`, on its own thread, until
+// destroyed.
+class Ticker {
+ public:
+  Ticker(absl::Duration interval, std::function<void()> tick)
+      : thread_([this, interval, tick = std::move(tick)] {
+          do {
+            tick();
+          } while (!stop_.WaitForNotificationWithTimeout(interval));
+        }) {}
+  ~Ticker() {
+    stop_.Notify();
+    thread_.join();
+  }
+  Ticker(const Ticker&) = delete;
+  Ticker& operator=(const Ticker&) = delete;
+
+ private:
+  absl::Notification stop_;  // before thread_, which uses it
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -44,13 +73,50 @@ Agent::Agent(const AgentOptions& options) : options_(options) {
   dataset_options.root = options.work_dir + "/datasets";
   dataset_options.fetch = options.fetch_datasets;
   datasets_ = std::make_unique<DatasetCache>(dataset_options, stub_.get());
+  if (options.metrics != nullptr && options.device.is_cuda()) {
+    DeviceMemoryOptions memory_options;
+    memory_options.device = options.device.str();
+    memory_options.cuda_visible_devices = CudaVisibleDevicesFromEnvironment();
+    auto memory = DeviceMemory::Create(memory_options);
+    if (memory.ok()) {
+      device_memory_ = *std::move(memory);
+      util::Log("info", "finetune-worker", "device memory read through NVML",
+                {{"device", device_memory_->description()}});
+    } else {
+      util::Log("warning", "finetune-worker", "no device memory metric: finetune_worker_device_memory_bytes stays 0",
+                {{"error", std::string(memory.status().message())}});
+    }
+  }
 }
+
+Agent::~Agent() = default;
 
 bool Agent::ParentGone() const {
   return options_.parent_pid > 0 && ::getppid() != options_.parent_pid;
 }
 
 absl::Status Agent::Run() {
+  // Sampled between jobs too: LibTorch's caching allocator keeps device
+  // memory after a job, and the gauge shows what the device really holds.
+  std::optional<Ticker> device_memory_sampler;
+  if (device_memory_ != nullptr) {
+    device_memory_sampler.emplace(kDeviceMemoryInterval, [this, warned = false]() mutable {
+      auto usage = device_memory_->Read();
+      if (!usage.ok()) {
+        // Unknown reads as 0, as on CPU.
+        options_.metrics->SetDeviceMemory(0);
+        options_.metrics->SetDeviceMemoryTotal(0);
+        if (!warned) {
+          util::Log("warning", "finetune-worker", "cannot read device memory; the gauge shows 0 meanwhile",
+                    {{"error", std::string(usage.status().message())}});
+        }
+        warned = true;
+        return;
+      }
+      options_.metrics->SetDeviceMemory(static_cast<double>(usage->used_bytes));
+      options_.metrics->SetDeviceMemoryTotal(static_cast<double>(usage->total_bytes));
+    });
+  }
   int jobs = 0;
   int failures = 0;
   while (!stopping_ && !ParentGone()) {

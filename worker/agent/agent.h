@@ -14,6 +14,7 @@
 namespace ft::worker {
 
 namespace pb = ::finetune::v1;
+class DeviceMemory;
 class WorkerMetrics;
 
 struct AgentOptions {
@@ -39,6 +40,7 @@ struct AgentOptions {
 class Agent {
  public:
   explicit Agent(const AgentOptions& options);
+  ~Agent();
   // Runs until Stop() or the parent exits. Returns an error only when the
   // server is unusable (e.g. the address is malformed).
   absl::Status Run();
@@ -53,6 +55,8 @@ class Agent {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::WorkerGateway::Stub> stub_;
   std::unique_ptr<DatasetCache> datasets_;
+  // Set with a CUDA device, metrics and a usable NVML; read by Run()'s sampler.
+  std::unique_ptr<DeviceMemory> device_memory_;
   std::atomic<bool> stopping_{false};
 };
 

@@ -35,9 +35,16 @@ WorkerMetrics::WorkerMetrics() : registry_(std::make_shared<prometheus::Registry
                  .Add({});
   device_memory_ = &prometheus::BuildGauge()
                         .Name("finetune_worker_device_memory_bytes")
-                        .Help("Accelerator memory allocated by the trainer (0 on CPU).")
+                        .Help("GPU memory in use on the worker's device, all processes, as NVML reports it "
+                              "(0 on CPU or without NVML).")
                         .Register(*registry_)
                         .Add({});
+  device_memory_total_ = &prometheus::BuildGauge()
+                              .Name("finetune_worker_device_memory_total_bytes")
+                              .Help("GPU memory in all on the worker's device, as NVML reports it "
+                                    "(0 on CPU or without NVML).")
+                              .Register(*registry_)
+                              .Add({});
 }
 
 void WorkerMetrics::OnStep(double seconds, int64_t images) {
@@ -50,5 +57,7 @@ void WorkerMetrics::OnLoaderWait(double seconds) {
 }
 
 void WorkerMetrics::SetDeviceMemory(double bytes) { device_memory_->Set(bytes); }
+
+void WorkerMetrics::SetDeviceMemoryTotal(double bytes) { device_memory_total_->Set(bytes); }
 
 }  // namespace ft::worker

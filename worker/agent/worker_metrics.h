@@ -23,8 +23,10 @@ class WorkerMetrics {
   void OnStep(double seconds, int64_t images);
   // Seconds the trainer waited for the loader (data starvation).
   void OnLoaderWait(double seconds);
-  // Device memory in use; only set where a GPU is used.
+  // GPU memory in use and in all, in bytes, as NVML reports it for the whole
+  // device (see DeviceMemory); left at 0 on CPU and without NVML.
   void SetDeviceMemory(double bytes);
+  void SetDeviceMemoryTotal(double bytes);
 
  private:
   WorkerMetrics();
@@ -34,6 +36,7 @@ class WorkerMetrics {
   prometheus::Counter* loader_wait_;
   prometheus::Counter* images_;
   prometheus::Gauge* device_memory_;
+  prometheus::Gauge* device_memory_total_;
 };
 
 }  // namespace ft::worker
