@@ -20,6 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "client/client.h"
 #include "client/ftctl_datasets.h"
 #include "google/protobuf/util/time_util.h"
@@ -47,6 +49,8 @@ Jobs:
          [--unfreeze-at EPOCH --finetune-freeze-depth N|all --finetune-lr-mult F]
          [--early-stopping PATIENCE] [--cache-features auto|on|off]
          [--on-bad-image fail|skip] [--export best|last]
+         [--color-jitter F] [--rotation DEGREES] (with augment standard|light)
+         [--mean R,G,B --std R,G,B] (default: from the weights, else ImageNet)
   validate [submit flags]      a dry run of submit: class counts, undecodable
                                files, image sizes, parameters, time per epoch
   get JOB                      show a job
@@ -326,13 +330,28 @@ class Cli {
              {"grad-clip", [&](float v) { spec.set_grad_clip_norm(v); }},
              {"lr-gamma", [&](float v) { spec.set_lr_gamma(v); }},
              {"momentum", [&](float v) { spec.set_momentum(v); }},
-             {"finetune-lr-mult", [&](float v) { spec.set_finetune_lr_mult(v); }}}) {
+             {"finetune-lr-mult", [&](float v) { spec.set_finetune_lr_mult(v); }},
+             {"color-jitter", [&](float v) { spec.set_color_jitter(v); }},
+             {"rotation", [&](float v) { spec.set_rotation_degrees(v); }}}) {
       if (!Has(flag)) continue;
       float v;
       if (!absl::SimpleAtof(Flag(flag, ""), &v) || !std::isfinite(v)) {
         return Refuse(absl::StrCat("--", flag, " must be a number, got '", Flag(flag, ""), "'"));
       }
       setter(v);
+    }
+    for (const auto& [flag, field] :
+         std::vector<std::pair<std::string, google::protobuf::RepeatedField<float>*>>{
+             {"mean", spec.mutable_mean()}, {"std", spec.mutable_std()}}) {
+      if (!Has(flag)) continue;
+      for (absl::string_view part : absl::StrSplit(Flag(flag, ""), ',')) {
+        float v;
+        if (!absl::SimpleAtof(part, &v) || !std::isfinite(v)) {
+          return Refuse(absl::StrCat("--", flag, " must be 3 comma-separated numbers (R,G,B), got '",
+                                     Flag(flag, ""), "'"));
+        }
+        field->Add(v);
+      }
     }
     return std::nullopt;
   }
@@ -343,7 +362,8 @@ class Cli {
         "optimizer", "val-split", "seed", "name", "priority", "request-id", "follow", "augment",
         "weight-decay", "label-smoothing", "class-weights", "grad-clip", "lr-schedule", "warmup-epochs",
         "lr-step-epochs", "lr-gamma", "momentum", "nesterov", "unfreeze-at", "finetune-freeze-depth",
-        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image", "export"};
+        "finetune-lr-mult", "early-stopping", "cache-features", "on-bad-image", "export", "color-jitter",
+        "rotation", "mean", "std"};
     return *kFlags;
   }
 

@@ -26,6 +26,9 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "finetuned address");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
 ABSL_FLAG(int, threads, 0, "LibTorch threads (default: the cores available)");
 ABSL_FLAG(std::string, work_dir, "./var/worker", "scratch space for exports and fetched models");
+ABSL_FLAG(int64_t, decode_cache_mb, 4096,
+          "decoded images a job keeps in memory, at most (MiB); the rest are decoded again every epoch. "
+          "0 keeps none");
 ABSL_FLAG(std::string, fetch_datasets, "auto",
           "uploaded and archived datasets: auto (use the server's extracted copy when readable here, else fetch "
           "and cache in <work-dir>/datasets) or always (fetch and cache)");
@@ -97,6 +100,11 @@ int main(int argc, char** argv) {
   ft::worker::AgentOptions options;
   options.server_address = absl::GetFlag(FLAGS_server);
   options.work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (absl::GetFlag(FLAGS_decode_cache_mb) < 0 || absl::GetFlag(FLAGS_decode_cache_mb) > (int64_t{1} << 30)) {
+    std::cerr << "finetune-worker: --decode-cache-mb must be between 0 and 2^30" << std::endl;
+    return 2;
+  }
+  options.decode_cache_bytes = absl::GetFlag(FLAGS_decode_cache_mb) << 20;
   options.parent_pid = absl::GetFlag(FLAGS_parent_pid);
   options.max_jobs = absl::GetFlag(FLAGS_max_jobs);
   options.fetch_datasets = absl::GetFlag(FLAGS_fetch_datasets);

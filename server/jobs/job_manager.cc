@@ -88,6 +88,29 @@ absl::Status ValidateFields(pb::JobSpec* spec, const catalog::BackboneInfo** bac
   }
   if (spec->seed() < 0) return Invalid("seed", "must be non-negative");
   auto in_range = [](float v, float lo, float hi) { return std::isfinite(v) && v >= lo && v <= hi; };
+  if (!in_range(spec->color_jitter(), 0, 1)) {
+    return Invalid("color_jitter", absl::StrCat("must be in [0, 1], got ", spec->color_jitter()));
+  }
+  if (!in_range(spec->rotation_degrees(), 0, 180)) {
+    return Invalid("rotation_degrees", absl::StrCat("must be in [0, 180], got ", spec->rotation_degrees()));
+  }
+  if ((spec->color_jitter() > 0 || spec->rotation_degrees() > 0) && spec->augment() == "none") {
+    return Invalid(spec->color_jitter() > 0 ? "color_jitter" : "rotation_degrees",
+                   "needs --augment standard or light (augment none trains on the eval transform)");
+  }
+  if (spec->mean_size() != spec->std_size() || (spec->mean_size() != 0 && spec->mean_size() != 3)) {
+    return Invalid(spec->mean_size() != 3 ? "mean" : "std",
+                   absl::StrCat("mean and std need 3 values each (R, G, B), got ", spec->mean_size(), " and ",
+                                spec->std_size()));
+  }
+  for (int c = 0; c < spec->mean_size(); ++c) {
+    if (!in_range(spec->mean(c), -10, 10)) {
+      return Invalid("mean", absl::StrCat("values must be in [-10, 10], got ", spec->mean(c)));
+    }
+    if (!in_range(spec->std(c), 1e-6f, 100)) {
+      return Invalid("std", absl::StrCat("values must be positive (and at most 100), got ", spec->std(c)));
+    }
+  }
   if (!in_range(spec->weight_decay(), 0, 1)) {
     return Invalid("weight_decay", absl::StrCat("must be in [0, 1], got ", spec->weight_decay()));
   }

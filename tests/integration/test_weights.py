@@ -37,12 +37,18 @@ class WeightsTest(unittest.TestCase):
         torch.save(sd, os.path.join(cls.weights_dir, "resnet18-f37072fd.pth"))
         torch.save(torchvision.models.efficientnet_b0().state_dict(),
                    os.path.join(cls.weights_dir, "efficientnet_b0_rwightman-3dd342df.pth"))
-        save_safetensors(sd, os.path.join(cls.root, "resnet18.safetensors"))
+        # Weights can say how their inputs are normalised.
+        save_safetensors(sd, os.path.join(cls.root, "resnet18.safetensors"),
+                         metadata={"mean": "[0.5, 0.5, 0.5]", "std": "0.25,0.25,0.25"})
         headless = torchvision.models.resnet18()
         headless.load_state_dict(sd)
         headless.fc = torch.nn.Identity()
         headless.eval()
-        torch.jit.save(torch.jit.script(headless), os.path.join(cls.root, "resnet18-backbone.pt"))
+        scripted = torch.jit.script(headless)
+        torch.jit.save(scripted, os.path.join(cls.root, "resnet18-backbone.pt"))
+        headless.mean, headless.std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+        torch.jit.save(torch.jit.script(headless), os.path.join(cls.root, "resnet18-backbone-norm.pt"))
+        del headless.mean, headless.std
         cls.reference = headless
         # Bad files.
         full = open(os.path.join(cls.weights_dir, "resnet18-f37072fd.pth"), "rb").read()
@@ -61,17 +67,35 @@ class WeightsTest(unittest.TestCase):
         return self.server.submit(f"--dataset=file://{self.data}", "--epochs=1", "--image-size=32",
                                   "--batch-size=8", *args)
 
-    def features_match(self, job):
+    def download(self, job):
+        """The job's model.pt (loaded) and metadata.json."""
         import torch
         out = os.path.join(self.tmp, "dl-" + job["id"])
         d = self.server.ftctl("models", "download", job["model_id"], f"--dir={out}")
         self.assertEqual(d.returncode, 0, d.stderr)
-        model = torch.jit.load(os.path.join(out, "model.pt"))
+        with open(os.path.join(out, "metadata.json")) as f:
+            return torch.jit.load(os.path.join(out, "model.pt")), json.load(f)
+
+    def features_match(self, job):
+        import torch
+        model, meta = self.download(job)
         x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             got, want = model.features(x), self.reference(x)
         err = ((got - want).abs().max() / want.abs().max()).item()
         self.assertLessEqual(err, 1e-4)
+        return model, meta
+
+    def assert_normalisation(self, job, mean, std):
+        """metadata.json and the model's mean/std attributes both say it."""
+        model, meta = self.download(job)
+        for got in (meta["mean"], list(model.mean)):
+            self.assertEqual(len(got), 3)
+            for g, w in zip(got, mean):
+                self.assertAlmostEqual(g, w, places=5)
+        for got in (meta["std"], list(model.std)):
+            for g, w in zip(got, std):
+                self.assertAlmostEqual(g, w, places=5)
 
     def test_pretrained_from_weights_dir(self):
         r, events, job = self.run_job("--backbone=resnet18", "--weights=pretrained", "--freeze-depth=all")
@@ -104,6 +128,38 @@ class WeightsTest(unittest.TestCase):
                                  "--freeze-depth=all")
         self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
         self.features_match(job)
+        # Its __metadata__ mean/std replace ImageNet's, and a model:// job
+        # from that model inherits them.
+        self.assert_normalisation(job, [0.5] * 3, [0.25] * 3)
+        r, _, chained = self.run_job("--backbone=resnet18", f"--weights=model://{job['model_id']}")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.assert_normalisation(chained, [0.5] * 3, [0.25] * 3)
+
+    def test_normalisation_defaults_overrides_and_bad_values(self):
+        imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        r, _, job = self.run_job("--backbone=resnet18", "--weights=pretrained", "--freeze-depth=all")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.assert_normalisation(job, *imagenet)
+        r, events, job = self.run_job("--backbone=torchscript",
+                                      f"--weights=file://{self.root}/resnet18-backbone-norm.pt",
+                                      "--freeze-depth=all")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.assert_normalisation(job, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+        logs = [e["log"]["message"] for e in events if "log" in e]
+        self.assertTrue(any("normalisation" in m and "resnet18-backbone-norm.pt" in m for m in logs), logs)
+        # The job's own values win over the weights'.
+        r, _, job = self.run_job("--backbone=resnet18", f"--weights=file://{self.root}/resnet18.safetensors",
+                                 "--mean=0.2,0.3,0.4", "--std=0.9,0.8,0.7", "--augment=standard",
+                                 "--color-jitter=0.4", "--rotation=15")
+        self.assertEqual(r.returncode, 0, r.stderr + self.server.log())
+        self.assert_normalisation(job, [0.2, 0.3, 0.4], [0.9, 0.8, 0.7])
+        for flags, needle in [(["--mean=0.5,0.5"], "mean"), (["--mean=0.5,0.5,0.5", "--std=1,0,1"], "std"),
+                              (["--mean=1,2,x"], "--mean"), (["--color-jitter=2"], "color_jitter"),
+                              (["--rotation=-5"], "rotation_degrees"),
+                              (["--augment=none", "--color-jitter=0.2"], "augment")]:
+            r = self.server.ftctl("submit", f"--dataset=file://{self.data}", "--backbone=resnet18", *flags)
+            self.assertEqual(r.returncode, 2, f"{flags}: {r.stderr}")
+            self.assertIn(needle, r.stderr, flags)
 
     def test_torchscript_backbone(self):
         r, events, job = self.run_job("--backbone=torchscript",

@@ -38,10 +38,12 @@ def strip_head(model):
     return last
 
 
-def save_safetensors(state_dict, path):
+def save_safetensors(state_dict, path, metadata=None):
     """The safetensors format by hand (the Python package is not in Debian 12)."""
     names = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}
     header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
     for k, v in state_dict.items():
         data = v.contiguous().numpy().tobytes()
         header[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + len(data)]}

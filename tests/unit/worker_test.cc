@@ -1,4 +1,11 @@
+#include <filesystem>
+#include <map>
 #include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
 
 #include <torch/torch.h>
 
@@ -6,6 +13,7 @@
 #include "worker/backbones/backbone.h"
 #include "worker/catalog/catalog.h"
 #include "worker/data/images.h"
+#include "worker/data/loader.h"
 
 namespace ft::worker {
 namespace {
@@ -69,6 +77,143 @@ TEST(ImagesTest, EvalTransformNormalisesAndReplicatesGray) {
   TransformInto(noise, o, &r1, a.data());
   TransformInto(noise, o, &r2, b.data());
   EXPECT_EQ(a, b);
+}
+
+// Colour jitter and rotation: seeded, a grey image stays grey, a uniform
+// image stays uniform under jitter, and rotation fills its corners with black.
+TEST(ImagesTest, RotationAndColorJitter) {
+  constexpr int kSize = 24, kPlane = kSize * kSize;
+  cv::Mat rgb(kSize, kSize, CV_8UC3, cv::Scalar(60, 120, 200));
+  TransformOptions o;
+  o.image_size = kSize;
+  o.train = true;
+  o.min_scale = 1.0f;
+  auto run = [&](const cv::Mat& img, uint64_t seed) {
+    std::vector<float> out(3 * kPlane);
+    std::mt19937_64 rng(seed);
+    TransformInto(img, o, &rng, out.data());
+    return out;
+  };
+  const std::vector<float> plain = run(rgb, 3);
+  o.color_jitter = 0.5f;
+  const std::vector<float> jittered = run(rgb, 3);
+  EXPECT_EQ(jittered, run(rgb, 3));
+  EXPECT_NE(jittered, plain);
+  for (int c = 0; c < 3; ++c) {
+    for (int p = 1; p < kPlane; ++p) ASSERT_FLOAT_EQ(jittered[c * kPlane + p], jittered[c * kPlane]);
+  }
+  cv::Mat gray(kSize, kSize, CV_8UC1, cv::Scalar(90));
+  for (uint64_t seed = 0; seed < 5; ++seed) {
+    const std::vector<float> g = run(gray, seed);
+    // De-normalised, the three channels hold the same grey level.
+    const float r = g[0] * o.std[0] + o.mean[0];
+    EXPECT_NEAR(g[kPlane] * o.std[1] + o.mean[1], r, 1e-5);
+    EXPECT_NEAR(g[2 * kPlane] * o.std[2] + o.mean[2], r, 1e-5);
+  }
+  o.color_jitter = 0;
+  o.rotation_degrees = 45;
+  int black_corners = 0;
+  for (uint64_t seed = 0; seed < 8; ++seed) {
+    const std::vector<float> rotated = run(rgb, seed);
+    EXPECT_EQ(rotated, run(rgb, seed));
+    const int centre = (kSize / 2) * kSize + kSize / 2;
+    for (int c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(rotated[c * kPlane + centre], plain[c * kPlane + centre]);
+    black_corners += std::abs(rotated[0] - (-o.mean[0] / o.std[0])) < 1e-5 ? 1 : 0;
+  }
+  EXPECT_GT(black_corners, 4);
+}
+
+// Images over the decode cache budget are decoded again when used, and the
+// batches are the same as with everything cached.
+TEST(ImagesTest, DecodeCacheBudgetGivesTheSameBatches) {
+  const std::string dir = ::testing::TempDir() + "/decode_budget";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::vector<datasets::Sample> samples;
+  cv::RNG noise(5);
+  for (int i = 0; i < 6; ++i) {
+    cv::Mat img(40, 30, CV_8UC3);
+    noise.fill(img, cv::RNG::UNIFORM, 0, 255);
+    const std::string path = dir + "/" + std::to_string(i) + ".png";
+    ASSERT_TRUE(cv::imwrite(path, img));
+    samples.push_back({path, i % 2, -1});
+  }
+  DecodeOptions d;
+  d.max_short_side = 20;  // shrinks 30x40 to 20x26: 1560 bytes each
+  auto all = DecodeSamples(samples, d);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->uncached, 0);
+  EXPECT_EQ(all->cached_bytes, 6 * 20 * 26 * 3);
+  d.cache_budget_bytes = 2 * 20 * 26 * 3;
+  auto some = DecodeSamples(samples, d);
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_EQ(some->uncached, 4);
+  EXPECT_EQ(some->cached_bytes, 2 * 20 * 26 * 3);
+  d.cache_budget_bytes = 0;
+  auto none = DecodeSamples(samples, d);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->uncached, 6);
+  LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.transform.image_size = 16;
+  lo.transform.train = true;
+  lo.threads = 2;
+  lo.seed = 7;
+  auto batches = [&](const ImageSet& set) {
+    BatchLoader loader(&set, {5, 0, 3, 1, 4, 2}, lo);
+    std::vector<torch::Tensor> out;
+    while (auto b = loader.Next()) out.push_back(b->images);
+    return torch::cat(out);
+  };
+  const torch::Tensor want = batches(*all);
+  EXPECT_TRUE(torch::equal(batches(*some), want));
+  EXPECT_TRUE(torch::equal(batches(*none), want));
+  // A file that disappears mid-job fails the loader with its name, on the
+  // trainer's thread.
+  std::filesystem::remove(dir + "/3.png");
+  BatchLoader loader(&*none, {0, 1, 2, 3, 4, 5}, lo);
+  try {
+    while (loader.Next()) {
+    }
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("3.png"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(BackboneTest, NormalizationFromMetadataAndModules) {
+  auto none = NormalizationFromMetadata({{"format", "pt"}}, "f");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto n = NormalizationFromMetadata({{"mean", "[0.5, 0.4, 0.3]"}, {"std", "0.2,0.25, 0.3"}}, "f");
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_TRUE(n->has_value());
+  EXPECT_FLOAT_EQ((**n).mean[1], 0.4f);
+  EXPECT_FLOAT_EQ((**n).std[2], 0.3f);
+  EXPECT_EQ((**n).source, "f");
+  for (const auto& bad : std::vector<std::map<std::string, std::string>>{
+           {{"mean", "0.5,0.5,0.5"}},
+           {{"mean", "0.5,0.5"}, {"std", "1,1"}},
+           {{"mean", "a,b,c"}, {"std", "1,1,1"}},
+           {{"mean", "0,0,0"}, {"std", "1,0,1"}},
+           {{"mean", "0,0,nan"}, {"std", "1,1,1"}}}) {
+    auto r = NormalizationFromMetadata(bad, "weights.safetensors");
+    EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+    EXPECT_NE(r.status().message().find("weights.safetensors"), std::string::npos);
+  }
+  torch::jit::Module m("M");
+  auto from = NormalizationFromModule(m, "m");
+  ASSERT_TRUE(from.ok());
+  EXPECT_FALSE(from->has_value());
+  m.register_attribute("mean", c10::ListType::ofFloats(), c10::List<double>({0.1, 0.2, 0.3}));
+  EXPECT_TRUE(absl::IsFailedPrecondition(NormalizationFromModule(m, "m").status()));
+  m.register_attribute("std", c10::TensorType::get(), torch::tensor({0.5, 0.5, 0.5}));
+  from = NormalizationFromModule(m, "m");
+  ASSERT_TRUE(from.ok()) << from.status();
+  ASSERT_TRUE(from->has_value());
+  EXPECT_FLOAT_EQ((**from).mean[2], 0.3f);
+  EXPECT_FLOAT_EQ((**from).std[0], 0.5f);
 }
 
 }  // namespace

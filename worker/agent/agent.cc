@@ -244,6 +244,7 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   trainer_options.device = options_.device;
   trainer_options.job_id = job_id;
   trainer_options.loader_threads = std::max(1, options_.threads / 2);
+  trainer_options.decode_cache_bytes = options_.decode_cache_bytes;
   // Uploaded and archived datasets are fetched (or found cached) first.
   auto job = datasets_->Prepare(
       lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, hooks.cancelled);

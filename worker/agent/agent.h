@@ -22,6 +22,8 @@ struct AgentOptions {
   std::string worker_id;
   torch::Device device = torch::kCPU;
   int threads = 1;
+  // Decoded images kept in memory per job, at most (see TrainerOptions).
+  int64_t decode_cache_bytes = int64_t{4096} << 20;
   std::string work_dir;
   // Exit when this process is gone (local workers watch their server); 0 = never.
   int parent_pid = 0;

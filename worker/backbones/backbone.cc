@@ -1,11 +1,16 @@
 #include "worker/backbones/backbone.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
+#include "proto/util/status.h"
 #include "worker/backbones/jit_modules.h"
 #include "worker/backbones/resnet.h"
 #include "worker/backbones/densenet.h"
@@ -103,8 +108,88 @@ absl::StatusOr<Backbone> LoadTorchScriptBackbone(const std::string& path, int pr
                                                       probe_size, "px input: ",
                                                       std::string(e.what()).substr(0, 300)));
   }
+  FT_ASSIGN_OR_RETURN(b.normalization,
+                      NormalizationFromModule(b.module, absl::StrCat("TorchScript backbone ", path)));
   b.module.train();
   return b;
+}
+
+absl::StatusOr<Normalization> MakeNormalization(const std::vector<double>& mean, const std::vector<double>& std,
+                                                const std::string& source) {
+  if (mean.size() != 3 || std.size() != 3) {
+    return absl::FailedPreconditionError(absl::StrCat(source, ": mean and std must have 3 values each (R, G, B), got ",
+                                                      mean.size(), " and ", std.size()));
+  }
+  Normalization n;
+  n.source = source;
+  for (int c = 0; c < 3; ++c) {
+    if (!std::isfinite(mean[c]) || !std::isfinite(std[c]) || std[c] <= 0) {
+      return absl::FailedPreconditionError(absl::StrCat(source, ": mean ", mean[c], " / std ", std[c],
+                                                        " is not a usable normalisation (finite, std > 0)"));
+    }
+    n.mean[c] = static_cast<float>(mean[c]);
+    n.std[c] = static_cast<float>(std[c]);
+  }
+  return n;
+}
+
+absl::StatusOr<std::optional<Normalization>> NormalizationFromModule(const torch::jit::Module& module,
+                                                                     const std::string& source) {
+  const bool has_mean = module.hasattr("mean"), has_std = module.hasattr("std");
+  if (!has_mean && !has_std) return std::nullopt;
+  if (has_mean != has_std) {
+    return absl::FailedPreconditionError(absl::StrCat(source, " has a `", has_mean ? "mean" : "std",
+                                                      "` attribute but no `", has_mean ? "std" : "mean", "`"));
+  }
+  auto numbers = [&](const char* name) -> absl::StatusOr<std::vector<double>> {
+    const c10::IValue v = module.attr(name);
+    std::vector<double> out;
+    if (v.isTensor()) {
+      const at::Tensor t = v.toTensor().detach().to(torch::kCPU, torch::kDouble).flatten();
+      for (int64_t i = 0; i < t.numel() && i < 4; ++i) out.push_back(t[i].item<double>());
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toListRef()) {
+        if (!e.isDouble() && !e.isInt()) break;
+        out.push_back(e.isDouble() ? e.toDouble() : static_cast<double>(e.toInt()));
+      }
+    } else {
+      return absl::FailedPreconditionError(
+          absl::StrCat(source, ": attribute `", name, "` is neither a list of numbers nor a tensor"));
+    }
+    return out;
+  };
+  FT_ASSIGN_OR_RETURN(std::vector<double> mean, numbers("mean"));
+  FT_ASSIGN_OR_RETURN(std::vector<double> std, numbers("std"));
+  FT_ASSIGN_OR_RETURN(Normalization n, MakeNormalization(mean, std, source));
+  return n;
+}
+
+absl::StatusOr<std::optional<Normalization>> NormalizationFromMetadata(
+    const std::map<std::string, std::string>& metadata, const std::string& source) {
+  auto mean_it = metadata.find("mean"), std_it = metadata.find("std");
+  if (mean_it == metadata.end() && std_it == metadata.end()) return std::nullopt;
+  auto numbers = [&](const char* name,
+                     std::map<std::string, std::string>::const_iterator it) -> absl::StatusOr<std::vector<double>> {
+    if (it == metadata.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(source, ": metadata has no \"", name, "\" to go with the other"));
+    }
+    std::vector<double> out;
+    for (absl::string_view part : absl::StrSplit(absl::StripAsciiWhitespace(absl::StripSuffix(
+                                                     absl::StripPrefix(absl::StripAsciiWhitespace(it->second), "["), "]")),
+                                                 ',')) {
+      double v;
+      if (!absl::SimpleAtod(absl::StripAsciiWhitespace(part), &v)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(source, ": metadata \"", name, "\" is not a list of numbers: ", it->second.substr(0, 100)));
+      }
+      out.push_back(v);
+    }
+    return out;
+  };
+  FT_ASSIGN_OR_RETURN(std::vector<double> mean, numbers("mean", mean_it));
+  FT_ASSIGN_OR_RETURN(std::vector<double> std, numbers("std", std_it));
+  FT_ASSIGN_OR_RETURN(Normalization n, MakeNormalization(mean, std, source));
+  return n;
 }
 
 torch::jit::Module BuildClassifierWithHead(const torch::jit::Module& backbone,

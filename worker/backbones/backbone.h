@@ -1,6 +1,9 @@
 #ifndef FT_WORKER_BACKBONES_BACKBONE_H_
 #define FT_WORKER_BACKBONES_BACKBONE_H_
 
+#include <array>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,6 +12,28 @@
 #include "absl/status/statusor.h"
 
 namespace ft::worker {
+
+// Input normalisation: per-channel (RGB) mean and std of [0, 1] pixels.
+struct Normalization {
+  std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};  // ImageNet's
+  std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
+  std::string source = "ImageNet, the default";  // for logs
+};
+
+// From 3 means and 3 stds. FAILED_PRECONDITION naming `source` unless there
+// are 3 finite values each and every std is positive.
+absl::StatusOr<Normalization> MakeNormalization(const std::vector<double>& mean, const std::vector<double>& std,
+                                                const std::string& source);
+
+// What a module says: its `mean` and `std` attributes (lists of 3 numbers, or
+// 3-element tensors), when it has both; nullopt when it has neither.
+absl::StatusOr<std::optional<Normalization>> NormalizationFromModule(const torch::jit::Module& module,
+                                                                     const std::string& source);
+
+// What a weights file's metadata says: "mean" and "std" values such as
+// "[0.5, 0.5, 0.5]" or "0.5,0.5,0.5"; nullopt when it has neither.
+absl::StatusOr<std::optional<Normalization>> NormalizationFromMetadata(
+    const std::map<std::string, std::string>& metadata, const std::string& source);
 
 // A feature extractor with torchvision's parameter names: everything of a
 // torchvision classifier before its last Linear layer.
@@ -24,6 +49,8 @@ struct Backbone {
   // State-dict prefixes of torchvision's own head (replaced, so skipped when
   // loading weights), e.g. "fc." for ResNet.
   std::vector<std::string> head_prefixes;
+  // The input normalisation its weights say they expect, if they say.
+  std::optional<Normalization> normalization;
 };
 
 // Builds a randomly initialised backbone (initialised as torchvision does).

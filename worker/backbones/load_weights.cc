@@ -81,7 +81,15 @@ absl::Status ApplyStateDict(torch::jit::Module& module, const std::vector<NamedT
 }
 
 absl::StatusOr<size_t> LoadBackboneWeights(Backbone& backbone, const std::string& path, bool pretrained) {
-  FT_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors, ReadWeightsFile(path));
+  std::vector<NamedTensor> tensors;
+  if (absl::EndsWith(path, ".safetensors")) {
+    // Its __metadata__ may say how inputs are normalised.
+    std::map<std::string, std::string> metadata;
+    FT_ASSIGN_OR_RETURN(tensors, ReadSafetensors(path, &metadata));
+    FT_ASSIGN_OR_RETURN(backbone.normalization, NormalizationFromMetadata(metadata, path));
+  } else {
+    FT_ASSIGN_OR_RETURN(tensors, ReadWeightsFile(path));
+  }
   if (absl::StartsWith(backbone.name, "densenet")) {
     for (auto& t : tensors) t.name = RemapDensenetKey(t.name);
   }

@@ -1,11 +1,14 @@
 #include "worker/data/images.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <stdexcept>
 #include <thread>
 
 #include <opencv2/imgcodecs.hpp>
@@ -58,6 +61,55 @@ cv::Mat ToGrayOrRgb8(const cv::Mat& raw) {
   return out;
 }
 
+// torchvision RandomRotation(degrees): angle ~ U(-degrees, degrees),
+// counter-clockwise about the centre, nearest neighbour, zero fill.
+cv::Mat RandomRotate(const cv::Mat& img, float degrees, std::mt19937_64* rng) {
+  const double angle = std::uniform_real_distribution<double>(-degrees, degrees)(*rng);
+  const cv::Point2f centre(static_cast<float>(img.cols - 1) / 2.0f, static_cast<float>(img.rows - 1) / 2.0f);
+  cv::Mat out;
+  cv::warpAffine(img, out, cv::getRotationMatrix2D(centre, angle, 1.0), img.size(), cv::INTER_NEAREST,
+                 cv::BORDER_CONSTANT, cv::Scalar::all(0));
+  return out;
+}
+
+// torchvision's rgb_to_grayscale weights.
+cv::Mat Gray(const cv::Mat& rgb) {
+  if (rgb.channels() == 1) return rgb.clone();
+  cv::Mat gray;
+  cv::transform(rgb, gray, cv::Matx13f(0.2989f, 0.587f, 0.114f));
+  return gray;
+}
+
+// torchvision ColorJitter(f, f, f) on float pixels in [0, 255]: each
+// adjustment blends with a reference (black, the mean grey, the grey image)
+// by its factor and clamps.
+cv::Mat ColorJitter(const cv::Mat& img8, float f, std::mt19937_64* rng) {
+  std::uniform_real_distribution<double> factor(std::max(0.0, 1.0 - f), 1.0 + f);
+  std::array<int, 3> ops = {0, 1, 2};
+  std::shuffle(ops.begin(), ops.end(), *rng);
+  const double brightness = factor(*rng), contrast = factor(*rng), saturation = factor(*rng);
+  cv::Mat img;
+  img8.convertTo(img, CV_32F);
+  for (int op : ops) {
+    if (op == 0) {
+      img *= brightness;
+    } else if (op == 1) {
+      const double mean = cv::mean(Gray(img))[0];
+      img = img * contrast + cv::Scalar::all((1.0 - contrast) * mean);
+    } else if (img.channels() == 3) {
+      cv::Mat gray3;
+      cv::cvtColor(Gray(img), gray3, cv::COLOR_GRAY2RGB);
+      cv::addWeighted(img, saturation, gray3, 1.0 - saturation, 0.0, img);
+    }
+    cv::Mat flat = img.reshape(1);  // the same pixels, one channel: clamp them all
+    cv::max(flat, 0.0, flat);
+    cv::min(flat, 255.0, flat);
+  }
+  cv::Mat out;
+  img.convertTo(out, CV_8U);
+  return out;
+}
+
 }  // namespace
 
 int EvalResizeSize(int image_size) { return image_size * 256 / 224; }
@@ -83,6 +135,9 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
   ImageSet set;
   set.images.resize(samples.size());
   set.labels.resize(samples.size());
+  set.paths.resize(samples.size());
+  set.max_short_side = options.max_short_side;
+  std::atomic<int64_t> cached_bytes{0};
   // IDX files are read once each, then sliced.
   std::map<std::string, std::shared_ptr<datasets::IdxImages>> idx;
   for (const auto& s : samples) {
@@ -127,6 +182,16 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
       if (options.max_short_side > 0 && std::min(img.rows, img.cols) > options.max_short_side) {
         img = ResizeShortSide(img, options.max_short_side);
       }
+      const auto bytes = static_cast<int64_t>(img.total() * img.elemSize());
+      const int64_t before = cached_bytes.fetch_add(bytes);
+      if (s.index < 0) {
+        set.paths[i] = s.path;
+        if (options.cache_budget_bytes >= 0 && before + bytes > options.cache_budget_bytes) {
+          // Over the budget: decoded once to check it, decoded again when used.
+          cached_bytes -= bytes;
+          continue;
+        }
+      }
       set.images[i] = std::move(img);
     }
   };
@@ -135,16 +200,22 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
   for (int t = 1; t < threads; ++t) pool.emplace_back(work);
   work();
   for (auto& t : pool) t.join();
+  set.cached_bytes = cached_bytes;
   if (!failures.empty() && options.skip_bad) {
     std::sort(failures.begin(), failures.end());
+    const std::set<std::string> failed(failures.begin(), failures.end());
     ImageSet kept;
+    kept.max_short_side = set.max_short_side;
+    kept.cached_bytes = set.cached_bytes;
     for (size_t i = 0; i < set.images.size(); ++i) {
-      if (set.images[i].empty()) continue;
+      const auto& s = samples[i];
+      if (failed.count(s.index >= 0 ? absl::StrCat(s.path, "#", s.index) : s.path)) continue;
       kept.images.push_back(std::move(set.images[i]));
       kept.labels.push_back(set.labels[i]);
+      kept.paths.push_back(std::move(set.paths[i]));
     }
     kept.skipped = std::move(failures);
-    return kept;
+    set = std::move(kept);
   }
   if (!failures.empty()) {
     std::sort(failures.begin(), failures.end());
@@ -154,7 +225,21 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
         failures.size(), " of ", samples.size(), " images could not be decoded: ",
         absl::StrJoin(named, ", "), failures.size() > named.size() ? ", ..." : ""));
   }
+  for (const cv::Mat& img : set.images) set.uncached += img.empty() ? 1 : 0;
   return set;
+}
+
+cv::Mat ImageSet::Get(size_t i) const {
+  if (!images[i].empty()) return images[i];
+  auto decoded = DecodeImageFile(paths[i]);
+  if (!decoded.ok()) {
+    throw std::runtime_error(absl::StrCat("image changed since the job started: ", decoded.status().message()));
+  }
+  cv::Mat img = *std::move(decoded);
+  if (max_short_side > 0 && std::min(img.rows, img.cols) > max_short_side) {
+    img = ResizeShortSide(img, max_short_side);
+  }
+  return img;
 }
 
 void TransformInto(const cv::Mat& image, const TransformOptions& o, std::mt19937_64* rng, float* out) {
@@ -194,6 +279,8 @@ void TransformInto(const cv::Mat& image, const TransformOptions& o, std::mt19937
     cv::resize(image(rect), crop, cv::Size(size, size), 0, 0,
                (rect.width > size) ? cv::INTER_AREA : cv::INTER_LINEAR);
     if (std::uniform_int_distribution<int>(0, 1)(*rng) == 1) cv::flip(crop, crop, 1);
+    if (o.rotation_degrees > 0) crop = RandomRotate(crop, o.rotation_degrees, rng);
+    if (o.color_jitter > 0) crop = ColorJitter(crop, o.color_jitter, rng);
   } else {
     cv::Mat resized = ResizeShortSide(image, EvalResizeSize(size));
     // torchvision CenterCrop: top = int(round((h - size) / 2)).

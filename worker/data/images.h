@@ -14,12 +14,25 @@
 
 namespace ft::worker {
 
-// Decoded images in memory: 8-bit, 1 channel (grayscale) or 3 (RGB).
+// Decoded images: 8-bit, 1 channel (grayscale) or 3 (RGB). Those that fit
+// the decode cache budget are kept in memory; the others are decoded again
+// from their file each time they are needed.
 struct ImageSet {
+  // An empty Mat where the image is not kept (see Get).
   std::vector<cv::Mat> images;
   std::vector<int64_t> labels;
+  // The image file of each entry ("" for IDX records, which are always kept).
+  std::vector<std::string> paths;
   // Files that could not be decoded and were skipped (skip_bad only).
   std::vector<std::string> skipped;
+  int max_short_side = 0;   // as DecodeOptions, for decoding again
+  int64_t cached_bytes = 0;  // pixels kept in memory
+  int64_t uncached = 0;      // entries decoded again when needed
+
+  size_t size() const { return images.size(); }
+  // Entry i: the kept copy, or the file decoded (and shrunk) again. Throws
+  // std::runtime_error naming the file when it no longer decodes.
+  cv::Mat Get(size_t i) const;
 };
 
 struct DecodeOptions {
@@ -30,6 +43,9 @@ struct DecodeOptions {
   int threads = 1;
   // Skip undecodable files (listed in ImageSet::skipped) instead of failing.
   bool skip_bad = false;
+  // Decoded pixels kept in memory, at most; images beyond it are decoded
+  // again every epoch. Negative: no limit.
+  int64_t cache_budget_bytes = -1;
 };
 
 // Decodes `samples` (image files through OpenCV, or IDX records). 16-bit
@@ -51,6 +67,13 @@ struct TransformOptions {
   // RandomResizedCrop's area and aspect-ratio ranges (torchvision defaults).
   float min_scale = 0.08f;
   float max_scale = 1.0f;
+  // Train only, after the crop and flip: a random rotation in
+  // [-rotation_degrees, rotation_degrees] (torchvision RandomRotation:
+  // counter-clockwise, nearest neighbour, black fill), then colour jitter
+  // (ColorJitter(f, f, f): brightness, contrast and saturation factors drawn
+  // from [max(0, 1 - f), 1 + f], applied in a random order). 0 disables each.
+  float rotation_degrees = 0;
+  float color_jitter = 0;
 };
 
 // The shorter side the eval transform resizes to: image_size * 256 / 224.

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
+#include <stdexcept>
+#include <string>
 
 namespace ft::worker {
 
@@ -36,7 +39,7 @@ Batch BatchLoader::Make(int64_t b) {
     const int64_t idx = order_[static_cast<size_t>(begin + i)];
     // A per-image stream: deterministic whatever the thread that makes it.
     std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(begin + i));
-    TransformInto(images_->images[static_cast<size_t>(idx)], options_.transform, &rng, out + i * 3 * s * s);
+    TransformInto(images_->Get(static_cast<size_t>(idx)), options_.transform, &rng, out + i * 3 * s * s);
     labels[i] = images_->labels[static_cast<size_t>(idx)];
   }
   return batch;
@@ -55,19 +58,33 @@ void BatchLoader::Work() {
       if (stopping_ || next_to_make_ >= num_batches_) return;
       b = next_to_make_++;
     }
-    Batch batch = Make(b);
+    std::optional<Batch> batch;
+    std::string error;
+    try {
+      batch = Make(b);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
     absl::MutexLock lock(&mu_);
-    ready_.emplace(b, std::move(batch));
+    if (!batch) {
+      // Next() reports it on the trainer's thread.
+      if (error_.empty()) error_ = error.empty() ? "the loader failed" : error;
+      return;
+    }
+    ready_.emplace(b, *std::move(batch));
   }
 }
 
 std::optional<Batch> BatchLoader::Next() {
   absl::MutexLock lock(&mu_);
   if (next_to_take_ >= num_batches_) return std::nullopt;
-  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ready_.count(next_to_take_) > 0; };
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return ready_.count(next_to_take_) > 0 || !error_.empty();
+  };
   const auto start = std::chrono::steady_clock::now();
   mu_.Await(absl::Condition(&ready));
   wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (ready_.count(next_to_take_) == 0) throw std::runtime_error(error_);
   auto it = ready_.find(next_to_take_);
   Batch batch = std::move(it->second);
   ready_.erase(it);

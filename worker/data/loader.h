@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -44,6 +45,8 @@ class BatchLoader {
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
 
+  // The next batch in order; nullopt after the last. Throws
+  // std::runtime_error when a batch could not be made.
   std::optional<Batch> Next();
   int64_t num_batches() const { return num_batches_; }
   double wait_seconds() const { return wait_seconds_; }
@@ -63,6 +66,8 @@ class BatchLoader {
   int64_t next_to_take_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::map<int64_t, Batch> ready_ ABSL_GUARDED_BY(mu_);
+  // The first failure of a worker (an image that no longer decodes).
+  std::string error_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_;
 };
 

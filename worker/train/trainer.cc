@@ -212,6 +212,8 @@ absl::Status PrepareModel(const pb::ResolvedJob& job, const std::vector<std::str
           absl::StrCat("model ", job.weights_model_id(), " is not a finetuned classifier"));
     }
     backbone->module = source.attr("backbone").toModule();
+    FT_ASSIGN_OR_RETURN(backbone->normalization,
+                        NormalizationFromModule(source, absl::StrCat("model ", job.weights_model_id())));
     if (spec.backbone() == kTorchScriptBackbone) {
       backbone->name = kTorchScriptBackbone;
       backbone->feature_dim = source.attr("head").toModule().attr("weight").toTensor().size(1);
@@ -275,9 +277,17 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   decode.max_short_side = EvalResizeSize(spec.image_size());
   decode.threads = std::max(1, torch::get_num_threads());
   decode.skip_bad = spec.on_bad_image() == "skip";
+  decode.cache_budget_bytes = options.decode_cache_bytes;
   const auto load_start = Clock::now();
   FT_ASSIGN_OR_RETURN(ImageSet train_set, DecodeSamples(layout.train, decode));
+  // One budget for all the job's images: what training kept is spent.
+  if (decode.cache_budget_bytes >= 0) {
+    decode.cache_budget_bytes = std::max<int64_t>(0, decode.cache_budget_bytes - train_set.cached_bytes);
+  }
   FT_ASSIGN_OR_RETURN(ImageSet val_set, DecodeSamples(layout.val, decode));
+  if (decode.cache_budget_bytes >= 0) {
+    decode.cache_budget_bytes = std::max<int64_t>(0, decode.cache_budget_bytes - val_set.cached_bytes);
+  }
   const int64_t num_classes = static_cast<int64_t>(layout.classes.size());
   TrainResult result;
   for (const ImageSet* set : {&train_set, &val_set}) {
@@ -293,6 +303,12 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   }
   info(absl::StrFormat("%d classes, %d train and %d val images (val: %s), decoded in %.1fs", num_classes,
                        train_set.images.size(), val_set.images.size(), layout.val_source, Seconds(load_start)));
+  if (train_set.uncached + val_set.uncached > 0) {
+    info(absl::StrFormat(
+        "decode cache full (%.0f MiB kept): %d of %d images are decoded again every epoch (worker --decode-cache-mb)",
+        (train_set.cached_bytes + val_set.cached_bytes) / 1048576.0, train_set.uncached + val_set.uncached,
+        train_set.size() + val_set.size()));
+  }
   if (cancelled()) return TrainResult{true, {}, {}, {}};
 
   // Model.
@@ -308,6 +324,25 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   train_loader_options.transform.image_size = spec.image_size();
   train_loader_options.transform.train = spec.augment() != "none";
   if (spec.augment() == "light") train_loader_options.transform.min_scale = 0.5f;
+  train_loader_options.transform.color_jitter = spec.color_jitter();
+  train_loader_options.transform.rotation_degrees = spec.rotation_degrees();
+  // Normalisation: the job's, else what the weights say, else ImageNet's.
+  Normalization norm = backbone.normalization.value_or(Normalization());
+  if (spec.mean_size() > 0) {
+    FT_ASSIGN_OR_RETURN(norm, MakeNormalization(std::vector<double>(spec.mean().begin(), spec.mean().end()),
+                                                std::vector<double>(spec.std().begin(), spec.std().end()),
+                                                "the job's mean and std"));
+  }
+  train_loader_options.transform.mean = norm.mean;
+  train_loader_options.transform.std = norm.std;
+  info(absl::StrFormat("input normalisation: mean [%.4g, %.4g, %.4g], std [%.4g, %.4g, %.4g] (from %s)", norm.mean[0],
+                       norm.mean[1], norm.mean[2], norm.std[0], norm.std[1], norm.std[2], norm.source));
+  // The model carries it too, for model:// jobs and for users.
+  for (const auto& [name, values] : {std::pair<const char*, std::array<float, 3>>{"mean", norm.mean},
+                                     std::pair<const char*, std::array<float, 3>>{"std", norm.std}}) {
+    model.register_attribute(name, c10::ListType::ofFloats(),
+                             c10::List<double>(std::vector<double>(values.begin(), values.end())));
+  }
   train_loader_options.threads = options.loader_threads;
   train_loader_options.pin_memory = options.device.is_cuda();
   LoaderOptions eval_loader_options = train_loader_options;

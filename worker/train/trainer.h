@@ -33,6 +33,9 @@ struct TrainerOptions {
   // Seconds between progress events.
   double progress_interval_seconds = 2.0;
   int loader_threads = 1;
+  // Decoded training and validation images kept in memory, at most; the
+  // rest are decoded again every epoch. Negative: no limit.
+  int64_t decode_cache_bytes = -1;
 };
 
 struct TrainResult {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <map>
 #include <new>
 #include <set>
 #include <string>
@@ -102,7 +103,8 @@ struct Entry {
   uint64_t end;
 };
 
-absl::StatusOr<std::vector<NamedTensor>> Parse(absl::string_view bytes, const std::string& what) {
+absl::StatusOr<std::vector<NamedTensor>> Parse(absl::string_view bytes, const std::string& what,
+                                               std::map<std::string, std::string>* metadata) {
   if (bytes.size() < 8) {
     return absl::DataLossError(
         absl::StrCat(what, ": truncated safetensors: shorter than the 8-byte header length"));
@@ -172,6 +174,7 @@ absl::StatusOr<std::vector<NamedTensor>> Parse(absl::string_view bytes, const st
           return absl::InvalidArgumentError(absl::StrCat(what, ": __metadata__ value ",
                                                          Quote(m.key()), " is not a string"));
         }
+        if (metadata != nullptr) (*metadata)[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
@@ -257,15 +260,18 @@ absl::StatusOr<std::vector<NamedTensor>> Parse(absl::string_view bytes, const st
 }  // namespace
 
 absl::StatusOr<std::vector<NamedTensor>> ParseSafetensors(absl::string_view bytes,
-                                                          const std::string& what_for_errors) {
-  return weights_internal::GuardExceptions<c10::Error>(what_for_errors, [&] { return Parse(bytes, what_for_errors); });
+                                                          const std::string& what_for_errors,
+                                                          std::map<std::string, std::string>* metadata) {
+  return weights_internal::GuardExceptions<c10::Error>(
+      what_for_errors, [&] { return Parse(bytes, what_for_errors, metadata); });
 }
 
-absl::StatusOr<std::vector<NamedTensor>> ReadSafetensors(const std::string& path) {
+absl::StatusOr<std::vector<NamedTensor>> ReadSafetensors(const std::string& path,
+                                                         std::map<std::string, std::string>* metadata) {
   return weights_internal::GuardExceptions<c10::Error>(
       path, [&]() -> absl::StatusOr<std::vector<NamedTensor>> {
         FT_ASSIGN_OR_RETURN(std::string bytes, util::ReadFile(path, kMaxFileBytes));
-        return ParseSafetensors(bytes, path);
+        return ParseSafetensors(bytes, path, metadata);
       });
 }
 
