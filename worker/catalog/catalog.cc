@@ -6,8 +6,12 @@ namespace ft::catalog {
 
 const std::vector<BackboneInfo>& Backbones() {
   static const auto* kBackbones = new std::vector<BackboneInfo>{
-      {"resnet18", {"stem", "layer1", "layer2", "layer3", "layer4"}, 512, {"resnet18-f37072fd.pth"}},
-      {"resnet34", {"stem", "layer1", "layer2", "layer3", "layer4"}, 512, {"resnet34-b627a593.pth"}},
+      // After the newest name, the names older torchvision releases gave the
+      // same weights; those files are mostly in torch.save's legacy format.
+      {"resnet18", {"stem", "layer1", "layer2", "layer3", "layer4"}, 512,
+       {"resnet18-f37072fd.pth", "resnet18-5c106cde.pth"}},
+      {"resnet34", {"stem", "layer1", "layer2", "layer3", "layer4"}, 512,
+       {"resnet34-b627a593.pth", "resnet34-333f7ec4.pth"}},
       {"resnet50",
        {"stem", "layer1", "layer2", "layer3", "layer4"},
        2048,
@@ -21,11 +25,11 @@ const std::vector<BackboneInfo>& Backbones() {
       {"wide_resnet50_2", {"stem", "layer1", "layer2", "layer3", "layer4"}, 2048,
        {"wide_resnet50_2-9ba9bcbe.pth", "wide_resnet50_2-95faca4d.pth"}},
       {"vgg11", {"block1", "block2", "block3", "block4", "block5", "classifier"}, 4096,
-       {"vgg11-8a719046.pth"}},
+       {"vgg11-8a719046.pth", "vgg11-bbd30ac9.pth"}},
       {"vgg11_bn", {"block1", "block2", "block3", "block4", "block5", "classifier"}, 4096,
        {"vgg11_bn-6002323d.pth"}},
       {"vgg13", {"block1", "block2", "block3", "block4", "block5", "classifier"}, 4096,
-       {"vgg13-19584684.pth"}},
+       {"vgg13-19584684.pth", "vgg13-c768596a.pth"}},
       {"vgg13_bn", {"block1", "block2", "block3", "block4", "block5", "classifier"}, 4096,
        {"vgg13_bn-abd245e5.pth"}},
       {"vgg16", {"block1", "block2", "block3", "block4", "block5", "classifier"}, 4096,

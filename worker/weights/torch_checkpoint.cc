@@ -50,6 +50,13 @@ constexpr size_t kMaxGlobalLine = 256;
 constexpr uint64_t kMaxOutputFactor = 4;
 constexpr uint64_t kOutputSlackBytes = uint64_t{1} << 20;
 
+// The legacy format (torch.save(..., _use_new_zipfile_serialization=False),
+// and every torch.save before 1.6) is five pickles in a row, then the
+// storages' bytes. The first pickle is this 80-bit int (LONG1, 10 bytes);
+// the second is the format's protocol version.
+constexpr char kLegacyMagic[] = "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+constexpr int64_t kLegacyProtocolVersion = 1001;
+
 bool ValidUtf8(absl::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
@@ -117,7 +124,9 @@ struct Value {
   double f = 0;
 };
 
-enum class GlobalKind { kOrderedDict, kRebuildTensorV2, kRebuildParameter, kStorageType };
+enum class GlobalKind {
+  kOrderedDict, kRebuildTensor, kRebuildTensorV2, kRebuildParameter, kStorageType,
+};
 
 struct Global {
   GlobalKind kind;
@@ -130,9 +139,13 @@ struct Dict {
 };
 
 struct Storage {
-  ZipEntry* entry;
   at::ScalarType dtype;
   int64_t numel;
+  // Its bytes: a zip record (which may be longer than numel elements), or
+  // in a legacy file exactly numel elements, known once the data section
+  // after the pickles is read (`resolved`).
+  absl::string_view bytes;
+  bool resolved = false;
 };
 
 struct TensorSpec {
@@ -170,27 +183,55 @@ constexpr uint8_t kEmptyDict = '}', kEmptyList = ']', kEmptyTuple = ')', kTuple 
                   kTuple1 = 0x85, kTuple2 = 0x86, kTuple3 = 0x87;
 constexpr uint8_t kAppend = 'a', kAppends = 'e', kSetItem = 's', kSetItems = 'u';
 constexpr uint8_t kBinUnicode = 'X', kShortBinUnicode = 0x8c, kBinUnicode8 = 0x8d;
+constexpr uint8_t kBinString = 'T', kShortBinString = 'U';  // Python 2 str
 constexpr uint8_t kBinInt = 'J', kBinInt1 = 'K', kBinInt2 = 'M', kLong1 = 0x8a,
                   kBinFloat = 'G';
 constexpr uint8_t kNewTrue = 0x88, kNewFalse = 0x89, kNone = 'N';
 constexpr uint8_t kReduce = 'R', kBuild = 'b', kBinPersId = 'Q';
 }  // namespace op
 
+// One Unpickler reads every pickle of one checkpoint: the arenas, the
+// storages and the caps are shared, and each pickle gets a fresh memo and
+// stack, as each pickle.load() does in Python.
 class Unpickler {
  public:
-  Unpickler(absl::string_view pickle, ZipArchive* zip, std::string prefix, const std::string& what)
-      : in_(pickle), zip_(zip), prefix_(std::move(prefix)), what_(what) {}
+  // `zip` (borrowed) holds the storage records, under `prefix`data/; nullptr
+  // for a legacy file, whose storages come from ReadLegacyStorages.
+  // `file_size` bounds what the tensors may add up to.
+  Unpickler(ZipArchive* zip, std::string prefix, uint64_t file_size, const std::string& what)
+      : zip_(zip), prefix_(std::move(prefix)), file_size_(file_size), what_(what) {}
 
-  absl::StatusOr<std::vector<NamedTensor>> Run();
+  // Runs the pickle at the start of `in` up to its STOP and returns what it
+  // built; *end is the offset after the STOP. `name` names the pickle in
+  // errors. Reads at most kMaxPickleBytes of `in`.
+  absl::StatusOr<Value> Load(absl::string_view in, std::string name, uint64_t* end);
+
+  // A legacy file's data section, `data` (after the last pickle): for each
+  // of `keys` (a loaded list of storage keys) in order, an int64 element
+  // count and that many elements. Every key must be one a tensor used, and
+  // every storage a tensor used must be there.
+  absl::Status ReadLegacyStorages(const Value& keys, absl::string_view data, uint64_t data_offset);
+
+  // `root`, a loaded dict of tensors, as NamedTensors in the dict's order.
+  absl::StatusOr<std::vector<NamedTensor>> StateDict(const Value& root);
 
  private:
   absl::Status Corrupt(absl::string_view detail) const {
-    return absl::DataLossError(absl::StrCat(what_, ": corrupt data.pkl: ", detail,
+    return absl::DataLossError(absl::StrCat(what_, ": corrupt ", name_, ": ", detail,
                                             " (opcode at offset ", op_pos_, ")"));
   }
   absl::Status Unsupported(absl::string_view detail) const {
-    return absl::InvalidArgumentError(absl::StrCat(what_, ": ", detail, " (data.pkl offset ",
+    return absl::InvalidArgumentError(absl::StrCat(what_, ": ", detail, " (", name_, " offset ",
                                                    op_pos_, ")"));
+  }
+  // Running off the end of the input: a truncated pickle, or one longer
+  // than Load reads.
+  absl::Status PastEnd(absl::string_view detail) const {
+    if (clipped_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what_, ": ", name_, " is larger than the limit of ", kMaxPickleBytes, " bytes"));
+    }
+    return absl::DataLossError(absl::StrCat(what_, ": truncated ", name_, ": ", detail));
   }
 
   absl::Status Step(uint8_t code);
@@ -213,17 +254,27 @@ class Unpickler {
   absl::Status SetItem(Dict& dict, const Value& key, const Value& value);
   absl::Status Memoize(uint64_t index);
   absl::Status Reduce(const Value& callable, const Value& args, Value* result);
+  absl::Status OrderedDict(const std::vector<Value>& args, Value* result);
   absl::Status PersistentLoad(const Value& pid, Value* result);
-  absl::Status RebuildTensor(const std::vector<Value>& args, Value* result);
+  absl::Status ZipStorage(const std::string& key, at::ScalarType dtype, int64_t numel,
+                          Value* result);
+  absl::Status LegacyStorage(const std::string& key, at::ScalarType dtype, int64_t numel,
+                             Value* result);
+  absl::Status RebuildTensor(const std::vector<Value>& args, bool v2, Value* result);
   absl::Status IntTuple(const Value& v, absl::string_view what, std::vector<int64_t>* out);
   absl::StatusOr<at::Tensor> Materialize(const TensorSpec& spec, const std::string& name);
 
-  absl::string_view in_;
-  uint64_t pos_ = 0;
-  uint64_t op_pos_ = 0;
   ZipArchive* zip_;
   std::string prefix_;
+  uint64_t file_size_;
   const std::string& what_;
+
+  // The pickle Load is running.
+  absl::string_view in_;
+  std::string name_;
+  bool clipped_ = false;
+  uint64_t pos_ = 0;
+  uint64_t op_pos_ = 0;
 
   std::vector<Value> stack_;
   std::vector<size_t> marks_;
@@ -236,15 +287,15 @@ class Unpickler {
   std::vector<Dict> dicts_;
   std::vector<Global> globals_;
   std::vector<Storage> storages_;
+  std::unordered_map<std::string, size_t> legacy_storages_;  // key -> storages_ index
   std::vector<TensorSpec> tensors_;
   uint64_t output_bytes_ = 0;
 };
 
 absl::Status Unpickler::Take(uint64_t n, absl::string_view* out) {
   if (n > in_.size() - pos_) {
-    return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: opcode at offset ",
-                                            op_pos_, " needs ", n, " bytes at offset ", pos_,
-                                            ", the pickle has ", in_.size()));
+    return PastEnd(absl::StrCat("opcode at offset ", op_pos_, " needs ", n, " bytes at offset ",
+                                pos_, ", the input has ", in_.size()));
   }
   *out = in_.substr(pos_, n);
   pos_ += n;
@@ -265,7 +316,7 @@ absl::Status Unpickler::TakeLine(absl::string_view* out) {
   const size_t nl = rest.find('\n');
   if (nl == rest.npos) {
     if (rest.size() <= kMaxGlobalLine) {
-      return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: unterminated GLOBAL"));
+      return PastEnd("unterminated GLOBAL");
     }
     return Corrupt("GLOBAL name too long");
   }
@@ -345,6 +396,8 @@ absl::Status Unpickler::PushGlobal(absl::string_view module, absl::string_view n
   Global g{GlobalKind::kOrderedDict, at::kFloat};
   if (module == "collections" && name == "OrderedDict") {
     g.kind = GlobalKind::kOrderedDict;
+  } else if (module == "torch._utils" && name == "_rebuild_tensor") {
+    g.kind = GlobalKind::kRebuildTensor;  // torch before 0.4, in legacy files
   } else if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
     g.kind = GlobalKind::kRebuildTensorV2;
   } else if (module == "torch._utils" && name == "_rebuild_parameter") {
@@ -355,7 +408,7 @@ absl::Status Unpickler::PushGlobal(absl::string_view module, absl::string_view n
     return Unsupported(absl::StrCat(
         "forbidden pickle global ", Quote(absl::StrCat(module, ".", name)),
         "; a state_dict checkpoint may only use collections.OrderedDict, "
-        "torch._utils._rebuild_tensor_v2/_rebuild_parameter and torch storage types"));
+        "torch._utils._rebuild_tensor(_v2)/_rebuild_parameter and torch storage types"));
   }
   FT_RETURN_IF_ERROR(CountObject());
   globals_.push_back(g);
@@ -413,9 +466,15 @@ absl::Status Unpickler::IntTuple(const Value& v, absl::string_view what,
   return absl::OkStatus();
 }
 
+// A storage's persistent id: ('storage', type, key, location, numel) in a
+// zip, with a sixth item, view_metadata, in a legacy file.
 absl::Status Unpickler::PersistentLoad(const Value& pid, Value* result) {
-  if (pid.kind != Kind::kTuple || seqs_[static_cast<size_t>(pid.i)].size() != 5) {
-    return Corrupt("persistent id is not a 5-tuple ('storage', type, key, location, numel)");
+  const size_t want = zip_ != nullptr ? 5 : 6;
+  if (pid.kind != Kind::kTuple || seqs_[static_cast<size_t>(pid.i)].size() != want) {
+    return Corrupt(zip_ != nullptr
+                       ? "persistent id is not a 5-tuple ('storage', type, key, location, numel)"
+                       : "persistent id is not a 6-tuple "
+                         "('storage', type, key, location, numel, view_metadata)");
   }
   const std::vector<Value>& t = seqs_[static_cast<size_t>(pid.i)];
   if (t[0].kind != Kind::kStr || strings_[static_cast<size_t>(t[0].i)] != "storage") {
@@ -431,6 +490,19 @@ absl::Status Unpickler::PersistentLoad(const Value& pid, Value* result) {
   }
   const at::ScalarType dtype = globals_[static_cast<size_t>(t[1].i)].dtype;
   const std::string& key = strings_[static_cast<size_t>(t[2].i)];
+  if (zip_ != nullptr) return ZipStorage(key, dtype, t[4].i, result);
+  if (t[5].kind != Kind::kNone) {
+    // torch.save writes view_metadata only for a storage saved as a slice
+    // of another, which a state_dict of tensors never holds.
+    return Unsupported(absl::StrCat("storage ", Quote(key),
+                                    " is a view of another storage (view_metadata is not None); "
+                                    "not supported"));
+  }
+  return LegacyStorage(key, dtype, t[4].i, result);
+}
+
+absl::Status Unpickler::ZipStorage(const std::string& key, at::ScalarType dtype, int64_t numel,
+                                   Value* result) {
   ZipEntry* entry = zip_->Find(absl::StrCat(prefix_, "data/", key));
   if (entry == nullptr) {
     return absl::DataLossError(
@@ -438,30 +510,59 @@ absl::Status Unpickler::PersistentLoad(const Value& pid, Value* result) {
                      Quote(absl::StrCat(prefix_, "data/", key)), " in the zip"));
   }
   uint64_t nbytes = 0;
-  if (!CheckedBytes(t[4].i, c10::elementSize(dtype), &nbytes) || nbytes > entry->size) {
-    return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " of ", t[4].i, " ",
+  if (!CheckedBytes(numel, c10::elementSize(dtype), &nbytes) || nbytes > entry->size) {
+    return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " of ", numel, " ",
                                             c10::toString(dtype), " elements needs more than the ",
                                             entry->size, " bytes of its record"));
   }
-  FT_RETURN_IF_ERROR(zip_->Contents(*entry).status());  // CRC check, once per record
+  // CRC check, once per record.
+  FT_ASSIGN_OR_RETURN(absl::string_view record, zip_->Contents(*entry));
   FT_RETURN_IF_ERROR(CountObject());
-  storages_.push_back(Storage{entry, dtype, t[4].i});
+  storages_.push_back(Storage{dtype, numel, record, /*resolved=*/true});
+  *result = Value{Kind::kStorage, static_cast<int64_t>(storages_.size() - 1), 0};
+  return absl::OkStatus();
+}
+
+// A legacy file's storage bytes follow the pickles, so here a storage is
+// only named; every tensor on it gets the same Storage.
+absl::Status Unpickler::LegacyStorage(const std::string& key, at::ScalarType dtype, int64_t numel,
+                                      Value* result) {
+  auto it = legacy_storages_.find(key);
+  if (it != legacy_storages_.end()) {
+    const Storage& known = storages_[it->second];
+    if (known.dtype != dtype || known.numel != numel) {
+      return Corrupt(absl::StrCat("storage ", Quote(key), " is named with two types or sizes"));
+    }
+    *result = Value{Kind::kStorage, static_cast<int64_t>(it->second), 0};
+    return absl::OkStatus();
+  }
+  uint64_t nbytes = 0;
+  if (!CheckedBytes(numel, c10::elementSize(dtype), &nbytes) || nbytes > file_size_) {
+    return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " of ", numel, " ",
+                                            c10::toString(dtype), " elements needs more than the ",
+                                            file_size_, " bytes of the file"));
+  }
+  FT_RETURN_IF_ERROR(CountObject());
+  storages_.push_back(Storage{dtype, numel, absl::string_view(), /*resolved=*/false});
+  legacy_storages_.emplace(key, storages_.size() - 1);
   *result = Value{Kind::kStorage, static_cast<int64_t>(storages_.size() - 1), 0};
   return absl::OkStatus();
 }
 
 // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-//                    backward_hooks[, metadata])
-absl::Status Unpickler::RebuildTensor(const std::vector<Value>& args, Value* result) {
-  if (args.size() != 6 && args.size() != 7) {
-    return Corrupt(absl::StrCat("_rebuild_tensor_v2 called with ", args.size(), " arguments"));
+//                    backward_hooks[, metadata]), or with `v2` false
+// _rebuild_tensor(storage, storage_offset, size, stride).
+absl::Status Unpickler::RebuildTensor(const std::vector<Value>& args, bool v2, Value* result) {
+  const char* fn = v2 ? "_rebuild_tensor_v2" : "_rebuild_tensor";
+  if (v2 ? args.size() != 6 && args.size() != 7 : args.size() != 4) {
+    return Corrupt(absl::StrCat(fn, " called with ", args.size(), " arguments"));
   }
-  if (args[0].kind != Kind::kStorage) return Corrupt("_rebuild_tensor_v2 without a storage");
+  if (args[0].kind != Kind::kStorage) return Corrupt(absl::StrCat(fn, " without a storage"));
   if (args[1].kind != Kind::kInt || args[1].i < 0) {
     return Corrupt("tensor storage offset is not a non-negative integer");
   }
-  if (args[4].kind != Kind::kBool) return Corrupt("tensor requires_grad is not a bool");
-  if (args[5].kind != Kind::kDict) return Corrupt("tensor backward_hooks is not a dict");
+  if (v2 && args[4].kind != Kind::kBool) return Corrupt("tensor requires_grad is not a bool");
+  if (v2 && args[5].kind != Kind::kDict) return Corrupt("tensor backward_hooks is not a dict");
   if (args.size() == 7 && args[6].kind != Kind::kDict && args[6].kind != Kind::kNone) {
     return Corrupt("tensor metadata is not a dict");
   }
@@ -503,6 +604,25 @@ absl::Status Unpickler::RebuildTensor(const std::vector<Value>& args, Value* res
   return absl::OkStatus();
 }
 
+// OrderedDict() as Python 3 pickles it (the items follow as SETITEMS), or
+// OrderedDict([[key, value], ...]) as Python 2 does.
+absl::Status Unpickler::OrderedDict(const std::vector<Value>& args, Value* result) {
+  FT_RETURN_IF_ERROR(NewDict(result));
+  if (args.empty()) return absl::OkStatus();
+  if (args.size() != 1 || (args[0].kind != Kind::kList && args[0].kind != Kind::kTuple)) {
+    return Unsupported("OrderedDict built from arguments other than a list of pairs");
+  }
+  for (const Value& pair : seqs_[static_cast<size_t>(args[0].i)]) {
+    if ((pair.kind != Kind::kList && pair.kind != Kind::kTuple) ||
+        seqs_[static_cast<size_t>(pair.i)].size() != 2) {
+      return Corrupt("OrderedDict item is not a (key, value) pair");
+    }
+    const std::vector<Value>& kv = seqs_[static_cast<size_t>(pair.i)];
+    FT_RETURN_IF_ERROR(SetItem(dicts_[static_cast<size_t>(result->i)], kv[0], kv[1]));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Unpickler::Reduce(const Value& callable, const Value& args, Value* result) {
   if (callable.kind != Kind::kGlobal) {
     return Corrupt(absl::StrCat("REDUCE on a ", KindName(callable.kind)));
@@ -511,10 +631,11 @@ absl::Status Unpickler::Reduce(const Value& callable, const Value& args, Value* 
   const std::vector<Value>& a = seqs_[static_cast<size_t>(args.i)];
   switch (globals_[static_cast<size_t>(callable.i)].kind) {
     case GlobalKind::kOrderedDict:
-      if (!a.empty()) return Unsupported("OrderedDict built from arguments");
-      return NewDict(result);
+      return OrderedDict(a, result);
+    case GlobalKind::kRebuildTensor:
     case GlobalKind::kRebuildTensorV2:
-      return RebuildTensor(a, result);
+      return RebuildTensor(a, globals_[static_cast<size_t>(callable.i)].kind ==
+                                  GlobalKind::kRebuildTensorV2, result);
     case GlobalKind::kRebuildParameter:
       // _rebuild_parameter(data, requires_grad, backward_hooks): the data is all we keep.
       if (a.size() != 3 || a[0].kind != Kind::kTensor) {
@@ -647,6 +768,13 @@ absl::Status Unpickler::Step(uint8_t code) {
           TakeLe(code == op::kShortBinUnicode ? 1 : code == op::kBinUnicode ? 4 : 8, &n));
       FT_RETURN_IF_ERROR(Take(n, &s));
       return PushString(s);
+    case op::kBinString:
+    case op::kShortBinString:
+      // Python 2's str; torch.load decodes it as UTF-8, as PushString checks.
+      FT_RETURN_IF_ERROR(TakeLe(code == op::kShortBinString ? 1 : 4, &n));
+      if (n > INT32_MAX) return Corrupt("BINSTRING with a negative length");
+      FT_RETURN_IF_ERROR(Take(n, &s));
+      return PushString(s);
     case op::kBinInt:
       FT_RETURN_IF_ERROR(TakeLe(4, &n));
       return Push(Value{Kind::kInt, static_cast<int32_t>(static_cast<uint32_t>(n)), 0});
@@ -708,7 +836,8 @@ absl::StatusOr<at::Tensor> Unpickler::Materialize(const TensorSpec& spec, const 
   int64_t numel = 0;
   CheckedNumel(spec.sizes, &numel);  // checked in RebuildTensor
   if (numel == 0) return at::empty(spec.sizes, at::TensorOptions().dtype(storage.dtype));
-  FT_ASSIGN_OR_RETURN(absl::string_view record, zip_->Contents(*storage.entry));
+  if (!storage.resolved) return absl::DataLossError(absl::StrCat(what, ": its storage is missing"));
+  const absl::string_view record = storage.bytes;
 
   bool contiguous = true;
   int64_t expected = 1;
@@ -719,8 +848,8 @@ absl::StatusOr<at::Tensor> Unpickler::Materialize(const TensorSpec& spec, const 
     last += (spec.sizes[d] - 1) * spec.strides[d];
   }
   // Elements [offset, last] of the storage back the view; RebuildTensor
-  // checked that last < storage.numel, and PersistentLoad that the storage
-  // fits its record. Check again before touching memory.
+  // checked that last < storage.numel, and ZipStorage or ReadLegacyStorages
+  // that the storage fits its bytes. Check again before touching memory.
   const uint64_t span = contiguous ? static_cast<uint64_t>(numel)
                                    : static_cast<uint64_t>(last - spec.offset) + 1;
   const uint64_t begin = static_cast<uint64_t>(spec.offset) * element_size;
@@ -729,7 +858,7 @@ absl::StatusOr<at::Tensor> Unpickler::Materialize(const TensorSpec& spec, const 
       !InRange(begin, span_bytes, record.size())) {
     return absl::DataLossError(absl::StrCat(what, " lies outside its storage record"));
   }
-  const uint64_t limit = kMaxOutputFactor * zip_->file_size() + kOutputSlackBytes;
+  const uint64_t limit = kMaxOutputFactor * file_size_ + kOutputSlackBytes;
   uint64_t out_bytes = 0;
   if (!CheckedBytes(numel, element_size, &out_bytes) || out_bytes > limit - output_bytes_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -744,12 +873,18 @@ absl::StatusOr<at::Tensor> Unpickler::Materialize(const TensorSpec& spec, const 
   return flat.as_strided(spec.sizes, spec.strides, 0).clone(at::MemoryFormat::Contiguous);
 }
 
-absl::StatusOr<std::vector<NamedTensor>> Unpickler::Run() {
+absl::StatusOr<Value> Unpickler::Load(absl::string_view in, std::string name, uint64_t* end) {
+  in_ = in.substr(0, kMaxPickleBytes);
+  clipped_ = in_.size() < in.size();
+  name_ = std::move(name);
+  pos_ = 0;
+  op_pos_ = 0;
+  stack_.clear();
+  marks_.clear();
+  memo_.clear();
   Value result;
   for (;;) {
-    if (pos_ >= in_.size()) {
-      return absl::DataLossError(absl::StrCat(what_, ": truncated data.pkl: no STOP opcode"));
-    }
+    if (pos_ >= in_.size()) return PastEnd("no STOP opcode");
     op_pos_ = pos_;
     const uint8_t code = static_cast<uint8_t>(in_[pos_++]);
     if (code == op::kStop) {
@@ -758,15 +893,79 @@ absl::StatusOr<std::vector<NamedTensor>> Unpickler::Run() {
     }
     FT_RETURN_IF_ERROR(Step(code));
   }
-  if (pos_ != in_.size()) return Corrupt("bytes after STOP");
   if (!stack_.empty() || !marks_.empty()) return Corrupt("values left on the stack at STOP");
+  *end = pos_;
+  return result;
+}
 
-  if (result.kind != Kind::kDict) {
+absl::Status Unpickler::ReadLegacyStorages(const Value& keys, absl::string_view data,
+                                           uint64_t data_offset) {
+  if (keys.kind != Kind::kList) {
+    return absl::DataLossError(absl::StrCat(what_, ": the legacy storage key pickle holds a ",
+                                            KindName(keys.kind), ", not a list"));
+  }
+  uint64_t pos = 0;
+  for (const Value& k : seqs_[static_cast<size_t>(keys.i)]) {
+    if (k.kind != Kind::kStr) {
+      return absl::DataLossError(absl::StrCat(what_, ": the legacy storage key list holds a ",
+                                              KindName(k.kind)));
+    }
+    const std::string& key = strings_[static_cast<size_t>(k.i)];
+    auto it = legacy_storages_.find(key);
+    if (it == legacy_storages_.end()) {
+      return absl::DataLossError(
+          absl::StrCat(what_, ": storage ", Quote(key), " is listed but no tensor uses it"));
+    }
+    Storage& storage = storages_[it->second];
+    if (storage.resolved) {
+      return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " is listed twice"));
+    }
+    const uint64_t at = data_offset + pos;
+    if (data.size() - pos < sizeof(int64_t)) {
+      return absl::DataLossError(absl::StrCat(what_, ": truncated: storage ", Quote(key),
+                                              " needs an element count at offset ", at,
+                                              ", the file ends at ", data_offset + data.size()));
+    }
+    int64_t count = 0;
+    std::memcpy(&count, data.data() + pos, sizeof count);  // little-endian, as the host
+    if (count != storage.numel) {
+      return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key), " at offset ", at,
+                                              " holds ", count, " elements, its tensors say ",
+                                              storage.numel));
+    }
+    pos += sizeof(int64_t);
+    uint64_t nbytes = 0;
+    CheckedBytes(storage.numel, c10::elementSize(storage.dtype), &nbytes);  // LegacyStorage checked
+    if (nbytes > data.size() - pos) {
+      return absl::DataLossError(absl::StrCat(
+          what_, ": truncated: storage ", Quote(key), " needs ", nbytes, " bytes at offset ",
+          data_offset + pos, ", the file ends at ", data_offset + data.size()));
+    }
+    storage.bytes = data.substr(pos, nbytes);
+    storage.resolved = true;
+    pos += nbytes;
+  }
+  for (const auto& [key, index] : legacy_storages_) {
+    if (!storages_[index].resolved) {
+      return absl::DataLossError(absl::StrCat(what_, ": storage ", Quote(key),
+                                              " is used by a tensor but missing from the file"));
+    }
+  }
+  if (pos != data.size()) {
+    return absl::DataLossError(absl::StrCat(what_, ": ", data.size() - pos,
+                                            " bytes after the last storage, at offset ",
+                                            data_offset + pos));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<NamedTensor>> Unpickler::StateDict(const Value& root) {
+  if (root.kind != Kind::kDict) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what_, ": the checkpoint holds a ", KindName(result.kind),
+        what_, ": the checkpoint holds a ", KindName(root.kind),
         ", not a state_dict; save model.state_dict()"));
   }
-  const Dict& dict = dicts_[static_cast<size_t>(result.i)];
+  const Dict& dict = dicts_[static_cast<size_t>(root.i)];
   std::vector<NamedTensor> out;
   out.reserve(dict.items.size());
   for (const auto& [key, value] : dict.items) {
@@ -789,11 +988,6 @@ absl::StatusOr<std::vector<NamedTensor>> Unpickler::Run() {
 
 absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view bytes,
                                                             const std::string& what) {
-  if (!absl::StartsWith(bytes, absl::string_view("PK\x03\x04", 4))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what,
-        ": not a zip-format torch checkpoint (saved with _use_new_zipfile_serialization=False?)"));
-  }
   FT_ASSIGN_OR_RETURN(ZipArchive zip, ZipArchive::Open(bytes, what));
   // Like torch: every record sits in one folder named after the first record.
   if (zip.entries().empty()) {
@@ -829,15 +1023,91 @@ absl::StatusOr<std::vector<NamedTensor>> ParseZipCheckpoint(absl::string_view by
                                                    kMaxPickleBytes));
   }
   FT_ASSIGN_OR_RETURN(absl::string_view pickle_bytes, zip.Contents(*pickle));
-  Unpickler unpickler(pickle_bytes, &zip, prefix, what);
-  return unpickler.Run();
+  Unpickler unpickler(&zip, prefix, bytes.size(), what);
+  uint64_t end = 0;
+  FT_ASSIGN_OR_RETURN(Value root, unpickler.Load(pickle_bytes, "data.pkl", &end));
+  if (end != pickle_bytes.size()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": corrupt data.pkl: bytes after STOP (offset ", end, ")"));
+  }
+  return unpickler.StateDict(root);
+}
+
+absl::Status NotACheckpoint(const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, ": not a torch checkpoint: not a zip archive (torch.save since 1.6), nor a pickle "
+            "that starts with the magic number of torch.save's legacy format"));
+}
+
+// The legacy format: see kLegacyMagic. The first pickle is matched byte for
+// byte (its int is wider than the VM's); the next three are the protocol
+// version, a sys_info dict (ignored, as torch does) and the state_dict;
+// the fifth lists the storage keys in the order of the data section.
+absl::StatusOr<std::vector<NamedTensor>> ParseLegacyCheckpoint(absl::string_view bytes,
+                                                               const std::string& what) {
+  // PROTO 2..5, then for protocol 4 and up a FRAME around the int.
+  const uint8_t protocol = bytes.size() > 1 ? static_cast<uint8_t>(bytes[1]) : 0;
+  uint64_t pos = 2;
+  if (protocol >= 4 && bytes.size() > 2 && static_cast<uint8_t>(bytes[2]) == op::kFrame) pos += 9;
+  const absl::string_view magic(kLegacyMagic, sizeof(kLegacyMagic) - 1);
+  const absl::string_view got = bytes.substr(std::min<uint64_t>(pos, bytes.size()), magic.size());
+  if (protocol < 2 || protocol > 5 || !absl::StartsWith(magic, got)) return NotACheckpoint(what);
+  if (got.size() < magic.size()) {
+    return absl::DataLossError(absl::StrCat(what, ": truncated: shorter than a torch.save header"));
+  }
+  pos += magic.size();
+
+  Unpickler unpickler(/*zip=*/nullptr, "", bytes.size(), what);
+  uint64_t end = 0;
+  FT_ASSIGN_OR_RETURN(Value version,
+                      unpickler.Load(bytes.substr(pos), "legacy protocol version pickle", &end));
+  pos += end;
+  if (version.kind != Kind::kInt || version.i != kLegacyProtocolVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": legacy format protocol version ",
+        version.kind == Kind::kInt ? absl::StrCat(version.i) : KindName(version.kind),
+        " is not the supported ", kLegacyProtocolVersion));
+  }
+  FT_ASSIGN_OR_RETURN(Value sys_info,
+                      unpickler.Load(bytes.substr(pos), "legacy sys_info pickle", &end));
+  pos += end;
+  if (sys_info.kind != Kind::kDict) {
+    return absl::DataLossError(absl::StrCat(what, ": the legacy sys_info pickle holds a ",
+                                            KindName(sys_info.kind), ", not a dict"));
+  }
+  FT_ASSIGN_OR_RETURN(Value root,
+                      unpickler.Load(bytes.substr(pos), "legacy state_dict pickle", &end));
+  pos += end;
+  FT_ASSIGN_OR_RETURN(Value keys,
+                      unpickler.Load(bytes.substr(pos), "legacy storage key pickle", &end));
+  pos += end;
+  FT_RETURN_IF_ERROR(unpickler.ReadLegacyStorages(keys, bytes.substr(pos), pos));
+  return unpickler.StateDict(root);
+}
+
+absl::StatusOr<std::vector<NamedTensor>> ParseCheckpoint(absl::string_view bytes,
+                                                         const std::string& what) {
+  if (absl::StartsWith(bytes, absl::string_view("PK\x03\x04", 4))) {
+    return ParseZipCheckpoint(bytes, what);
+  }
+  if (!bytes.empty() && static_cast<uint8_t>(bytes[0]) == op::kProto) {
+    return ParseLegacyCheckpoint(bytes, what);
+  }
+  constexpr size_t kTarMagicOffset = 257;
+  if (bytes.size() > kTarMagicOffset && absl::StartsWith(bytes.substr(kTarMagicOffset), "ustar")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": a tar-format torch checkpoint (the earliest torch releases) is not supported; "
+              "load and re-save it with a current torch"));
+  }
+  return NotACheckpoint(what);
 }
 
 }  // namespace
 
 absl::StatusOr<std::vector<NamedTensor>> ParseTorchCheckpoint(absl::string_view bytes,
                                                               const std::string& what_for_errors) {
-  return weights_internal::GuardExceptions<c10::Error>(what_for_errors, [&] { return ParseZipCheckpoint(bytes, what_for_errors); });
+  return weights_internal::GuardExceptions<c10::Error>(
+      what_for_errors, [&] { return ParseCheckpoint(bytes, what_for_errors); });
 }
 
 absl::StatusOr<std::vector<NamedTensor>> ReadTorchCheckpoint(const std::string& path) {

@@ -11,9 +11,11 @@ Run with a Python that has torch and torchvision: /usr/bin/python3 here.
 
 import json
 import os
+import pickle
 import random
 import struct
 import sys
+import tarfile
 import zipfile
 import zlib
 
@@ -83,13 +85,23 @@ def J(n):
     return b"J" + struct.pack("<i", n)
 
 
-def rebuild(storage_type, key, numel, offset, size, stride):
-    return (b"ctorch._utils\n_rebuild_tensor_v2\n("
-            + b"(" + X("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + X(key)
-            + X("cpu") + J(numel) + b"tQ"
-            + J(offset) + b"(" + b"".join(J(x) for x in size) + b"t"
-            + b"(" + b"".join(J(x) for x in stride) + b"t"
-            + b"\x89}tR")
+def U(s):
+    """SHORT_BINSTRING: a str as Python 2 pickles it."""
+    b = s.encode()
+    return b"U" + bytes([len(b)]) + b
+
+
+def rebuild(storage_type, key, numel, offset, size, stride, view=None, v1=False, S=X):
+    """A tensor on a storage; `view` (pickled view_metadata, b"N" for None)
+    makes the 6-tuple persistent id of the legacy format; `v1` calls
+    _rebuild_tensor as torch before 0.4 did; `S` pickles the strings."""
+    pid = (b"(" + S("storage") + b"ctorch\n" + storage_type.encode() + b"\n" + S(key)
+           + S("cpu") + J(numel) + (view if view is not None else b"") + b"tQ")
+    geometry = (J(offset) + b"(" + b"".join(J(x) for x in size) + b"t"
+                + b"(" + b"".join(J(x) for x in stride) + b"t")
+    if v1:
+        return b"ctorch._utils\n_rebuild_tensor\n(" + pid + geometry + b"tR"
+    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + geometry + b"\x89}tR"
 
 
 def state_dict_pickle(items):
@@ -104,6 +116,66 @@ def checkpoint(name, pickle_bytes, records):
 
 def floats(*values):
     return struct.pack("<%df" % len(values), *values)
+
+
+# --- the legacy format, written by hand ----------------------------------
+
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+def legacy(name, state_pickle, keys, storages, version=1001, tail=b"", sys_info=None):
+    """torch.save's legacy layout: magic, version, sys_info, the object, the
+    storage keys, then (int64 element count, bytes) per storage."""
+    if sys_info is None:
+        sys_info = pickle.dumps({"protocol_version": 1001, "little_endian": True,
+                                 "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2)
+    out = (pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(version, protocol=2)
+           + sys_info + state_pickle + pickle.dumps(keys, protocol=2))
+    for count, data in storages:
+        out += struct.pack("<q", count) + data
+    write(name, out + tail)
+
+
+def legacy_storage_counts(name):
+    """Where each storage's element count lies in a legacy file, and the count
+    it must hold, for the test that makes them lie."""
+    sizes = {"FloatStorage": 4, "LongStorage": 8}
+    storages = {}
+
+    class Dict(dict):  # takes BUILD's _metadata
+        pass
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module, name):
+            if name == "OrderedDict":
+                return Dict
+            return name if name in sizes else (lambda *args: args)
+
+        def persistent_load(self, pid):
+            storages[pid[2]] = (sizes[pid[1]], pid[4])
+
+    with open(path(name), "rb") as f:
+        for _ in range(3):
+            pickle.load(f)
+        Reader(f).load()
+        keys = pickle.load(f)
+        out = []
+        for key in keys:
+            size, numel = storages[key]
+            out.append({"key": key, "offset": f.tell(), "numel": numel})
+            assert struct.unpack("<q", f.read(8))[0] == numel
+            f.seek(size * numel, 1)
+        assert f.read() == b""
+    return out
+
+
+def legacy_one(name, numel=4, view=b"N", keys=("0",), storages=((4, floats(1, 2, 3, 4)),),
+               **kwargs):
+    """A legacy file of one tensor w = storage '0'[1:4], breaking what the
+    arguments say."""
+    legacy(name,
+           state_dict_pickle([("w", rebuild("FloatStorage", "0", numel, 1, [3], [1], view=view))]),
+           list(keys), list(storages), **kwargs)
 
 
 # --- safetensors, written by hand ----------------------------------------
@@ -154,6 +226,7 @@ def main():
         model(torch.randn(2, 3, 64, 64))
     sd = model.state_dict()
     torch.save(sd, path("resnet18.pt"))
+    torch.save(sd, path("resnet18_legacy.pt"), _use_new_zipfile_serialization=False)
     write_safetensors("resnet18.safetensors", sd)
     manifest = [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape),
                  "sum": v.double().sum().item(), "first": v.flatten()[0].item()}
@@ -188,6 +261,9 @@ def main():
     }
     torch.save(misc, path("misc.pt"))
     torch.save(misc, path("misc_p4.pt"), pickle_protocol=4)
+    torch.save(misc, path("misc_legacy.pt"), _use_new_zipfile_serialization=False)
+    torch.save(misc, path("misc_legacy_p4.pt"), _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
     write_zip("misc_zip64.pt", zip_records("misc.pt"), zip64=True)
     with zipfile.ZipFile(path("misc_zip64.pt")) as z:  # Python agrees it is a valid zip
         assert z.testzip() is None
@@ -198,6 +274,9 @@ def main():
     small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 3))
     small_sd = small.state_dict()
     torch.save(small_sd, path("small.pt"))
+    torch.save(small_sd, path("small_legacy.pt"), _use_new_zipfile_serialization=False)
+    with open(path("small_legacy.json"), "w") as f:
+        json.dump(legacy_storage_counts("small_legacy.pt"), f)
     for record, data in zip_records("small.pt"):
         os.makedirs(os.path.dirname(path(os.path.join("small_parts", record))), exist_ok=True)
         write(os.path.join("small_parts", record), data)
@@ -205,7 +284,10 @@ def main():
     # --- files that must be rejected ---
     rng = random.Random(0)
     write("random.bin", bytes(rng.randrange(256) for _ in range(4096)))
-    torch.save(small_sd, path("legacy.pt"), _use_new_zipfile_serialization=False)
+    torch.save(small, path("legacy_module.pt"), _use_new_zipfile_serialization=False)
+    write("plain_pickle.pt", pickle.dumps({"w": [1.0, 2.0]}, protocol=2))
+    with tarfile.open(path("tar_format.pt"), "w") as tar:  # the layout before the legacy one
+        tar.add(path("random.bin"), arcname="storages")
     torch.save({"model": small_sd, "epoch": 3}, path("not_state_dict.pt"))
     torch.jit.save(torch.jit.script(small), path("torchscript.pt"))
     with zipfile.ZipFile(path("compressed.pt"), "w", zipfile.ZIP_DEFLATED) as z:
@@ -257,6 +339,42 @@ def main():
     checkpoint("bad_bool.pt",
                state_dict_pickle([("w", rebuild("BoolStorage", "0", 2, 0, [2], [1]))]),
                [("0", b"\x01\x07")])
+
+    # A legacy file as torch before 0.4 writes it from Python 2: str
+    # (SHORT_BINSTRING), OrderedDict([[key, value], ...]), _rebuild_tensor;
+    # two views of one storage.
+    legacy("legacy_py2.pt",
+           b"\x80\x02ccollections\nOrderedDict\n](](" + U("w")
+           + rebuild("FloatStorage", "7", 4, 1, [3], [1], view=b"N", v1=True, S=U)
+           + b"e](" + U("m")
+           + rebuild("FloatStorage", "7", 4, 0, [2, 2], [1, 2], view=b"N", v1=True, S=U)
+           + b"ee\x85R.",
+           ["7"], [(4, floats(1, 2, 3, 4))],
+           sys_info=(b"\x80\x02}(" + U("protocol_version") + b"M\xe9\x03" + U("little_endian")
+                     + b"\x88" + U("type_sizes") + b"}(" + U("short") + b"K\x02" + U("int")
+                     + b"K\x04" + U("long") + b"K\x08uu."))
+    py2 = torch.load(path("legacy_py2.pt"))
+    assert list(py2) == ["w", "m"]
+    assert py2["w"].tolist() == [2.0, 3.0, 4.0] and py2["m"].tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    legacy_one("legacy_handmade.pt")
+    assert torch.load(path("legacy_handmade.pt"))["w"].tolist() == [2.0, 3.0, 4.0]
+
+    # --- legacy files that must be rejected, each breaking one rule ---
+    small_legacy = open(path("small_legacy.pt"), "rb").read()
+    write("legacy_truncated.pt", small_legacy[:-3])
+    write("legacy_bad_magic.pt", small_legacy[:5] + bytes([small_legacy[5] ^ 1]) + small_legacy[6:])
+    legacy_one("legacy_bad_version.pt", version=1002)
+    legacy_one("legacy_view.pt", view=b"(" + X("1") + J(0) + J(4) + b"t")
+    legacy_one("legacy_unlisted.pt", keys=(), storages=())
+    legacy_one("legacy_unreferenced.pt", keys=("0", "9"),
+               storages=((4, floats(1, 2, 3, 4)), (1, floats(5))))
+    legacy_one("legacy_listed_twice.pt", keys=("0", "0"),
+               storages=((4, floats(1, 2, 3, 4)), (4, floats(1, 2, 3, 4))))
+    legacy_one("legacy_wrong_count.pt", storages=((5, floats(1, 2, 3, 4, 5)),))
+    legacy_one("legacy_huge_numel.pt", numel=2 ** 31 - 1,
+               storages=((2 ** 31 - 1, floats(1, 2, 3, 4)),))
+    legacy_one("legacy_short_storage.pt", storages=((4, floats(1, 2, 3)),))
+    legacy_one("legacy_trailing.pt", tail=b"\x00")
 
     # --- safetensors that must be rejected ---
     good = safetensors_bytes(

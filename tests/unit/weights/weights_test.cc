@@ -64,6 +64,19 @@ constexpr int kFuzzIterations = 10000;
 
 std::vector<int64_t> Shape(const torch::Tensor& t) { return t.sizes().vec(); }
 
+// The same names in the same order, with equal dtypes, shapes and values.
+void ExpectSameTensors(const std::vector<NamedTensor>& want, const std::vector<NamedTensor>& got) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    SCOPED_TRACE(want[i].name);
+    EXPECT_EQ(got[i].name, want[i].name);
+    EXPECT_EQ(got[i].tensor.scalar_type(), want[i].tensor.scalar_type());
+    EXPECT_EQ(Shape(got[i].tensor), Shape(want[i].tensor));
+    EXPECT_TRUE(got[i].tensor.is_contiguous());
+    EXPECT_TRUE(torch::equal(got[i].tensor, want[i].tensor));
+  }
+}
+
 // A stored-only zip with correct CRCs, for re-wrapping mutated pickles.
 std::string MakeZip(const std::vector<std::pair<std::string, std::string>>& entries) {
   auto le = [](std::string& out, uint64_t v, int bytes) {
@@ -150,6 +163,22 @@ void Mutate(std::string& bytes, std::mt19937& rng) {
   }
 }
 
+// Feeds kFuzzIterations mutants of `good` to `parse(bytes, what)`,
+// each of which must fail cleanly or parse; returns how many parsed.
+template <typename Parse>
+int FuzzBytes(const std::string& good, uint32_t seed, const std::string& what, Parse parse) {
+  std::mt19937 rng(seed);
+  int ok = 0;
+  for (int i = 0; i < kFuzzIterations; ++i) {
+    std::string bytes = good;
+    Mutate(bytes, rng);
+    auto result = parse(bytes, what);
+    ExpectCleanOutcome(result, what);
+    ok += result.ok();
+  }
+  return ok;
+}
+
 class WeightsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -224,19 +253,23 @@ TEST_F(WeightsTest, ResNet18SafetensorsEqualsCheckpoint) {
   auto from_st = ReadSafetensors(Path("resnet18.safetensors"));
   ASSERT_TRUE(from_pt.ok()) << from_pt.status();
   ASSERT_TRUE(from_st.ok()) << from_st.status();
-  ASSERT_EQ(from_pt->size(), from_st->size());
-  for (size_t i = 0; i < from_pt->size(); ++i) {
-    SCOPED_TRACE((*from_pt)[i].name);
-    EXPECT_EQ((*from_pt)[i].name, (*from_st)[i].name);  // written in state_dict order
-    EXPECT_EQ((*from_pt)[i].tensor.scalar_type(), (*from_st)[i].tensor.scalar_type());
-    EXPECT_TRUE(torch::equal((*from_pt)[i].tensor, (*from_st)[i].tensor));
-  }
+  ExpectSameTensors(*from_pt, *from_st);  // safetensors written in state_dict order
 }
 
-// Every dtype and view layout, read from the three encodings of the same dict.
+// torch.save(..., _use_new_zipfile_serialization=False) of the same state_dict.
+TEST_F(WeightsTest, ResNet18LegacyEqualsZip) {
+  auto from_zip = ReadTorchCheckpoint(Path("resnet18.pt"));
+  auto from_legacy = ReadTorchCheckpoint(Path("resnet18_legacy.pt"));
+  ASSERT_TRUE(from_zip.ok()) << from_zip.status();
+  ASSERT_TRUE(from_legacy.ok()) << from_legacy.status();
+  ExpectSameTensors(*from_zip, *from_legacy);
+}
+
+// Every dtype and view layout, read from the encodings of the same dict.
 TEST_F(WeightsTest, DtypesAndViewsMatchPyTorch) {
   const nlohmann::json want = nlohmann::json::parse(ReadAll(Path("misc.json")));
-  for (const std::string file : {"misc.pt", "misc_p4.pt", "misc_zip64.pt"}) {
+  for (const std::string file :
+       {"misc.pt", "misc_p4.pt", "misc_zip64.pt", "misc_legacy.pt", "misc_legacy_p4.pt"}) {
     SCOPED_TRACE(file);
     auto tensors = ReadTorchCheckpoint(Path(file));
     ASSERT_TRUE(tensors.ok()) << tensors.status();
@@ -270,6 +303,26 @@ TEST_F(WeightsTest, HandWrittenPickleLoads) {
   EXPECT_TRUE(torch::equal((*tensors)[0].tensor, torch::tensor({2.0f, 3.0f, 4.0f})));
 }
 
+// Hand-written legacy files: one tensor on storage '0'[1:4], laid out as
+// torch.save does; and two views of one storage as torch before 0.4 wrote
+// them from Python 2 (Python 2 str, OrderedDict from a list of pairs,
+// _rebuild_tensor). torch.load agrees on both (make_fixtures.py checks).
+TEST_F(WeightsTest, HandWrittenLegacyFilesLoad) {
+  auto one = ReadTorchCheckpoint(Path("legacy_handmade.pt"));
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_TRUE(torch::equal((*one)[0].tensor, torch::tensor({2.0f, 3.0f, 4.0f})));
+
+  auto py2 = ReadTorchCheckpoint(Path("legacy_py2.pt"));
+  ASSERT_TRUE(py2.ok()) << py2.status();
+  ASSERT_EQ(py2->size(), 2u);
+  EXPECT_EQ((*py2)[0].name, "w");
+  EXPECT_TRUE(torch::equal((*py2)[0].tensor, torch::tensor({2.0f, 3.0f, 4.0f})));
+  EXPECT_EQ((*py2)[1].name, "m");
+  EXPECT_TRUE(
+      torch::equal((*py2)[1].tensor, torch::tensor({1.0f, 3.0f, 2.0f, 4.0f}).reshape({2, 2})));
+}
+
 struct BadFile {
   const char* file;
   absl::StatusCode code;
@@ -279,8 +332,9 @@ struct BadFile {
 TEST_F(WeightsTest, BadCheckpointsFailWithClearStatus) {
   const BadFile cases[] = {
       {"truncated.pt", absl::StatusCode::kDataLoss, "truncated zip"},
-      {"random.bin", absl::StatusCode::kInvalidArgument, "not a zip-format torch checkpoint"},
-      {"legacy.pt", absl::StatusCode::kInvalidArgument, "_use_new_zipfile_serialization=False"},
+      {"random.bin", absl::StatusCode::kInvalidArgument, "not a torch checkpoint: not a zip"},
+      {"plain_pickle.pt", absl::StatusCode::kInvalidArgument, "not a torch checkpoint"},
+      {"tar_format.pt", absl::StatusCode::kInvalidArgument, "tar-format"},
       {"lying_size.pt", absl::StatusCode::kDataLoss, "claims 2147483632 bytes"},
       {"bad_crc.pt", absl::StatusCode::kDataLoss, "CRC-32"},
       {"compressed.pt", absl::StatusCode::kInvalidArgument, "is compressed"},
@@ -293,7 +347,20 @@ TEST_F(WeightsTest, BadCheckpointsFailWithClearStatus) {
       {"missing_record.pt", absl::StatusCode::kDataLoss, "has no record"},
       {"negative_stride.pt", absl::StatusCode::kDataLoss, "negative"},
       {"bad_bool.pt", absl::StatusCode::kDataLoss, "bool tensor"},
-      {"st_small.safetensors", absl::StatusCode::kInvalidArgument, "not a zip-format"},
+      {"st_small.safetensors", absl::StatusCode::kInvalidArgument, "not a torch checkpoint"},
+      {"legacy_truncated.pt", absl::StatusCode::kDataLoss, "truncated"},
+      {"legacy_bad_magic.pt", absl::StatusCode::kInvalidArgument, "magic number"},
+      {"legacy_bad_version.pt", absl::StatusCode::kInvalidArgument, "protocol version 1002"},
+      {"legacy_module.pt", absl::StatusCode::kInvalidArgument,
+       "forbidden pickle global 'torch.nn.modules.container.Sequential'"},
+      {"legacy_view.pt", absl::StatusCode::kInvalidArgument, "view of another storage"},
+      {"legacy_unlisted.pt", absl::StatusCode::kDataLoss, "'0' is used by a tensor but missing"},
+      {"legacy_unreferenced.pt", absl::StatusCode::kDataLoss, "'9' is listed but no tensor"},
+      {"legacy_listed_twice.pt", absl::StatusCode::kDataLoss, "'0' is listed twice"},
+      {"legacy_wrong_count.pt", absl::StatusCode::kDataLoss, "holds 5 elements, its tensors say 4"},
+      {"legacy_huge_numel.pt", absl::StatusCode::kDataLoss, "bytes of the file"},
+      {"legacy_short_storage.pt", absl::StatusCode::kDataLoss, "needs 16 bytes"},
+      {"legacy_trailing.pt", absl::StatusCode::kDataLoss, "1 bytes after the last storage"},
   };
   for (const BadFile& c : cases) {
     SCOPED_TRACE(c.file);
@@ -385,6 +452,13 @@ TEST(TorchCheckpointPickle, HostilePicklesFailCleanly) {
       {"BUILD on a list", "\x80\x02]}b.", absl::StatusCode::kInvalidArgument, "BUILD on a list"},
       {"not a storage pid", "\x80\x02(K\x01K\x02tQ.", absl::StatusCode::kDataLoss,
        "persistent id"},
+      {"OrderedDict of a non-pair", "\x80\x02" "ccollections\nOrderedDict\n]K\x01" "a\x85R.",
+       absl::StatusCode::kDataLoss, "not a (key, value) pair"},
+      {"OrderedDict of a list holding itself",
+       std::string("\x80\x02" "ccollections\nOrderedDict\n]q\x00(h\x00" "e\x85R.", 37),
+       absl::StatusCode::kDataLoss, "not a (key, value) pair"},
+      {"negative BINSTRING", std::string("\x80\x02T\xff\xff\xff\xff.", 8),
+       absl::StatusCode::kDataLoss, "negative length"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -395,22 +469,53 @@ TEST(TorchCheckpointPickle, HostilePicklesFailCleanly) {
   }
 }
 
-// Byte-level mutations of a whole checkpoint: mostly exercises the zip layer
-// (the CRC catches edits inside records).
+// Byte-level mutations of a whole checkpoint. In a zip they mostly exercise
+// the zip layer (the CRC catches edits inside records); a legacy file has no
+// checksum, so they reach its pickles, storage counts and data.
 TEST_F(WeightsTest, FuzzCheckpointBytes) {
-  const std::string good = ReadAll(Path("small.pt"));
-  ASSERT_TRUE(ParseTorchCheckpoint(good, "small.pt").ok());
-  std::mt19937 rng(20240601);
-  int ok = 0;
-  for (int i = 0; i < kFuzzIterations; ++i) {
-    std::string bytes = good;
-    Mutate(bytes, rng);
-    auto result = ParseTorchCheckpoint(bytes, "fuzz.pt");
-    ExpectCleanOutcome(result, "fuzz.pt");
-    ok += result.ok();
+  for (const std::string file : {"small.pt", "small_legacy.pt"}) {
+    SCOPED_TRACE(file);
+    const std::string good = ReadAll(Path(file));
+    ASSERT_TRUE(ParseTorchCheckpoint(good, file).ok());
+    const int ok = FuzzBytes(good, /*seed=*/20240601, "fuzz.pt", ParseTorchCheckpoint);
+    EXPECT_LT(ok, kFuzzIterations);
+    std::cout << file << " byte fuzz: " << ok << " of " << kFuzzIterations << " mutants parsed\n";
   }
-  EXPECT_LT(ok, kFuzzIterations);
-  std::cout << "byte fuzz: " << ok << " of " << kFuzzIterations << " mutants parsed\n";
+}
+
+// A legacy file cut anywhere is an error: every storage it names must be
+// there, and nothing may follow the last.
+TEST_F(WeightsTest, LegacyTruncatedAnywhereFails) {
+  const std::string good = ReadAll(Path("small_legacy.pt"));
+  const absl::string_view view(good);
+  for (size_t len = 0; len < good.size(); ++len) {
+    auto result = ParseTorchCheckpoint(view.substr(0, len), "cut.pt");
+    ASSERT_FALSE(result.ok()) << len;
+    ExpectCleanOutcome(result, "cut.pt");
+  }
+}
+
+// Each storage's element count in the data section, made to lie: the
+// reader must notice rather than read past or short of the storage.
+TEST_F(WeightsTest, LegacyLyingStorageCountsFail) {
+  const std::string good = ReadAll(Path("small_legacy.pt"));
+  const nlohmann::json counts = nlohmann::json::parse(ReadAll(Path("small_legacy.json")));
+  ASSERT_EQ(counts.size(), 9u);
+  for (const nlohmann::json& c : counts) {
+    const int64_t numel = c["numel"].get<int64_t>();
+    const size_t offset = c["offset"].get<size_t>();
+    for (const int64_t lie : {numel + 1, numel - 1, int64_t{-1}, int64_t{1} << 40, INT64_MAX,
+                              INT64_MIN}) {
+      SCOPED_TRACE(absl::StrCat(c["key"].get<std::string>(), " claims ", lie));
+      std::string bytes = good;
+      std::memcpy(bytes.data() + offset, &lie, sizeof lie);
+      auto result = ParseTorchCheckpoint(bytes, "lie.pt");
+      ASSERT_FALSE(result.ok());
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss) << result.status();
+      EXPECT_TRUE(absl::StrContains(result.status().message(), "its tensors say"))
+          << result.status();
+    }
+  }
 }
 
 // Mutations of data.pkl, re-zipped with valid CRCs, so the pickle VM sees them.
@@ -434,8 +539,8 @@ TEST_F(WeightsTest, FuzzPickle) {
   ASSERT_TRUE(good.ok()) << good.status();
   ASSERT_EQ(good->size(), 9u);
 
-  static const char kOpcodes[] = "\x80\x95.c\x93qr\x94hj(012}])t\x85\x86\x87" "aesuX\x8c\x8dJKM\x8aG"
-                                 "\x88\x89NRbQ";
+  static const char kOpcodes[] = "\x80\x95.c\x93qr\x94hj(012}])t\x85\x86\x87" "aesuX\x8c\x8dTU"
+                                 "JKM\x8aG\x88\x89NRbQ";
   std::mt19937 rng(7);
   int ok = 0;
   for (int i = 0; i < kFuzzIterations; ++i) {
@@ -462,40 +567,41 @@ TEST_F(WeightsTest, FuzzPickle) {
   std::cout << "pickle fuzz: " << ok << " of " << kFuzzIterations << " mutants parsed\n";
 }
 
-// The real 46 MB checkpoint: truncated anywhere, and with its pickle and
-// central directory edited in place.
+// The real 46 MB checkpoints: truncated anywhere, and edited in place at the
+// head (data.pkl; a legacy file's pickles) and, in the zip, the tail (the
+// central directory and end record; a legacy file ends in tensor bytes,
+// which no reader can check).
 TEST_F(WeightsTest, FuzzResNet18TruncationAndMetadata) {
-  std::string bytes = ReadAll(Path("resnet18.pt"));
-  const absl::string_view view(bytes);
-  std::mt19937 rng(99);
-  for (int i = 0; i < 200; ++i) {
-    const size_t len = i < 100 ? view.size() * static_cast<size_t>(i) / 100 + rng() % 4096
-                               : view.size() - 1 - rng() % 70000;
-    auto result = ParseTorchCheckpoint(view.substr(0, std::min(len, view.size() - 1)), "cut.pt");
-    ASSERT_FALSE(result.ok());
-    ExpectCleanOutcome(result, "cut.pt");
-  }
-  const size_t tail = 16000;  // the central directory and end record
-  for (int i = 0; i < 100; ++i) {
-    const size_t pos = rng() % 2 ? rng() % 16000 : bytes.size() - 1 - rng() % tail;
-    const char saved = bytes[pos];
-    bytes[pos] = static_cast<char>(rng());
-    ExpectCleanOutcome(ParseTorchCheckpoint(bytes, "edit.pt"), "edit.pt");
-    bytes[pos] = saved;
+  for (const std::string file : {"resnet18.pt", "resnet18_legacy.pt"}) {
+    SCOPED_TRACE(file);
+    const bool zip = file == "resnet18.pt";
+    std::string bytes = ReadAll(Path(file));
+    const absl::string_view view(bytes);
+    std::mt19937 rng(99);
+    for (int i = 0; i < 200; ++i) {
+      const size_t len = i < 100 ? view.size() * static_cast<size_t>(i) / 100 + rng() % 4096
+                                 : view.size() - 1 - rng() % 70000;
+      auto result = ParseTorchCheckpoint(view.substr(0, std::min(len, view.size() - 1)), "cut.pt");
+      ASSERT_FALSE(result.ok());
+      ExpectCleanOutcome(result, "cut.pt");
+    }
+    const size_t tail = 16000;
+    for (int i = 0; i < 100; ++i) {
+      const size_t pos = rng() % 2 || !zip ? rng() % 16000 : bytes.size() - 1 - rng() % tail;
+      const char saved = bytes[pos];
+      bytes[pos] = static_cast<char>(rng());
+      ExpectCleanOutcome(ParseTorchCheckpoint(bytes, "edit.pt"), "edit.pt");
+      bytes[pos] = saved;
+    }
   }
 }
 
 TEST_F(WeightsTest, FuzzSafetensors) {
   const std::string good = ReadAll(Path("st_small.safetensors"));
-  std::mt19937 rng(3);
-  int ok = 0;
-  for (int i = 0; i < kFuzzIterations; ++i) {
-    std::string bytes = good;
-    Mutate(bytes, rng);
-    auto result = ParseSafetensors(bytes, "fuzz.safetensors");
-    ExpectCleanOutcome(result, "fuzz.safetensors");
-    ok += result.ok();
-  }
+  const int ok = FuzzBytes(good, /*seed=*/3, "fuzz.safetensors",
+                           [](absl::string_view bytes, const std::string& what) {
+                             return ParseSafetensors(bytes, what);
+                           });
   EXPECT_LT(ok, kFuzzIterations);
 }
 
