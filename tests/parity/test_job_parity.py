@@ -1,8 +1,8 @@
 """After a job with --freeze-depth all, the downloaded model.pt's features()
-equal torchvision's eval-mode features for the same weights: one
-architecture per family through the whole public path (submit, train,
-export, download, torch.jit.load). Every architecture is also checked
-without a job by the `parity.*` tests.
+equal torchvision's eval-mode features for the same weights, through the
+whole public path (submit, train, export, download, torch.jit.load). CTest
+runs it for every architecture (parity.jobs.a and .b, from FT_PARITY_ARCHS in
+CMakeLists.txt); without arguments it checks one architecture per family.
 
 usage: FT_BIN_DIR=build/bin /usr/bin/python3 test_job_parity.py [ARCH[:SIZE] ...]
 """
