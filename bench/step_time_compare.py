@@ -17,7 +17,8 @@ def all_archs(bench_bin):
     # The catalog is the source of truth; ask the C++ side for nothing, parse the catalog file.
     src = os.path.join(HERE, "..", "worker", "catalog", "catalog.cc")
     import re
-    names = re.findall(r'^\s*\{"([a-z0-9_]+)",', open(src).read(), re.M)
+    # An entry is {"name", {"stage", ...}, ...}; the name is what a stage list follows.
+    names = re.findall(r'\{"([a-z0-9_]+)",\s*\{"', open(src).read())
     return [n for n in names if n != "torchscript"]
 
 
