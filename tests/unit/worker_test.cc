@@ -1,3 +1,4 @@
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -150,9 +151,18 @@ TEST(ImagesTest, DecodeCacheBudgetGivesTheSameBatches) {
   EXPECT_EQ(some->uncached, 4);
   EXPECT_EQ(some->cached_bytes, 2 * 20 * 26 * 3);
   d.cache_budget_bytes = 0;
+  // `inspect` sees every image at its decoded size, before the shrink.
+  std::atomic<int> inspected{0}, full_size{0};
+  d.inspect = [&](size_t, const cv::Mat& img) {
+    ++inspected;
+    if (img.cols == 30 && img.rows == 40 && img.channels() == 3) ++full_size;
+  };
   auto none = DecodeSamples(samples, d);
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_EQ(none->uncached, 6);
+  EXPECT_EQ(none->cached_bytes, 0);
+  EXPECT_EQ(inspected.load(), 6);
+  EXPECT_EQ(full_size.load(), 6);
   LoaderOptions lo;
   lo.batch_size = 4;
   lo.transform.image_size = 16;

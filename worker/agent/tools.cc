@@ -85,9 +85,18 @@ absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job)
     std::vector<datasets::Sample> all = layout.train;
     all.insert(all.end(), layout.val.begin(), layout.val.end());
     all.insert(all.end(), layout.test.begin(), layout.test.end());
+    // Sizes are taken as each image is decoded; none is kept in memory.
+    struct Size {
+      int width = 0, height = 0, channels = 0;
+    };
+    std::vector<Size> decoded_sizes(all.size());
     DecodeOptions decode;
     decode.skip_bad = true;
     decode.threads = std::max(1, torch::get_num_threads());
+    decode.cache_budget_bytes = 0;
+    decode.inspect = [&decoded_sizes](size_t i, const cv::Mat& img) {
+      decoded_sizes[i] = Size{img.cols, img.rows, img.channels()};
+    };
     FT_ASSIGN_OR_RETURN(ImageSet set, DecodeSamples(all, decode));
     report.set_undecodable(static_cast<int64_t>(set.skipped.size()));
     for (size_t i = 0; i < std::min(set.skipped.size(), kNamedFailures); ++i) {
@@ -99,21 +108,22 @@ absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job)
     }
     auto* sizes = report.mutable_image_sizes();
     double sum_w = 0, sum_h = 0;
-    for (const auto& img : set.images) {
+    for (const Size& img : decoded_sizes) {
+      if (img.channels == 0) continue;  // undecodable
       if (sizes->images() == 0) {
-        sizes->set_min_width(img.cols);
-        sizes->set_max_width(img.cols);
-        sizes->set_min_height(img.rows);
-        sizes->set_max_height(img.rows);
+        sizes->set_min_width(img.width);
+        sizes->set_max_width(img.width);
+        sizes->set_min_height(img.height);
+        sizes->set_max_height(img.height);
       }
       sizes->set_images(sizes->images() + 1);
-      sizes->set_min_width(std::min(sizes->min_width(), img.cols));
-      sizes->set_max_width(std::max(sizes->max_width(), img.cols));
-      sizes->set_min_height(std::min(sizes->min_height(), img.rows));
-      sizes->set_max_height(std::max(sizes->max_height(), img.rows));
-      sum_w += img.cols;
-      sum_h += img.rows;
-      if (img.channels() == 1) sizes->set_grayscale(sizes->grayscale() + 1);
+      sizes->set_min_width(std::min(sizes->min_width(), img.width));
+      sizes->set_max_width(std::max(sizes->max_width(), img.width));
+      sizes->set_min_height(std::min(sizes->min_height(), img.height));
+      sizes->set_max_height(std::max(sizes->max_height(), img.height));
+      sum_w += img.width;
+      sum_h += img.height;
+      if (img.channels == 1) sizes->set_grayscale(sizes->grayscale() + 1);
     }
     if (sizes->images() > 0) {
       sizes->set_mean_width(static_cast<float>(sum_w / sizes->images()));

@@ -179,6 +179,7 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
         failures.push_back(s.index >= 0 ? absl::StrCat(s.path, "#", s.index) : s.path);
         continue;
       }
+      if (options.inspect) options.inspect(i, img);
       if (options.max_short_side > 0 && std::min(img.rows, img.cols) > options.max_short_side) {
         img = ResizeShortSide(img, options.max_short_side);
       }

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,6 +47,9 @@ struct DecodeOptions {
   // Decoded pixels kept in memory, at most; images beyond it are decoded
   // again every epoch. Negative: no limit.
   int64_t cache_budget_bytes = -1;
+  // Called with each image as decoded (full size, before any shrinking),
+  // from the decoding threads: it must be thread-safe.
+  std::function<void(size_t index, const cv::Mat& image)> inspect;
 };
 
 // Decodes `samples` (image files through OpenCV, or IDX records). 16-bit
