@@ -19,12 +19,6 @@ BUILD_PACKAGES=(
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libgtest-dev libgmock-dev
 )
-# The worker's BLAS. Debian's LibTorch calls whatever provides libblas.so.3;
-# without this that is the reference BLAS, and Linear-heavy models train 3-9x
-# slower (VGG's classifier, ConvNeXt's MLPs; see bench/README.md).
-RUNTIME_PACKAGES=(
-  libopenblas0-openmp
-)
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
@@ -41,7 +35,7 @@ as_root() {
 
 deps() {
   local missing=()
-  for p in "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
+  for p in "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   for t in "${OPTIONAL_TOOLS[@]}"; do
