@@ -15,6 +15,7 @@
 #include "server/datasets/layout.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
+#include "worker/train/trainer.h"
 
 namespace ft::worker {
 namespace {
@@ -53,13 +54,7 @@ absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job)
     const pb::JobSpec& spec = job.spec();
     pb::ValidationReport report;
     *report.mutable_spec() = spec;
-    datasets::LayoutOptions lo;
-    lo.classes.assign(job.dataset_classes().begin(), job.dataset_classes().end());
-    lo.max_per_class = job.max_per_class();
-    lo.max_val_per_class = job.max_val_per_class();
-    lo.val_split = spec.val_split();
-    lo.seed = static_cast<uint64_t>(spec.seed());
-    FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(job.dataset_path(), lo));
+    FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, ScanJobDataset(job));
     report.set_dataset_format(layout.format);
     report.set_val_source(layout.val_source);
     std::vector<pb::ClassCount> counts(layout.classes.size());

@@ -7,7 +7,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -40,6 +39,13 @@ cv::Mat ResizeShortSide(const cv::Mat& img, int size) {
   cv::Mat out;
   cv::resize(img, out, cv::Size(ow, oh), 0, 0, (ow < w) ? cv::INTER_AREA : cv::INTER_LINEAR);
   return out;
+}
+
+// DecodeOptions::max_short_side: shrinks images whose shorter side exceeds
+// it (0 keeps full size).
+cv::Mat ShrinkToShortSide(const cv::Mat& img, int max_short_side) {
+  if (max_short_side <= 0 || std::min(img.rows, img.cols) <= max_short_side) return img;
+  return ResizeShortSide(img, max_short_side);
 }
 
 cv::Mat ToGrayOrRgb8(const cv::Mat& raw) {
@@ -149,6 +155,7 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
   }
   std::mutex mu;
   std::vector<std::string> failures;
+  std::vector<char> failed(samples.size(), 0);  // entry i is written by one thread only
   std::atomic<size_t> next{0};
   auto work = [&]() {
     cv::setNumThreads(1);
@@ -175,14 +182,13 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
         }
       }
       if (img.empty()) {
+        failed[i] = 1;
         std::lock_guard<std::mutex> lock(mu);
         failures.push_back(s.index >= 0 ? absl::StrCat(s.path, "#", s.index) : s.path);
         continue;
       }
       if (options.inspect) options.inspect(i, img);
-      if (options.max_short_side > 0 && std::min(img.rows, img.cols) > options.max_short_side) {
-        img = ResizeShortSide(img, options.max_short_side);
-      }
+      img = ShrinkToShortSide(img, options.max_short_side);
       const auto bytes = static_cast<int64_t>(img.total() * img.elemSize());
       const int64_t before = cached_bytes.fetch_add(bytes);
       if (s.index < 0) {
@@ -202,29 +208,26 @@ absl::StatusOr<ImageSet> DecodeSamples(const std::vector<datasets::Sample>& samp
   work();
   for (auto& t : pool) t.join();
   set.cached_bytes = cached_bytes;
-  if (!failures.empty() && options.skip_bad) {
+  if (!failures.empty()) {
     std::sort(failures.begin(), failures.end());
-    const std::set<std::string> failed(failures.begin(), failures.end());
+    if (!options.skip_bad) {
+      std::vector<std::string> named(failures.begin(),
+                                     failures.begin() + std::min<size_t>(failures.size(), kNamedFailures));
+      return absl::FailedPreconditionError(absl::StrCat(
+          failures.size(), " of ", samples.size(), " images could not be decoded: ",
+          absl::StrJoin(named, ", "), failures.size() > named.size() ? ", ..." : ""));
+    }
     ImageSet kept;
     kept.max_short_side = set.max_short_side;
     kept.cached_bytes = set.cached_bytes;
     for (size_t i = 0; i < set.images.size(); ++i) {
-      const auto& s = samples[i];
-      if (failed.count(s.index >= 0 ? absl::StrCat(s.path, "#", s.index) : s.path)) continue;
+      if (failed[i]) continue;
       kept.images.push_back(std::move(set.images[i]));
       kept.labels.push_back(set.labels[i]);
       kept.paths.push_back(std::move(set.paths[i]));
     }
     kept.skipped = std::move(failures);
     set = std::move(kept);
-  }
-  if (!failures.empty()) {
-    std::sort(failures.begin(), failures.end());
-    std::vector<std::string> named(failures.begin(),
-                                   failures.begin() + std::min<size_t>(failures.size(), kNamedFailures));
-    return absl::FailedPreconditionError(absl::StrCat(
-        failures.size(), " of ", samples.size(), " images could not be decoded: ",
-        absl::StrJoin(named, ", "), failures.size() > named.size() ? ", ..." : ""));
   }
   for (const cv::Mat& img : set.images) set.uncached += img.empty() ? 1 : 0;
   return set;
@@ -236,11 +239,7 @@ cv::Mat ImageSet::Get(size_t i) const {
   if (!decoded.ok()) {
     throw std::runtime_error(absl::StrCat("image changed since the job started: ", decoded.status().message()));
   }
-  cv::Mat img = *std::move(decoded);
-  if (max_short_side > 0 && std::min(img.rows, img.cols) > max_short_side) {
-    img = ResizeShortSide(img, max_short_side);
-  }
-  return img;
+  return ShrinkToShortSide(*decoded, max_short_side);
 }
 
 void TransformInto(const cv::Mat& image, const TransformOptions& o, std::mt19937_64* rng, float* out) {

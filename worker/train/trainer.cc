@@ -266,28 +266,23 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   progress(load_progress);
 
   // Data: the same layout the server validated at submit.
-  datasets::LayoutOptions layout_options;
-  layout_options.classes.assign(job.dataset_classes().begin(), job.dataset_classes().end());
-  layout_options.max_per_class = job.max_per_class();
-  layout_options.max_val_per_class = job.max_val_per_class();
-  layout_options.val_split = spec.val_split();
-  layout_options.seed = static_cast<uint64_t>(spec.seed());
-  FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(job.dataset_path(), layout_options));
+  FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, ScanJobDataset(job));
   DecodeOptions decode;
   decode.max_short_side = EvalResizeSize(spec.image_size());
   decode.threads = std::max(1, torch::get_num_threads());
   decode.skip_bad = spec.on_bad_image() == "skip";
   decode.cache_budget_bytes = options.decode_cache_bytes;
   const auto load_start = Clock::now();
+  // One budget for all the job's images: what a set keeps is spent.
+  auto spend = [&decode](const ImageSet& set) {
+    if (decode.cache_budget_bytes >= 0) {
+      decode.cache_budget_bytes = std::max<int64_t>(0, decode.cache_budget_bytes - set.cached_bytes);
+    }
+  };
   FT_ASSIGN_OR_RETURN(ImageSet train_set, DecodeSamples(layout.train, decode));
-  // One budget for all the job's images: what training kept is spent.
-  if (decode.cache_budget_bytes >= 0) {
-    decode.cache_budget_bytes = std::max<int64_t>(0, decode.cache_budget_bytes - train_set.cached_bytes);
-  }
+  spend(train_set);
   FT_ASSIGN_OR_RETURN(ImageSet val_set, DecodeSamples(layout.val, decode));
-  if (decode.cache_budget_bytes >= 0) {
-    decode.cache_budget_bytes = std::max<int64_t>(0, decode.cache_budget_bytes - val_set.cached_bytes);
-  }
+  spend(val_set);
   const int64_t num_classes = static_cast<int64_t>(layout.classes.size());
   TrainResult result;
   for (const ImageSet* set : {&train_set, &val_set}) {
@@ -600,6 +595,16 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
 }
 
 }  // namespace
+
+absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& job) {
+  datasets::LayoutOptions options;
+  options.classes.assign(job.dataset_classes().begin(), job.dataset_classes().end());
+  options.max_per_class = job.max_per_class();
+  options.max_val_per_class = job.max_val_per_class();
+  options.val_split = job.spec().val_split();
+  options.seed = static_cast<uint64_t>(job.spec().seed());
+  return datasets::ScanDataset(job.dataset_path(), options);
+}
 
 absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, const TrainerOptions& options,
                                         const TrainerHooks& hooks) {

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "finetune/v1/worker.pb.h"
+#include "server/datasets/layout.h"
 
 namespace ft::worker {
 
@@ -44,6 +45,10 @@ struct TrainResult {
   pb::JobMetrics metrics;
   std::string metadata_json;  // metadata.json for the export
 };
+
+// The files of the job's dataset, split exactly as the server did at submit
+// (its class subset, per-class caps, val split and seed).
+absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& job);
 
 // Runs a whole job: reads and decodes the data, builds the backbone, loads
 // the weights, freezes, trains, validates each epoch. Never throws: LibTorch
