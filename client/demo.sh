@@ -5,8 +5,10 @@
 #   3. fine-tune it (--weights model://ID) on classes 5-9 (sandal, shirt, sneaker, bag,
 #      ankle boot) from only a few images per class, and train the same recipe from
 #      scratch beside it;
-#   4. download both models and print their held-out accuracy (Fashion-MNIST's t10k
-#      images of classes 5-9, never seen in training), then stop the server.
+#   4. download both models and print two figures for each, saying which images each
+#      comes from: validation accuracy (images held out of Fashion-MNIST's train
+#      file; they chose the best epoch) and test accuracy (every t10k image of
+#      classes 5-9, used for nothing else), then stop the server.
 # Usage: client/demo.sh BIN_DIR   (./dev.sh demo builds and calls this)
 set -euo pipefail
 BIN=${1:-build/bin}
@@ -48,7 +50,9 @@ ftctl submit --name source "${COMMON[@]}" --epochs 3 --lr 0.002 \
   --follow | tee "$VAR/source.txt"
 SOURCE_MODEL=$(job_field model <"$VAR/source.txt")
 
-TARGET="file://$DATA?classes=5,6,7,8,9&max_per_class=$SHOTS&max_val_per_class=400"
+# val=split: validation is held out of the train file, so the t10k files become the
+# test split, which neither trains nor picks the exported epoch.
+TARGET="file://$DATA?classes=5,6,7,8,9&max_per_class=$SHOTS&max_val_per_class=400&val=split"
 echo
 echo "== 2/3 transfer: classes 5-9 from $SHOTS images each, starting from model://$SOURCE_MODEL =="
 ftctl submit --name transfer "${COMMON[@]}" --epochs 15 --lr 0.001 --freeze-depth 3 \
@@ -65,8 +69,18 @@ echo
 for m in "$TRANSFER_MODEL" "$SCRATCH_MODEL"; do
   ftctl models download "$m" --dir "$VAR/models/$m" >/dev/null
 done
-acc() { /usr/bin/python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["metrics"]["val_accuracy"])' "$VAR/models/$1/metadata.json"; }
-echo "== held-out accuracy on Fashion-MNIST t10k, classes 5-9 ($SHOTS training images per class) =="
-printf '  transfer from model://%s : %s\n' "$SOURCE_MODEL" "$(acc "$TRANSFER_MODEL")"
-printf '  from scratch                 : %s\n' "$(acc "$SCRATCH_MODEL")"
+# field MODEL KEY: a value of the model's metadata.json (metrics.* for its metrics).
+field() {
+  /usr/bin/python3 -c 'import json,sys
+m = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): m = m[k]
+print("%.4f" % m if isinstance(m, float) else m)' "$VAR/models/$1/metadata.json" "$2"
+}
+echo "== accuracy on classes 5-9 after training on $SHOTS images per class =="
+echo "  test: Fashion-MNIST t10k, $(field "$TRANSFER_MODEL" test_images) images, never used to train or to choose an epoch"
+echo "  validation: $(field "$TRANSFER_MODEL" val_images) images held out of the train file ($(field "$TRANSFER_MODEL" val_source)); they chose the exported epoch"
+printf '  %-30s test %s   validation %s\n' "transfer from model://$SOURCE_MODEL" \
+  "$(field "$TRANSFER_MODEL" metrics.test_accuracy)" "$(field "$TRANSFER_MODEL" metrics.val_accuracy)"
+printf '  %-30s test %s   validation %s\n' "from scratch" \
+  "$(field "$SCRATCH_MODEL" metrics.test_accuracy)" "$(field "$SCRATCH_MODEL" metrics.val_accuracy)"
 echo "  models downloaded to $VAR/models/ (model.pt loads with torch.jit.load; see metadata.json)"

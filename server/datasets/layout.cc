@@ -112,6 +112,7 @@ struct Raw {
   std::vector<std::pair<std::string, Sample>> train, val, test;
   std::string format;
   std::string val_source;
+  std::string test_source;
   // Class order when the format defines it (IDX: numeric).
   std::vector<std::string> natural_classes;
 };
@@ -135,7 +136,10 @@ absl::Status ScanImageFolder(const fs::path& root, Raw* raw) {
         break;
       }
     }
-    if (fs::is_directory(root / "test", ec)) AddFolder(ScanClassDirs(root / "test"), &raw->test);
+    if (fs::is_directory(root / "test", ec)) {
+      AddFolder(ScanClassDirs(root / "test"), &raw->test);
+      raw->test_source = "test/ folder";
+    }
   } else {
     AddFolder(ScanClassDirs(root), &raw->train);
   }
@@ -321,9 +325,20 @@ absl::StatusOr<DatasetLayout> ScanDataset(const std::string& path, const LayoutO
       out->push_back(std::move(copy));
     }
   };
+  if (options.val_from_split && !raw.val.empty()) {
+    if (!raw.test.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset_uri: val=split: ", path, " has both a ", raw.val_source,
+          " and a test split, so its val images would have no place; drop val=split"));
+    }
+    raw.test = std::move(raw.val);
+    raw.val.clear();
+    raw.test_source = raw.val_source;
+  }
   take(raw.train, &layout.train);
   take(raw.val, &layout.val);
   take(raw.test, &layout.test);
+  if (!layout.test.empty()) layout.test_source = raw.test_source;
 
   std::mt19937_64 rng(options.seed);
   // Stratified: shuffle within each class with the job's seed.

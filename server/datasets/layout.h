@@ -27,6 +27,8 @@ struct DatasetLayout {
   std::vector<Sample> test;
   // How val was made: "val/ folder", "t10k files", or "20% split of train".
   std::string val_source;
+  // Where test came from ("test/ folder", "t10k files"); empty without one.
+  std::string test_source;
 };
 
 struct LayoutOptions {
@@ -38,19 +40,24 @@ struct LayoutOptions {
   int max_val_per_class = 0;
   // Fraction of train held out when the dataset has no val split.
   float val_split = 0.2f;
+  // Validation is always a val_split of train; the dataset's own val images
+  // (t10k files, a val/ folder) become its test split instead, so that the
+  // test figures come from images that chose nothing (URI option val=split).
+  bool val_from_split = false;
   uint64_t seed = 0;
 };
 
 // Scans `path` (a directory, or a .csv manifest) and detects its format:
 //  - IDX: *-images-idx3-ubyte[.gz] with matching *-labels-idx1-ubyte[.gz];
-//    train-* is train, t10k-* (or test-*) is val;
+//    train-* is train, t10k-* (or test-*) is val (test with val_from_split);
 //  - CSV: a manifest "path,label" (a header row is allowed), paths relative
 //    to the manifest;
 //  - ImageFolder: train/<class>/*, val/<class>/*, optional test/<class>/*,
 //    or flat <class>/* split by val_split (stratified, seeded).
 // Errors: NOT_FOUND if missing, FAILED_PRECONDITION naming the reason when
 // the data cannot train (no images, fewer than two classes), DATA_LOSS for
-// corrupt IDX headers, INVALID_ARGUMENT for an unknown class in options.
+// corrupt IDX headers, INVALID_ARGUMENT for an unknown class in options, or
+// for val_from_split on a dataset that has both val and test splits.
 absl::StatusOr<DatasetLayout> ScanDataset(const std::string& path, const LayoutOptions& options);
 
 // True for the file extensions decoded as images.

@@ -95,10 +95,16 @@ absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::st
             absl::StrCat(field, ": ", key, " must be a non-negative integer, got '", value, "'"));
       }
       (key == "max_per_class" ? out.options.max_per_class : out.options.max_val_per_class) = n;
+    } else if (key == "val") {
+      if (value != "split" && value != "dataset") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": val must be 'dataset' or 'split', got '", value, "'"));
+      }
+      out.options.val_from_split = value == "split";
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           field, ": unknown query parameter '", key,
-          "' (known: classes, max_per_class, max_val_per_class)"));
+          "' (known: classes, max_per_class, max_val_per_class, val)"));
     }
   }
   return out;

@@ -16,8 +16,10 @@ struct DatasetUri {
   LayoutOptions options;
 };
 
-// Parses "file:///abs/dir?classes=a,b&max_per_class=N&max_val_per_class=N",
-// or "dataset://NAME" with the same query parameters.
+// Parses "file:///abs/dir?classes=a,b&max_per_class=N&max_val_per_class=N&val=split",
+// or "dataset://NAME" with the same query parameters. val=split (default
+// val=dataset) holds validation out of train and makes the dataset's own
+// val images its test split.
 // INVALID_ARGUMENT naming `field` on a malformed URI.
 absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field);
 

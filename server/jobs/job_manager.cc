@@ -277,6 +277,7 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   for (const auto& c : uri.options.classes) resolved.add_dataset_classes(c);
   resolved.set_max_per_class(uri.options.max_per_class);
   resolved.set_max_val_per_class(uri.options.max_val_per_class);
+  resolved.set_val_from_split(uri.options.val_from_split);
   return resolved;
 }
 

@@ -44,6 +44,46 @@ TEST_F(DatasetsTest, ImageFolderWithSplits) {
   EXPECT_EQ(l->test[0].label, 1);
 }
 
+TEST_F(DatasetsTest, ValSplitMakesTheDatasetsValTheTestSplit) {
+  for (int i = 0; i < 10; ++i) {
+    Touch(root_ / "train/cat" / (std::to_string(i) + ".jpg"));
+    Touch(root_ / "train/dog" / (std::to_string(i) + ".jpg"));
+  }
+  Touch(root_ / "val/cat/v.jpg");
+  Touch(root_ / "val/dog/v.jpg");
+  Touch(root_ / "val/dog/w.jpg");
+  auto u = ParseDatasetUri("file:///x?val=split&max_val_per_class=1", "dataset_uri");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_TRUE(u->options.val_from_split);
+  EXPECT_FALSE(ParseDatasetUri("file:///x?val=dataset", "dataset_uri")->options.val_from_split);
+  auto bad = ParseDatasetUri("file:///x?val=maybe", "dataset_uri");
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(bad.status().message().find("'dataset' or 'split'"), std::string::npos);
+  LayoutOptions o = u->options;
+  o.val_split = 0.2f;
+  auto l = ScanDataset(root_.string(), o);
+  ASSERT_TRUE(l.ok()) << l.status();
+  // val: 2 of each class's 10 train images, capped at 1; test: the val/ folder.
+  EXPECT_EQ(l->val.size(), 2u);
+  EXPECT_EQ(l->train.size(), 16u);
+  EXPECT_EQ(l->test.size(), 3u);
+  EXPECT_EQ(l->val_source, "20% split of train");
+  EXPECT_EQ(l->test_source, "val/ folder");
+  for (const auto& s : l->val) EXPECT_NE(s.path.find("/train/"), std::string::npos) << s.path;
+  for (const auto& s : l->test) EXPECT_NE(s.path.find("/val/"), std::string::npos) << s.path;
+  // With a test/ folder too, the val/ images would have nowhere to go.
+  Touch(root_ / "test/cat/t.jpg");
+  auto both = ScanDataset(root_.string(), o);
+  EXPECT_TRUE(absl::IsInvalidArgument(both.status())) << both.status();
+  EXPECT_NE(both.status().message().find("val=split"), std::string::npos);
+  // Without val=split, nothing changes.
+  auto plain = ScanDataset(root_.string(), {});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->val.size(), 3u);
+  EXPECT_EQ(plain->test.size(), 1u);
+  EXPECT_EQ(plain->test_source, "test/ folder");
+}
+
 TEST_F(DatasetsTest, FlatFoldersSplitStratifiedAndSeeded) {
   for (int i = 0; i < 10; ++i) {
     Touch(root_ / "a" / (std::to_string(i) + ".png"));

@@ -13,7 +13,7 @@ BatchLoader::BatchLoader(const ImageSet* images, std::vector<int64_t> order,
     : images_(images),
       order_(std::move(order)),
       options_(options),
-      num_batches_((static_cast<int64_t>(order_.size()) + options.batch_size - 1) / options.batch_size) {
+      num_batches_(CountBatches(static_cast<int64_t>(order_.size()), options)) {
   const int threads = std::max(1, options.threads);
   for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { Work(); });
 }
@@ -26,9 +26,17 @@ BatchLoader::~BatchLoader() {
   for (auto& t : workers_) t.join();
 }
 
+int64_t BatchLoader::CountBatches(int64_t images, const LoaderOptions& options) {
+  const int64_t batches = (images + options.batch_size - 1) / options.batch_size;
+  const bool single_tail = batches > 1 && images % options.batch_size == 1;
+  return options.merge_single_tail && single_tail ? batches - 1 : batches;
+}
+
 Batch BatchLoader::Make(int64_t b) {
+  const int64_t images = static_cast<int64_t>(order_.size());
   const int64_t begin = b * options_.batch_size;
-  const int64_t end = std::min<int64_t>(begin + options_.batch_size, static_cast<int64_t>(order_.size()));
+  // The last batch takes whatever is left (one more image when merged).
+  const int64_t end = b == num_batches_ - 1 ? images : std::min<int64_t>(begin + options_.batch_size, images);
   const int64_t n = end - begin;
   const int s = options_.transform.image_size;
   auto opts = torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(options_.pin_memory);

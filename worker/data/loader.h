@@ -31,6 +31,9 @@ struct LoaderOptions {
   int prefetch = 4;
   // Pin batch memory (only meaningful when training on CUDA).
   bool pin_memory = false;
+  // A last batch of one image joins the batch before it (see PlanBatches:
+  // a train-mode BatchNorm cannot learn from one value per channel).
+  bool merge_single_tail = false;
 };
 
 // Transforms one pass over `order` into batches on background threads, in
@@ -54,6 +57,7 @@ class BatchLoader {
  private:
   void Work();
   Batch Make(int64_t b);
+  static int64_t CountBatches(int64_t images, const LoaderOptions& options);
 
   const ImageSet* images_;
   const std::vector<int64_t> order_;

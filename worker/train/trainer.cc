@@ -21,6 +21,7 @@
 #include "worker/backbones/load_weights.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
+#include "worker/train/guards.h"
 
 namespace ft::worker {
 namespace {
@@ -311,6 +312,11 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   Backbone backbone;
   torch::jit::Module model;
   FT_RETURN_IF_ERROR(PrepareModel(job, layout.classes, hooks, info, &backbone, &model));
+  if (auto bad = FirstNonFiniteTensor(model)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the starting weights (", spec.weights_uri().empty() ? "none" : spec.weights_uri(),
+                     ") are broken: ", *bad));
+  }
   model.to(options.device);
   torch::jit::Module head = model.attr("head").toModule();
 
@@ -372,9 +378,36 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   torch::Tensor train_labels = torch::tensor(train_set.labels).to(options.device);
   torch::Tensor val_labels = torch::tensor(val_set.labels);
 
-  const int64_t steps_per_epoch =
-      (static_cast<int64_t>(train_set.images.size()) + spec.batch_size() - 1) / spec.batch_size();
-  const int64_t total_steps = steps_per_epoch * spec.epochs();
+  // The batches of each phase's epochs. A last batch of one image would
+  // leave a train-mode BatchNorm whose input is 1x1 with one value per
+  // channel (NaN running variance), so it is then merged into the one before.
+  const int64_t train_images = static_cast<int64_t>(train_set.images.size());
+  auto plan_batches = [&](int depth, const char* phase) -> absl::StatusOr<BatchPlan> {
+    std::string single_value_bn;
+    const bool one_image_batch = spec.batch_size() == 1 || train_images % spec.batch_size() == 1;
+    if (!use_cache && one_image_batch) {
+      ApplyFreeze(model, backbone, depth);
+      FT_ASSIGN_OR_RETURN(single_value_bn, SingleValueBatchNorm(model, spec.image_size()));
+    }
+    FT_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatches(train_images, spec.batch_size(), single_value_bn, spec.image_size()));
+    if (plan.merged_tail) {
+      info(absl::StrCat("the last training batch would hold 1 image, and the train-mode BatchNorm ", single_value_bn,
+                        " would see one value per channel at ", spec.image_size(), " px: ", phase,
+                        " merges that image into the batch before it (", plan.num_batches, " batches an epoch, the last of ",
+                        plan.last_batch_size, " images)"));
+    }
+    return plan;
+  };
+  FT_ASSIGN_OR_RETURN(const BatchPlan first_plan, plan_batches(spec.freeze_depth(), "every epoch"));
+  BatchPlan finetune_plan = first_plan;
+  if (spec.unfreeze_at() > 0 && spec.unfreeze_at() <= spec.epochs()) {
+    FT_ASSIGN_OR_RETURN(finetune_plan, plan_batches(spec.finetune_freeze_depth(), "the fine-tuning phase"));
+  }
+  const int64_t first_phase_epochs = spec.unfreeze_at() > 0 ? std::min(spec.epochs(), spec.unfreeze_at() - 1) : spec.epochs();
+  const int64_t total_steps = first_plan.num_batches * first_phase_epochs +
+                              finetune_plan.num_batches * (spec.epochs() - first_phase_epochs);
+  int64_t steps_per_epoch = first_plan.num_batches;
+  DivergenceMonitor divergence(num_classes);
   std::mt19937_64 order_rng(static_cast<uint64_t>(spec.seed()) ^ 0x5DEECE66DULL);
   double train_seconds = 0;
   int64_t steps_done = 0;
@@ -398,6 +431,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   int best_epoch = 0, since_best = 0;
   std::vector<torch::Tensor> best_weights;
   pb::EpochSummary best_summary, last_summary;
+  train_loader_options.merge_single_tail = first_plan.merged_tail;
 
   for (int epoch = 1; epoch <= spec.epochs(); ++epoch) {
     if (spec.unfreeze_at() > 0 && epoch == spec.unfreeze_at()) {
@@ -406,6 +440,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
       base_lr = spec.learning_rate() * spec.finetune_lr_mult();
       ApplyFreeze(model, backbone, freeze_depth);
       optimizer = MakeOptimizer(spec, TrainableParameters(model), base_lr);
+      steps_per_epoch = finetune_plan.num_batches;
+      train_loader_options.merge_single_tail = finetune_plan.merged_tail;
       info(absl::StrCat("epoch ", epoch, ": fine-tuning phase"));
       log_trainable();
     }
@@ -456,7 +492,9 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
       ++step;
       ++steps_done;
       const int64_t n = y.size(0);
-      loss_sum += loss.item<double>() * n;
+      const double step_loss = loss.item<double>();
+      FT_RETURN_IF_ERROR(divergence.Observe(epoch, step, step_loss, lr));
+      loss_sum += step_loss * n;
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += n;
       if (hooks.on_step) hooks.on_step(Seconds(step_start), n);
@@ -495,6 +533,16 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
     } else {
       val = Evaluate(model, val_set, eval_loader_options, options.device, num_classes);
     }
+    // Nothing non-finite survives an epoch: not a weight, not the val loss.
+    if (auto bad = FirstNonFiniteTensor(model)) {
+      return absl::FailedPreconditionError(absl::StrCat("training diverged at epoch ", epoch, ": ", *bad, " (",
+                                                        DivergenceAdvice(lr), ")"));
+    }
+    if (!std::isfinite(val.loss)) {
+      return absl::FailedPreconditionError(absl::StrCat("training diverged at epoch ", epoch, ": validation loss is ",
+                                                        std::isnan(val.loss) ? "NaN" : "infinite", " (",
+                                                        DivergenceAdvice(lr), ")"));
+    }
     pb::EpochSummary summary;
     summary.set_epoch(epoch);
     summary.set_train_loss(static_cast<float>(loss_sum / std::max<int64_t>(1, seen)));
@@ -510,7 +558,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
     summary.set_features_cached(use_cache);
     result.metrics.set_trained_images(result.metrics.trained_images() + seen);
     result.metrics.set_epochs_completed(epoch);
-    const bool improved = val.loss < best_loss;
+    // Never a NaN epoch, even if one got this far.
+    const bool improved = std::isfinite(val.loss) && val.loss < best_loss;
     if (improved) {
       best_loss = val.loss;
       best_epoch = epoch;
@@ -546,16 +595,22 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   result.metrics.set_train_loss(best_summary.train_loss());
   result.metrics.set_train_accuracy(best_summary.train_accuracy());
 
+  int64_t test_images = 0;
   if (!layout.test.empty()) {
     pb::Progress p;
     p.set_phase("test");
     progress(p);
     FT_ASSIGN_OR_RETURN(ImageSet test_set, DecodeSamples(layout.test, decode));
     EvalResult test = Evaluate(model, test_set, eval_loader_options, options.device, num_classes);
+    test_images = static_cast<int64_t>(test_set.images.size());
     result.metrics.set_has_test(true);
     result.metrics.set_test_accuracy(static_cast<float>(test.top1));
     result.metrics.set_test_top5_accuracy(static_cast<float>(test.top5));
     result.metrics.set_test_loss(static_cast<float>(test.loss));
+    if (!std::isfinite(test.loss)) {
+      return absl::FailedPreconditionError(absl::StrCat("the trained model's test loss is ",
+                                                        std::isnan(test.loss) ? "NaN" : "infinite", "; it is not stored"));
+    }
     FillClassMetrics(test, layout.classes, &result.metrics);
     info(absl::StrFormat("test: top-1 %.4f, top-5 %.4f on %d images", test.top1, test.top5,
                          test_set.images.size()));
@@ -563,6 +618,10 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
 
   model.eval();
   model.to(torch::kCPU);
+  // A model with a non-finite tensor is never stored.
+  if (auto bad = FirstNonFiniteTensor(model)) {
+    return absl::FailedPreconditionError(absl::StrCat("the trained model is broken: ", *bad, "; it is not stored"));
+  }
   result.model = model;
   const auto& t = train_loader_options.transform;
   nlohmann::json meta;
@@ -583,9 +642,11 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   meta["dataset_uri"] = spec.dataset_uri();
   meta["weights_uri"] = spec.weights_uri();
   meta["val_source"] = layout.val_source;
+  if (!layout.test_source.empty()) meta["test_source"] = layout.test_source;
   meta["augment"] = spec.augment();
   meta["train_images"] = train_set.images.size();
   meta["val_images"] = val_set.images.size();
+  if (test_images > 0) meta["test_images"] = test_images;
   meta["best_epoch"] = best_epoch;
   meta["spec"] = nlohmann::json::parse(util::ToJson(spec));
   meta["metrics"] = nlohmann::json::parse(util::ToJson(result.metrics));
@@ -601,6 +662,7 @@ absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& jo
   options.classes.assign(job.dataset_classes().begin(), job.dataset_classes().end());
   options.max_per_class = job.max_per_class();
   options.max_val_per_class = job.max_val_per_class();
+  options.val_from_split = job.val_from_split();
   options.val_split = job.spec().val_split();
   options.seed = static_cast<uint64_t>(job.spec().seed());
   return datasets::ScanDataset(job.dataset_path(), options);
