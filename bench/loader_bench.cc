@@ -19,7 +19,7 @@
 
 #include <torch/torch.h>
 
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
 

@@ -20,7 +20,7 @@
 
 #include "absl/strings/str_split.h"
 #include "worker/backbones/backbone.h"
-#include "worker/catalog/catalog.h"
+#include "common/catalog/catalog.h"
 
 namespace {
 

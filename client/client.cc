@@ -11,18 +11,14 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/util/sha256.h"
-#include "proto/util/status.h"
+#include "common/grpc_status/grpc_status.h"
+#include "common/transfer/transfer.h"
+#include "common/util/status.h"
 
 namespace ft::client {
 namespace {
 
 constexpr auto kUnaryTimeout = std::chrono::seconds(60);
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 void SetDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
@@ -44,7 +40,7 @@ absl::StatusOr<pb::Job> Client::Submit(const pb::JobSpec& spec, const std::strin
   *req.mutable_spec() = spec;
   req.set_request_id(request_id);
   pb::Job job;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->SubmitJob(&ctx, req, &job)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->SubmitJob(&ctx, req, &job)));
   return job;
 }
 
@@ -54,7 +50,7 @@ absl::StatusOr<pb::Job> Client::Get(const std::string& job_id) {
   pb::GetJobRequest req;
   req.set_job_id(job_id);
   pb::Job job;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->GetJob(&ctx, req, &job)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->GetJob(&ctx, req, &job)));
   return job;
 }
 
@@ -64,7 +60,7 @@ absl::StatusOr<std::vector<pb::Job>> Client::List(int limit) {
   pb::ListJobsRequest req;
   req.set_limit(limit);
   pb::ListJobsResponse resp;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->ListJobs(&ctx, req, &resp)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListJobs(&ctx, req, &resp)));
   return std::vector<pb::Job>(resp.jobs().begin(), resp.jobs().end());
 }
 
@@ -74,7 +70,7 @@ absl::StatusOr<pb::Job> Client::Cancel(const std::string& job_id) {
   pb::CancelJobRequest req;
   req.set_job_id(job_id);
   pb::Job job;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->CancelJob(&ctx, req, &job)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->CancelJob(&ctx, req, &job)));
   return job;
 }
 
@@ -87,7 +83,7 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
   auto reader = stub_->WatchJob(&ctx, req);
   pb::JobEvent event;
   while (reader->Read(&event)) on_event(event);
-  FT_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
   return Get(job_id);
 }
 
@@ -95,7 +91,7 @@ absl::StatusOr<std::vector<pb::Model>> Client::ListModels() {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   pb::ListModelsResponse resp;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->ListModels(&ctx, pb::ListModelsRequest(), &resp)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListModels(&ctx, pb::ListModelsRequest(), &resp)));
   return std::vector<pb::Model>(resp.models().begin(), resp.models().end());
 }
 
@@ -105,7 +101,7 @@ absl::StatusOr<pb::Model> Client::GetModel(const std::string& model_id) {
   pb::GetModelRequest req;
   req.set_model_id(model_id);
   pb::Model model;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->GetModel(&ctx, req, &model)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->GetModel(&ctx, req, &model)));
   return model;
 }
 
@@ -115,7 +111,7 @@ absl::Status Client::DeleteModel(const std::string& model_id) {
   pb::DeleteModelRequest req;
   req.set_model_id(model_id);
   pb::DeleteModelResponse resp;
-  return FromGrpc(stub_->DeleteModel(&ctx, req, &resp));
+  return FromGrpcStatus(stub_->DeleteModel(&ctx, req, &resp));
 }
 
 absl::StatusOr<std::vector<std::string>> Client::DownloadModel(const std::string& model_id,
@@ -127,43 +123,41 @@ absl::StatusOr<std::vector<std::string>> Client::DownloadModel(const std::string
   pb::DownloadModelRequest req;
   req.set_model_id(model_id);
   auto reader = stub_->DownloadModel(&ctx, req);
-  struct Out {
-    std::string tmp, final_path, sha256;
-    int64_t size = 0;
-    std::ofstream stream;
-    std::unique_ptr<util::Sha256> hash;
+  // The files arrive one after another; each chunk names its file.
+  struct File {
+    std::unique_ptr<transfer::FileSink> sink;
+    int64_t size = -1;
+    std::string sha256;
   };
-  std::map<std::string, Out> files;
+  std::map<std::string, File> files;
   pb::ModelChunk chunk;
-  while (reader->Read(&chunk)) {
+  absl::Status status;
+  while (status.ok() && reader->Read(&chunk)) {
     if (chunk.file().find('/') != std::string::npos || chunk.file().empty() || chunk.file()[0] == '.') {
-      ctx.TryCancel();
-      return absl::DataLossError(absl::StrCat("server sent a bad file name '", chunk.file(), "'"));
+      status = absl::DataLossError(absl::StrCat("server sent a bad file name '", chunk.file(), "'"));
+      break;
     }
-    Out& o = files[chunk.file()];
-    if (!o.hash) {
-      o.final_path = (std::filesystem::path(dir) / chunk.file()).string();
-      o.tmp = o.final_path + ".part";
-      o.sha256 = chunk.sha256();
-      o.size = chunk.total_size();
-      o.stream.open(o.tmp, std::ios::binary | std::ios::trunc);
-      if (!o.stream) return absl::PermissionDeniedError(absl::StrCat("cannot write ", o.tmp));
-      o.hash = std::make_unique<util::Sha256>();
+    File& f = files[chunk.file()];
+    if (f.sink == nullptr) {
+      auto sink = transfer::FileSink::Create((std::filesystem::path(dir) / chunk.file()).string(), chunk.file());
+      if (!sink.ok()) {
+        status = absl::PermissionDeniedError(sink.status().message());
+        break;
+      }
+      f.sink = *std::move(sink);
+      f.size = chunk.total_size();
+      f.sha256 = chunk.sha256();
     }
-    o.stream.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    o.hash->Update(chunk.data());
+    status = f.sink->Append(chunk.offset(), chunk.data());
   }
-  FT_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!status.ok()) ctx.TryCancel();
+  const absl::Status finished = FromGrpcStatus(reader->Finish());
+  FT_RETURN_IF_ERROR(status);
+  FT_RETURN_IF_ERROR(finished);
   std::vector<std::string> written;
-  for (auto& [name, o] : files) {
-    o.stream.close();
-    if (o.hash->HexDigest() != o.sha256) {
-      std::filesystem::remove(o.tmp, ec);
-      return absl::DataLossError(absl::StrCat(name, " arrived corrupted: sha256 mismatch"));
-    }
-    std::filesystem::rename(o.tmp, o.final_path, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot move ", o.tmp, ": ", ec.message()));
-    written.push_back(o.final_path);
+  for (auto& [name, f] : files) {
+    FT_RETURN_IF_ERROR(f.sink->Commit(f.size, f.sha256));
+    written.push_back(f.sink->path());
   }
   return written;
 }
@@ -174,7 +168,7 @@ absl::StatusOr<pb::ValidationReport> Client::Validate(const pb::JobSpec& spec) {
   pb::SubmitJobRequest req;
   *req.mutable_spec() = spec;
   pb::ValidationReport report;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->ValidateJob(&ctx, req, &report)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ValidateJob(&ctx, req, &report)));
   return report;
 }
 
@@ -191,7 +185,7 @@ absl::StatusOr<pb::PredictResponse> Client::Predict(const std::string& model_id,
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
   pb::PredictResponse resp;
-  FT_RETURN_IF_ERROR(FromGrpc(stub_->Predict(&ctx, req, &resp)));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->Predict(&ctx, req, &resp)));
   return resp;
 }
 
@@ -217,7 +211,7 @@ absl::Status Client::Health() {
                     });
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done; });
-  FT_RETURN_IF_ERROR(FromGrpc(status));
+  FT_RETURN_IF_ERROR(FromGrpcStatus(status));
   std::vector<grpc::Slice> slices;
   response.Dump(&slices);
   std::string bytes;

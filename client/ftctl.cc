@@ -25,7 +25,7 @@
 #include "client/client.h"
 #include "client/ftctl_datasets.h"
 #include "google/protobuf/util/time_util.h"
-#include "proto/util/proto_json.h"
+#include "common/util/proto_json.h"
 
 namespace ft::client {
 namespace {

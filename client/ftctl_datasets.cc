@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/time_util.h"
-#include "proto/util/proto_json.h"
-#include "server/datasets/archive.h"
+#include "common/util/proto_json.h"
+#include "common/datasets/archive.h"
 
 namespace ft::client {
 namespace {

@@ -1,12 +1,6 @@
 // The dataset RPCs of FineTuneService (UploadDataset, ListDatasets,
 // DeleteDataset) and of WorkerGatewayService (FetchDataset): thin layers over
 // datasets::DatasetStore.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -14,14 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/api/finetune_service.h"
-#include "server/api/status.h"
+#include "common/grpc_status/grpc_status.h"
+#include "common/transfer/transfer.h"
 #include "server/api/worker_gateway_service.h"
 #include "server/jobs/dataset_usage.h"
 
 namespace ft::server {
 namespace {
-
-constexpr size_t kChunkBytes = 256 * 1024;
 
 absl::Status NoStore() {
   return absl::FailedPreconditionError("this server does not keep uploaded datasets");
@@ -140,41 +133,27 @@ grpc::Status WorkerGatewayService::FetchDataset(grpc::ServerContext* ctx, const 
   if (manager_->dataset_store() == nullptr) return ToGrpcStatus(NoStore());
   auto path = manager_->dataset_store()->ArchivePath(request->digest());
   if (!path.ok()) return ToGrpcStatus(path.status());
-  const int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC);
-  struct stat st;
-  if (fd < 0 || ::fstat(fd, &st) != 0) {
-    if (fd >= 0) ::close(fd);
+  // Sent under the digest it is stored by; the worker hashes what arrives and
+  // refuses a mismatch (a file:// archive changed since submit).
+  auto source = transfer::FileSource::Open(*path, request->digest());
+  if (!source.ok()) {
     return ToGrpcStatus(absl::NotFoundError(absl::StrCat("cannot open the archive of dataset ", request->digest())));
   }
-  std::string buffer(kChunkBytes, '\0');
-  pb::DatasetChunk chunk;
-  chunk.set_total_size(st.st_size);
-  // The digest the archive is stored under; the worker hashes what arrives
-  // and refuses a mismatch (a file:// archive changed since submit).
-  chunk.set_sha256(request->digest());
-  int64_t offset = 0;
-  grpc::Status status = grpc::Status::OK;
-  while (true) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      status = ToGrpcStatus(absl::InternalError(absl::StrCat("cannot read ", *path, ": ", std::strerror(errno))));
-      break;
-    }
-    if (n == 0 && offset > 0) break;
-    chunk.set_offset(offset);
-    chunk.set_data(buffer.data(), static_cast<size_t>(n));
-    if (ctx->IsCancelled() || !writer->Write(chunk)) {
-      status = grpc::Status(grpc::StatusCode::CANCELLED, "worker went away");
-      break;
-    }
-    if (n == 0) break;
-    offset += n;
-    chunk.clear_total_size();
-    chunk.clear_sha256();
-  }
-  ::close(fd);
-  return status;
+  const absl::Status sent = transfer::SendFile(
+      **source,
+      [&](int64_t offset, std::string data) {
+        pb::DatasetChunk chunk;
+        chunk.set_offset(offset);
+        if (offset == 0) {
+          chunk.set_total_size((*source)->size());
+          chunk.set_sha256((*source)->sha256());
+        }
+        chunk.set_data(std::move(data));
+        return !ctx->IsCancelled() && writer->Write(chunk);
+      },
+      absl::StrCat("dataset ", request->digest().substr(0, 12)));
+  if (absl::IsUnavailable(sent)) return grpc::Status(grpc::StatusCode::CANCELLED, "worker went away");
+  return ToGrpcStatus(sent);
 }
 
 }  // namespace ft::server

@@ -6,7 +6,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "server/api/model_files.h"
-#include "server/api/status.h"
+#include "common/grpc_status/grpc_status.h"
 
 #include <filesystem>
 #include <fstream>
@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "proto/util/proto_json.h"
-#include "proto/util/status.h"
+#include "common/util/proto_json.h"
+#include "common/util/status.h"
 
 namespace ft::server {
 namespace {

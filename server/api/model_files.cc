@@ -4,8 +4,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "proto/util/sha256.h"
-#include "proto/util/status.h"
+#include "common/util/sha256.h"
+#include "common/util/status.h"
 
 namespace ft::server {
 
@@ -31,32 +31,27 @@ absl::StatusOr<std::unique_ptr<ModelFileReader>> ModelFileReader::Open(
 absl::StatusOr<bool> ModelFileReader::Next(pb::ModelChunk* chunk) {
   while (index_ < files_.size()) {
     const File& f = files_[index_];
-    if (!open_) {
-      in_ = std::ifstream(f.path, std::ios::binary);
-      if (!in_) return absl::NotFoundError(absl::StrCat("cannot open ", f.name));
-      open_ = true;
-      offset_ = 0;
+    if (source_ == nullptr) {
+      auto source = transfer::FileSource::Open(f.path, f.sha256);
+      if (!source.ok()) return absl::NotFoundError(absl::StrCat("cannot open ", f.name));
+      source_ = *std::move(source);
+    }
+    int64_t offset = 0;
+    std::string data;
+    FT_ASSIGN_OR_RETURN(bool more, source_->Next(&offset, &data));
+    if (!more) {
+      source_.reset();
+      ++index_;
+      continue;
     }
     chunk->Clear();
     chunk->set_file(f.name);
-    chunk->set_offset(offset_);
-    if (offset_ == 0) {
-      chunk->set_total_size(f.size);
+    chunk->set_offset(offset);
+    if (offset == 0) {
+      chunk->set_total_size(source_->size());
       chunk->set_sha256(f.sha256);
     }
-    std::string* data = chunk->mutable_data();
-    data->resize(kChunkBytes);
-    in_.read(data->data(), static_cast<std::streamsize>(kChunkBytes));
-    data->resize(static_cast<size_t>(in_.gcount()));
-    offset_ += static_cast<int64_t>(data->size());
-    const bool at_end = offset_ >= f.size || data->empty();
-    if (at_end) {
-      ++index_;
-      open_ = false;
-      in_.close();
-      // An empty file still gets its one header chunk.
-      if (data->empty() && offset_ > 0) continue;
-    }
+    *chunk->mutable_data() = std::move(data);
     return true;
   }
   return false;

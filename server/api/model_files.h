@@ -1,12 +1,12 @@
 #ifndef FT_SERVER_API_MODEL_FILES_H_
 #define FT_SERVER_API_MODEL_FILES_H_
 
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/transfer/transfer.h"
 #include "finetune/v1/finetune.pb.h"
 #include "server/models/model_store.h"
 
@@ -16,8 +16,6 @@ namespace ft::server {
 // first chunk carries its total size and sha256. Not thread-safe.
 class ModelFileReader {
  public:
-  static constexpr size_t kChunkBytes = 256 * 1024;
-
   // NOT_FOUND for an unknown model.
   static absl::StatusOr<std::unique_ptr<ModelFileReader>> Open(FilesystemModelStore* store,
                                                                const std::string& model_id,
@@ -35,9 +33,7 @@ class ModelFileReader {
   explicit ModelFileReader(std::vector<File> files) : files_(std::move(files)) {}
   std::vector<File> files_;
   size_t index_ = 0;
-  int64_t offset_ = 0;
-  std::ifstream in_;
-  bool open_ = false;
+  std::unique_ptr<transfer::FileSource> source_;
 };
 
 }  // namespace ft::server

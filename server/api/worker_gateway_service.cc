@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/api/model_files.h"
-#include "server/api/status.h"
+#include "common/grpc_status/grpc_status.h"
 
 namespace ft::server {
 namespace {

@@ -18,10 +18,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/util/time_util.h"
-#include "proto/util/files.h"
-#include "proto/util/proto_json.h"
-#include "proto/util/status.h"
-#include "server/datasets/layout.h"
+#include "common/util/files.h"
+#include "common/util/proto_json.h"
+#include "common/util/status.h"
+#include "common/datasets/layout.h"
 
 namespace ft::datasets {
 namespace fs = std::filesystem;

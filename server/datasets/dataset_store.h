@@ -13,9 +13,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "finetune/v1/finetune.pb.h"
-#include "proto/util/clock.h"
-#include "proto/util/sha256.h"
-#include "server/datasets/archive.h"
+#include "common/util/clock.h"
+#include "common/util/sha256.h"
+#include "common/datasets/archive.h"
 #include "server/datasets/resolver.h"
 
 namespace ft::datasets {

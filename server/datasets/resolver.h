@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 
 namespace ft::datasets {
 

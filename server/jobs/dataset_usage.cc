@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 #include "server/datasets/resolver.h"
 
 namespace ft::server {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/time_util.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 
 namespace ft::server {
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
-#include "proto/util/clock.h"
+#include "common/util/clock.h"
 #include "server/jobs/job_store.h"
 
 struct sqlite3;

@@ -15,9 +15,9 @@
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/time_util.h"
 #include "nlohmann/json.hpp"
-#include "proto/util/files.h"
-#include "proto/util/proto_json.h"
-#include "proto/util/status.h"
+#include "common/util/files.h"
+#include "common/util/proto_json.h"
+#include "common/util/status.h"
 
 namespace ft::server {
 namespace fs = std::filesystem;

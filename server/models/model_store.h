@@ -9,8 +9,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "finetune/v1/finetune.pb.h"
-#include "proto/util/clock.h"
-#include "proto/util/sha256.h"
+#include "common/util/clock.h"
+#include "common/util/sha256.h"
 
 namespace ft::server {
 

@@ -11,7 +11,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "proto/util/log.h"
+#include "common/util/log.h"
 
 extern char** environ;
 

@@ -13,12 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "proto/util/clock.h"
-#include "proto/util/files.h"
-#include "proto/util/sha256.h"
-#include "server/datasets/archive.h"
+#include "common/util/clock.h"
+#include "common/util/files.h"
+#include "common/util/sha256.h"
+#include "common/datasets/archive.h"
 #include "server/datasets/dataset_store.h"
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 #include "server/datasets/resolver.h"
 
 namespace ft::datasets {

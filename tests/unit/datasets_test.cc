@@ -2,7 +2,7 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 #include "server/datasets/resolver.h"
 
 namespace ft::datasets {

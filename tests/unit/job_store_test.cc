@@ -2,7 +2,7 @@
 #include <memory>
 
 #include "gtest/gtest.h"
-#include "proto/util/clock.h"
+#include "common/util/clock.h"
 #include "server/jobs/sqlite_job_store.h"
 
 namespace ft::server {

@@ -1,7 +1,7 @@
 #include <filesystem>
 
 #include "gtest/gtest.h"
-#include "proto/util/sha256.h"
+#include "common/util/sha256.h"
 #include "server/models/model_store.h"
 
 namespace ft::server {

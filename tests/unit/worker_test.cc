@@ -12,7 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/backbones/backbone.h"
-#include "worker/catalog/catalog.h"
+#include "common/catalog/catalog.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
 #include "worker/train/guards.h"

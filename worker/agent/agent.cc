@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <mutex>
@@ -17,11 +16,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/grpc_status/grpc_status.h"
+#include "common/transfer/transfer.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/util/files.h"
-#include "proto/util/log.h"
-#include "proto/util/sha256.h"
-#include "proto/util/status.h"
+#include "common/util/files.h"
+#include "common/util/log.h"
+#include "common/util/status.h"
 #include "worker/agent/device_memory.h"
 #include "worker/agent/worker_metrics.h"
 #include "worker/train/trainer.h"
@@ -31,14 +31,8 @@ namespace {
 
 constexpr int kLeaseWaitSeconds = 5;
 constexpr auto kHeartbeatInterval = std::chrono::milliseconds(1000);
-constexpr size_t kUploadChunk = 256 * 1024;
 // NVML answers a memory query in well under a millisecond.
 constexpr absl::Duration kDeviceMemoryInterval = absl::Seconds(5);
-
-absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
-}
 
 // Calls `tick` at once and then every `interval`, on its own thread, until
 // destroyed.
@@ -223,20 +217,13 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
     pb::FetchModelRequest req;
     req.set_model_id(model_id);
     auto reader = stub_->FetchModel(&ctx, req);
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    util::Sha256 sha;
-    std::string expected;
-    pb::ModelChunk chunk;
-    while (reader->Read(&chunk)) {
-      if (chunk.offset() == 0) expected = chunk.sha256();
-      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-      sha.Update(chunk.data());
-    }
-    FT_RETURN_IF_ERROR(FromGrpc(reader->Finish(), absl::StrCat("fetching model ", model_id)));
-    out.close();
-    if (sha.HexDigest() != expected) {
-      return absl::DataLossError(absl::StrCat("model ", model_id, " arrived corrupted (sha256 mismatch)"));
-    }
+    FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(path, absl::StrCat("model ", model_id)));
+    FT_RETURN_IF_ERROR(transfer::ReceiveFile<pb::ModelChunk>(
+        *sink, [&](pb::ModelChunk* c) { return reader->Read(c); },
+        [&] { ctx.TryCancel(); },
+        [&] {
+          return FromGrpcStatus(reader->Finish(), absl::StrCat("fetching model ", model_id));
+        }));
     return path;
   };
 
@@ -286,9 +273,9 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
     }
     std::string model_id;
     if (exported.ok()) {
-      auto bytes = util::ReadFile(model_path);
-      if (!bytes.ok()) {
-        exported = bytes.status();
+      auto source = transfer::FileSource::Open(model_path);
+      if (!source.ok()) {
+        exported = source.status();
       } else {
         grpc::ClientContext ctx;
         pb::UploadModelResponse up;
@@ -297,16 +284,24 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
         header.mutable_header()->set_lease_id(lease_id);
         header.mutable_header()->set_job_id(job_id);
         header.mutable_header()->set_metadata_json(trained->metadata_json);
-        header.mutable_header()->set_size_bytes(static_cast<int64_t>(bytes->size()));
-        header.mutable_header()->set_sha256(util::Sha256Hex(*bytes));
-        bool ok = writer->Write(header);
-        for (size_t off = 0; ok && off < bytes->size(); off += kUploadChunk) {
-          pb::UploadModelChunk c;
-          c.set_data(bytes->substr(off, kUploadChunk));
-          ok = writer->Write(c);
+        header.mutable_header()->set_size_bytes((*source)->size());
+        header.mutable_header()->set_sha256((*source)->sha256());
+        // A failed write means the server has answered; Finish() says why.
+        absl::Status sent = absl::UnavailableError("header refused");
+        if (writer->Write(header)) {
+          sent = transfer::SendFile(
+              **source,
+              [&](int64_t, std::string data) {
+                pb::UploadModelChunk c;
+                c.set_data(std::move(data));
+                return writer->Write(c);
+              },
+              "uploading the model");
         }
         writer->WritesDone();
-        exported = FromGrpc(writer->Finish(), "uploading the model");
+        const absl::Status finished = FromGrpcStatus(writer->Finish(), "uploading the model");
+        // A local read error explains more than the server's size mismatch.
+        exported = !sent.ok() && !absl::IsUnavailable(sent) ? sent : finished;
         model_id = up.model_id();
       }
     }
@@ -341,7 +336,7 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   if (lease_lost && result.state() == pb::JOB_STATE_UNSPECIFIED) {
     return absl::AbortedError("lease lost; the server re-queues the job");
   }
-  return FromGrpc(fin, "reporting the result");
+  return FromGrpcStatus(fin, "reporting the result");
 }
 
 }  // namespace ft::worker

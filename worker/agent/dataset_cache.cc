@@ -2,16 +2,17 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/grpc_status/grpc_status.h"
+#include "common/transfer/transfer.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/util/files.h"
-#include "proto/util/sha256.h"
-#include "proto/util/status.h"
+#include "common/util/files.h"
+#include "common/util/sha256.h"
+#include "common/util/status.h"
 
 namespace ft::worker {
 namespace fs = std::filesystem;
@@ -27,11 +28,6 @@ std::string RandomHex() {
 bool IsDigest(const std::string& s) {
   return s.size() == 64 &&
          std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-}
-
-absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
 }
 
 // The server keeps an archive's extracted copy under a folder named by its
@@ -111,41 +107,18 @@ absl::Status DatasetCache::Fetch(const std::string& digest, const std::string& a
   pb::FetchDatasetRequest request;
   request.set_digest(digest);
   auto reader = stub_->FetchDataset(&ctx, request);
-  std::ofstream out(archive_path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", archive_path));
-  util::Sha256 sha;
-  int64_t total = -1;
-  pb::DatasetChunk chunk;
-  bool was_cancelled = false;
-  bool out_of_order = false;
-  while (reader->Read(&chunk)) {
-    if (chunk.offset() == 0) total = chunk.total_size();
-    if (chunk.offset() != *bytes) {
-      out_of_order = true;
-      ctx.TryCancel();
-      break;
-    }
-    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    sha.Update(chunk.data());
-    *bytes += static_cast<int64_t>(chunk.data().size());
-    if (cancelled && cancelled()) {
-      was_cancelled = true;
-      ctx.TryCancel();
-      break;
-    }
-  }
-  const grpc::Status finished = reader->Finish();
-  if (was_cancelled) return absl::CancelledError("cancelled while fetching the dataset");
-  if (out_of_order) return absl::DataLossError(absl::StrCat("dataset ", digest.substr(0, 12), " arrived out of order"));
-  FT_RETURN_IF_ERROR(FromGrpc(finished, absl::StrCat("fetching dataset ", digest.substr(0, 12))));
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", archive_path));
-  const std::string got = sha.HexDigest();
-  if (*bytes != total || got != digest) {
-    return absl::DataLossError(absl::StrCat("dataset ", digest.substr(0, 12), " arrived corrupted: ", *bytes,
-                                            " of ", total, " bytes, sha256 ", got));
-  }
-  return absl::OkStatus();
+  const std::string what = absl::StrCat("dataset ", digest.substr(0, 12));
+  FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(archive_path, what));
+  absl::Status received = transfer::ReceiveFile<pb::DatasetChunk>(
+      *sink, [&](pb::DatasetChunk* c) { return reader->Read(c); },
+      [&] { ctx.TryCancel(); },
+      [&] {
+        return FromGrpcStatus(reader->Finish(), absl::StrCat("fetching ", what));
+      },
+      cancelled, /*expected_sha256=*/digest);
+  *bytes = sink->bytes();
+  if (absl::IsCancelled(received)) return absl::CancelledError("cancelled while fetching the dataset");
+  return received;
 }
 
 }  // namespace ft::worker

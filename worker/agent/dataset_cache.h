@@ -6,7 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "finetune/v1/worker.grpc.pb.h"
-#include "server/datasets/archive.h"
+#include "common/datasets/archive.h"
 
 namespace ft::worker {
 

@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 
 namespace ft::worker {
 namespace {

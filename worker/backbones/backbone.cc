@@ -10,7 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 #include "worker/backbones/jit_modules.h"
 #include "worker/backbones/resnet.h"
 #include "worker/backbones/densenet.h"
@@ -20,7 +20,7 @@
 #include "worker/backbones/efficientnet.h"
 #include "worker/backbones/mobilenet.h"
 // FAMILY HEADERS (keep this marker)
-#include "worker/catalog/catalog.h"
+#include "common/catalog/catalog.h"
 
 namespace ft::worker {
 

@@ -5,7 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 #include "worker/backbones/backbone.h"
 #include "worker/backbones/densenet.h"
 #include "worker/weights/safetensors.h"

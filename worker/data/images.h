@@ -11,7 +11,7 @@
 #include <opencv2/core.hpp>
 
 #include "absl/status/statusor.h"
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 
 namespace ft::worker {
 

@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "finetune/v1/worker.pb.h"
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 
 namespace ft::worker {
 

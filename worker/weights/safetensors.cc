@@ -20,8 +20,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "proto/util/files.h"
-#include "proto/util/status.h"
+#include "common/util/files.h"
+#include "common/util/status.h"
 #include "worker/weights/tensor_bytes.h"
 
 namespace ft::worker {

@@ -16,8 +16,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "proto/util/files.h"
-#include "proto/util/status.h"
+#include "common/util/files.h"
+#include "common/util/status.h"
 #include "worker/weights/tensor_bytes.h"
 #include "worker/weights/zip_archive.h"
 

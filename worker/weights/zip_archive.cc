@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 #include "worker/weights/checks.h"
 
 namespace ft::worker::weights_internal {

@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_FILES_H_
-#define FT_PROTO_UTIL_FILES_H_
+#ifndef FT_COMMON_UTIL_FILES_H_
+#define FT_COMMON_UTIL_FILES_H_
 
 #include <string>
 
@@ -19,4 +19,4 @@ std::string ExecutableDir();
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_FILES_H_
+#endif  // FT_COMMON_UTIL_FILES_H_

@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_CLOCK_H_
-#define FT_PROTO_UTIL_CLOCK_H_
+#ifndef FT_COMMON_UTIL_CLOCK_H_
+#define FT_COMMON_UTIL_CLOCK_H_
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -40,4 +40,4 @@ class FakeClock final : public Clock {
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_CLOCK_H_
+#endif  // FT_COMMON_UTIL_CLOCK_H_

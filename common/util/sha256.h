@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_SHA256_H_
-#define FT_PROTO_UTIL_SHA256_H_
+#ifndef FT_COMMON_UTIL_SHA256_H_
+#define FT_COMMON_UTIL_SHA256_H_
 
 #include <memory>
 #include <string>
@@ -32,4 +32,4 @@ absl::StatusOr<std::string> Sha256File(const std::string& path);
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_SHA256_H_
+#endif  // FT_COMMON_UTIL_SHA256_H_

@@ -1,7 +1,7 @@
 // Status helpers shared by every library: Abseil 20220623 has no status
 // macros, so they are defined once here.
-#ifndef FT_PROTO_UTIL_STATUS_H_
-#define FT_PROTO_UTIL_STATUS_H_
+#ifndef FT_COMMON_UTIL_STATUS_H_
+#define FT_COMMON_UTIL_STATUS_H_
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,4 +25,4 @@
   if (!statusor.ok()) return statusor.status();        \
   lhs = std::move(statusor).value()
 
-#endif  // FT_PROTO_UTIL_STATUS_H_
+#endif  // FT_COMMON_UTIL_STATUS_H_

@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_LOG_H_
-#define FT_PROTO_UTIL_LOG_H_
+#ifndef FT_COMMON_UTIL_LOG_H_
+#define FT_COMMON_UTIL_LOG_H_
 
 #include <initializer_list>
 #include <string>
@@ -26,4 +26,4 @@ void Log(absl::string_view level, absl::string_view component, absl::string_view
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_LOG_H_
+#endif  // FT_COMMON_UTIL_LOG_H_

@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_FLAG_NAMES_H_
-#define FT_PROTO_UTIL_FLAG_NAMES_H_
+#ifndef FT_COMMON_UTIL_FLAG_NAMES_H_
+#define FT_COMMON_UTIL_FLAG_NAMES_H_
 
 #include <string>
 #include <vector>
@@ -29,4 +29,4 @@ inline std::vector<std::string> DashedFlagsToAbseil(int argc, char** argv) {
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_FLAG_NAMES_H_
+#endif  // FT_COMMON_UTIL_FLAG_NAMES_H_

@@ -1,4 +1,4 @@
-#include "server/datasets/layout.h"
+#include "common/datasets/layout.h"
 
 #include <zlib.h>
 
@@ -17,7 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 
 namespace ft::datasets {
 namespace fs = std::filesystem;

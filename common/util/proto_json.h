@@ -1,5 +1,5 @@
-#ifndef FT_PROTO_UTIL_PROTO_JSON_H_
-#define FT_PROTO_UTIL_PROTO_JSON_H_
+#ifndef FT_COMMON_UTIL_PROTO_JSON_H_
+#define FT_COMMON_UTIL_PROTO_JSON_H_
 
 #include <string>
 
@@ -15,4 +15,4 @@ absl::Status FromJson(const std::string& json, google::protobuf::Message* messag
 
 }  // namespace ft::util
 
-#endif  // FT_PROTO_UTIL_PROTO_JSON_H_
+#endif  // FT_COMMON_UTIL_PROTO_JSON_H_

@@ -1,5 +1,5 @@
-#ifndef FT_WORKER_CATALOG_CATALOG_H_
-#define FT_WORKER_CATALOG_CATALOG_H_
+#ifndef FT_COMMON_CATALOG_CATALOG_H_
+#define FT_COMMON_CATALOG_CATALOG_H_
 
 #include <string>
 #include <vector>
@@ -30,4 +30,4 @@ std::string BackboneNames();
 
 }  // namespace ft::catalog
 
-#endif  // FT_WORKER_CATALOG_CATALOG_H_
+#endif  // FT_COMMON_CATALOG_CATALOG_H_

@@ -1,4 +1,4 @@
-#include "proto/util/log.h"
+#include "common/util/log.h"
 
 #include <atomic>
 #include <cstdio>

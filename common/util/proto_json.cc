@@ -1,4 +1,4 @@
-#include "proto/util/proto_json.h"
+#include "common/util/proto_json.h"
 
 #include "absl/status/status.h"
 #include "google/protobuf/util/json_util.h"

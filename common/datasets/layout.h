@@ -1,5 +1,5 @@
-#ifndef FT_SERVER_DATASETS_LAYOUT_H_
-#define FT_SERVER_DATASETS_LAYOUT_H_
+#ifndef FT_COMMON_DATASETS_LAYOUT_H_
+#define FT_COMMON_DATASETS_LAYOUT_H_
 
 #include <cstdint>
 #include <string>
@@ -77,4 +77,4 @@ absl::StatusOr<IdxImages> ReadIdxImages(const std::string& path);
 
 }  // namespace ft::datasets
 
-#endif  // FT_SERVER_DATASETS_LAYOUT_H_
+#endif  // FT_COMMON_DATASETS_LAYOUT_H_

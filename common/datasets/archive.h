@@ -1,5 +1,5 @@
-#ifndef FT_SERVER_DATASETS_ARCHIVE_H_
-#define FT_SERVER_DATASETS_ARCHIVE_H_
+#ifndef FT_COMMON_DATASETS_ARCHIVE_H_
+#define FT_COMMON_DATASETS_ARCHIVE_H_
 
 #include <cstdint>
 #include <string>
@@ -65,4 +65,4 @@ bool HasArchiveExtension(const std::string& path);
 
 }  // namespace ft::datasets
 
-#endif  // FT_SERVER_DATASETS_ARCHIVE_H_
+#endif  // FT_COMMON_DATASETS_ARCHIVE_H_

@@ -1,4 +1,4 @@
-#include "proto/util/files.h"
+#include "common/util/files.h"
 
 #include <fcntl.h>
 #include <unistd.h>

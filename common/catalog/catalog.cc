@@ -1,4 +1,4 @@
-#include "worker/catalog/catalog.h"
+#include "common/catalog/catalog.h"
 
 #include "absl/strings/str_join.h"
 

@@ -1,4 +1,4 @@
-#include "proto/util/sha256.h"
+#include "common/util/sha256.h"
 
 #include <openssl/evp.h>
 

@@ -1,4 +1,4 @@
-#include "server/datasets/archive.h"
+#include "common/datasets/archive.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -23,7 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "proto/util/status.h"
+#include "common/util/status.h"
 
 namespace ft::datasets {
 namespace fs = std::filesystem;
