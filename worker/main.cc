@@ -37,10 +37,8 @@ ABSL_FLAG(int, parent_pid, 0, "exit when this process is gone (set by finetuned 
 ABSL_FLAG(int, max_jobs, 0, "exit after this many jobs; 0 runs forever");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
 ABSL_FLAG(std::string, tool, "",
-          "run one tool and exit: validate (ResolvedJob JSON on stdin) or predict (--model-dir, image "
-          "paths as arguments); prints JSON");
-ABSL_FLAG(std::string, model_dir, "", "for --tool=predict: a folder with model.pt and metadata.json");
-ABSL_FLAG(int, top_k, 5, "for --tool=predict");
+          "run one tool and exit (the server does this for ValidateJob and Predict): validate or predict, "
+          "with a binary finetune.v1.ToolRequest on stdin and a ToolReply on stdout");
 ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(bool, version, false, "print the version and LibTorch build, then exit");
 
@@ -48,29 +46,40 @@ namespace {
 
 ft::worker::Agent* g_agent = nullptr;
 
-// Prints the tool's result as JSON on stdout; errors go to stderr as
-// "CODE: message" with exit status 1.
-int RunTool(const std::string& tool, const std::vector<std::string>& args) {
-  auto fail = [](const absl::Status& s) {
-    std::cerr << absl::StatusCodeToString(s.code()) << ": " << s.message() << std::endl;
-    return 1;
+// Reads one binary ToolRequest on stdin, runs it, and writes one binary
+// ToolReply on stdout: errors travel in the reply, not as text on stderr.
+int RunTool(const std::string& tool) {
+  std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  finetune::v1::ToolRequest request;
+  finetune::v1::ToolReply reply;
+  auto fail = [&reply](const absl::Status& s) {
+    reply.set_code(static_cast<int>(s.code()));
+    reply.set_message(std::string(s.message()));
   };
-  if (tool == "validate") {
-    std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
-    finetune::v1::ResolvedJob job;
-    if (auto s = ft::util::FromJson(input, &job); !s.ok()) return fail(s);
-    auto report = ft::worker::ValidateJobTool(job);
-    if (!report.ok()) return fail(report.status());
-    std::cout << ft::util::ToJson(*report) << std::endl;
-    return 0;
+  if (!request.ParseFromString(input)) {
+    fail(absl::InvalidArgumentError("--tool: stdin is not a ToolRequest"));
+  } else if (tool == "validate" && request.has_validate()) {
+    auto report = ft::worker::ValidateJobTool(request.validate());
+    if (report.ok()) {
+      *reply.mutable_validation() = *std::move(report);
+    } else {
+      fail(report.status());
+    }
+  } else if (tool == "predict" && request.has_predict()) {
+    const auto& p = request.predict();
+    auto response = ft::worker::PredictTool(p.model_dir(), {p.image_paths().begin(), p.image_paths().end()},
+                                            p.top_k() > 0 ? p.top_k() : 5);
+    if (response.ok()) {
+      *reply.mutable_prediction() = *std::move(response);
+    } else {
+      fail(response.status());
+    }
+  } else {
+    fail(absl::InvalidArgumentError(
+        absl::StrCat("--tool=", tool, ": unknown tool or a request for another (validate, predict)")));
   }
-  if (tool == "predict") {
-    auto response = ft::worker::PredictTool(absl::GetFlag(FLAGS_model_dir), args, absl::GetFlag(FLAGS_top_k));
-    if (!response.ok()) return fail(response.status());
-    std::cout << ft::util::ToJson(*response) << std::endl;
-    return 0;
-  }
-  return fail(absl::InvalidArgumentError(absl::StrCat("unknown --tool '", tool, "' (validate, predict)")));
+  std::cout << reply.SerializeAsString() << std::flush;
+  return std::cout ? 0 : 1;
 }
 
 void OnSignal(int) {
@@ -85,7 +94,10 @@ int main(int argc, char** argv) {
   std::vector<char*> argv2;
   for (auto& a : args) argv2.push_back(a.data());
   std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
-  std::vector<std::string> positional(rest.begin() + 1, rest.end());
+  if (rest.size() > 1) {
+    std::cerr << "finetune-worker: unexpected argument '" << rest[1] << "'" << std::endl;
+    return 2;
+  }
   ft::util::LogFormat format;
   if (!ft::util::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
     std::cerr << "finetune-worker: --log-format must be text or json" << std::endl;
@@ -133,7 +145,7 @@ int main(int argc, char** argv) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // OpenMP would otherwise start LibTorch with one thread here.
   torch::set_num_threads(threads);
-  if (!absl::GetFlag(FLAGS_tool).empty()) return RunTool(absl::GetFlag(FLAGS_tool), positional);
+  if (!absl::GetFlag(FLAGS_tool).empty()) return RunTool(absl::GetFlag(FLAGS_tool));
   options.threads = threads;
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);

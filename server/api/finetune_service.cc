@@ -240,10 +240,10 @@ grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(
 absl::StatusOr<pb::ValidationReport> FineTuneService::Validate(const pb::JobSpec& spec) {
   FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, manager_->Resolve(spec));
   if (tool_ == nullptr) return absl::UnimplementedError("ValidateJob needs a local finetune-worker binary");
-  FT_ASSIGN_OR_RETURN(std::string json,
-                      tool_->Run("validate", {}, util::ToJson(resolved), absl::Minutes(10)));
-  pb::ValidationReport report;
-  FT_RETURN_IF_ERROR(util::FromJson(json, &report));
+  pb::ToolRequest tool_request;
+  *tool_request.mutable_validate() = std::move(resolved);
+  FT_ASSIGN_OR_RETURN(pb::ToolReply reply, tool_->Run(tool_request, absl::Minutes(10)));
+  pb::ValidationReport report = std::move(*reply.mutable_validation());
   FT_ASSIGN_OR_RETURN(int queued, manager_->store()->CountInState(pb::QUEUED));
   report.set_queue_position(queued + 1);
   return report;
@@ -276,19 +276,20 @@ absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::Predic
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string()));
-  std::vector<std::string> args = {absl::StrCat("--model-dir=", fs::path(model_path).parent_path().string()),
-                                   absl::StrCat("--top-k=", request.top_k() > 0 ? request.top_k() : 5), "--"};
+  pb::ToolRequest tool_request;
+  pb::PredictToolRequest* predict = tool_request.mutable_predict();
+  predict->set_model_dir(fs::path(model_path).parent_path().string());
+  predict->set_top_k(request.top_k() > 0 ? request.top_k() : 5);
   for (int i = 0; i < request.images_size(); ++i) {
     const fs::path p = dir / absl::StrCat("image-", i);
     std::ofstream(p, std::ios::binary).write(request.images(i).data(),
                                              static_cast<std::streamsize>(request.images(i).size()));
-    args.push_back(p.string());
+    predict->add_image_paths(p.string());
   }
-  auto json = tool_->Run("predict", args, "", absl::Minutes(2));
+  auto reply = tool_->Run(tool_request, absl::Minutes(2));
   fs::remove_all(dir, ec);
-  FT_RETURN_IF_ERROR(json.status());
-  pb::PredictResponse response;
-  FT_RETURN_IF_ERROR(util::FromJson(*json, &response));
+  FT_RETURN_IF_ERROR(reply.status());
+  pb::PredictResponse response = std::move(*reply->mutable_prediction());
   response.set_model_id(request.model_id());
   return response;
 }

@@ -13,7 +13,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 
 extern char** environ;
@@ -23,26 +22,12 @@ namespace {
 
 constexpr size_t kMaxOutput = 64 << 20;
 
-absl::Status StatusFromStderr(const std::string& err, int exit_code) {
-  // The first line reads "CODE: message".
-  std::string line = err.substr(0, err.find('\n'));
-  const size_t colon = line.find(": ");
-  if (colon != std::string::npos) {
-    absl::StatusCode code;
-    const std::string name = line.substr(0, colon);
-    for (int c = 1; c <= 16; ++c) {
-      code = static_cast<absl::StatusCode>(c);
-      if (absl::StatusCodeToString(code) == name) return absl::Status(code, line.substr(colon + 2));
-    }
-  }
-  return absl::InternalError(absl::StrCat("finetune-worker tool exited with ", exit_code, ": ",
-                                          err.substr(0, 500)));
-}
-
 }  // namespace
 
-absl::StatusOr<std::string> WorkerTool::Run(const std::string& tool, const std::vector<std::string>& args,
-                                            const std::string& input, absl::Duration timeout) const {
+absl::StatusOr<finetune::v1::ToolReply> WorkerTool::Run(const finetune::v1::ToolRequest& request,
+                                                        absl::Duration timeout) const {
+  const std::string tool = request.has_validate() ? "validate" : "predict";
+  const std::string input = request.SerializeAsString();
   if (options_.binary.empty() || !std::filesystem::exists(options_.binary)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "this request needs finetune-worker next to finetuned (or --worker-binary); not found at '",
@@ -59,7 +44,6 @@ absl::StatusOr<std::string> WorkerTool::Run(const std::string& tool, const std::
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
   std::vector<std::string> argv_s = {options_.binary, absl::StrCat("--tool=", tool),
                                      absl::StrCat("--threads=", options_.threads)};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -135,10 +119,18 @@ absl::StatusOr<std::string> WorkerTool::Run(const std::string& tool, const std::
     return absl::DeadlineExceededError(absl::StrCat("finetune-worker --tool=", tool, " took longer than ",
                                                     absl::FormatDuration(timeout)));
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return StatusFromStderr(err, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  finetune::v1::ToolReply reply;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !reply.ParseFromString(out)) {
+    const std::string how = WIFEXITED(status) ? absl::StrCat("exited with ", WEXITSTATUS(status))
+                                              : absl::StrCat("was killed by signal ", WTERMSIG(status));
+    return absl::InternalError(absl::StrCat("finetune-worker --tool=", tool, " ", how, " without a reply: ",
+                                            err.substr(0, 500)));
   }
-  return out;
+  if (reply.code() != 0) {
+    const int code = reply.code() > 0 && reply.code() <= 16 ? reply.code() : static_cast<int>(absl::StatusCode::kUnknown);
+    return absl::Status(static_cast<absl::StatusCode>(code), reply.message());
+  }
+  return reply;
 }
 
 }  // namespace ft::server

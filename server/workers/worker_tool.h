@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "finetune/v1/worker.pb.h"
 
 namespace ft::server {
 
@@ -16,16 +17,18 @@ struct WorkerToolOptions {
   int threads = 1;
 };
 
-// Runs `finetune-worker --tool=NAME ARGS...` with `input` on stdin and
-// returns its stdout. The server links neither LibTorch nor OpenCV, so the
-// requests that need them (ValidateJob, Predict) run this way. A tool that
-// fails prints "CODE: message" on stderr; that becomes the returned status.
-// DEADLINE_EXCEEDED after `timeout` (the process is killed). Thread-safe.
+// Runs `finetune-worker --tool=NAME` with a binary ToolRequest on its stdin
+// and reads the binary ToolReply from its stdout. The server links neither
+// LibTorch nor OpenCV, so the requests that need them (ValidateJob, Predict)
+// run this way, in a child process. The reply's code and message become the
+// returned status. DEADLINE_EXCEEDED after `timeout` (the process is killed);
+// INTERNAL with its stderr when the tool dies without a reply. Thread-safe;
+// the caller bounds how many run at once.
 class WorkerTool {
  public:
   explicit WorkerTool(const WorkerToolOptions& options) : options_(options) {}
-  absl::StatusOr<std::string> Run(const std::string& tool, const std::vector<std::string>& args,
-                                  const std::string& input, absl::Duration timeout) const;
+  absl::StatusOr<finetune::v1::ToolReply> Run(const finetune::v1::ToolRequest& request,
+                                              absl::Duration timeout) const;
 
  private:
   WorkerToolOptions options_;
