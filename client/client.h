@@ -42,9 +42,13 @@ class Client {
   // Uploads the tar or zip archive at `archive_path` as dataset `name`
   // (client/client_datasets.cc). The server checks the bytes against
   // `sha256`, or the file's own digest when it is empty; `format` (tar,
-  // tar.gz, zip) is an optional hint.
+  // tar.gz, zip) is an optional hint. The server answers once the bytes are
+  // checked, while it extracts them (EXTRACTING); this call then waits until
+  // the dataset is READY, and returns a FAILED extraction as its status
+  // (e.g. INVALID_ARGUMENT naming an unsafe entry).
   absl::StatusOr<pb::Dataset> UploadDataset(const std::string& archive_path, const std::string& name,
                                             const std::string& sha256, const std::string& format);
+  absl::StatusOr<pb::Dataset> GetDataset(const std::string& name);
   absl::StatusOr<std::vector<pb::Dataset>> ListDatasets();
   absl::Status DeleteDataset(const std::string& name);
   // grpc.health.v1 check of the whole server.

@@ -1,5 +1,7 @@
 // Client's dataset calls: UploadDataset, ListDatasets, DeleteDataset.
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +15,8 @@ namespace ft::client {
 namespace {
 
 constexpr auto kUnaryTimeout = std::chrono::seconds(60);
+constexpr auto kFirstPoll = std::chrono::milliseconds(50);
+constexpr auto kMaxPoll = std::chrono::milliseconds(1000);
 
 }  // namespace
 
@@ -44,6 +48,27 @@ absl::StatusOr<pb::Dataset> Client::UploadDataset(const std::string& archive_pat
   const absl::Status finished = FromGrpcStatus(writer->Finish());
   if (!sent.ok() && !absl::IsUnavailable(sent)) return sent;
   FT_RETURN_IF_ERROR(finished);
+  // The server extracts and validates the archive after answering.
+  auto poll = kFirstPoll;
+  while (dataset.state() == pb::DATASET_EXTRACTING) {
+    std::this_thread::sleep_for(poll);
+    poll = std::min(poll * 2, kMaxPoll);
+    FT_ASSIGN_OR_RETURN(dataset, GetDataset(name));
+  }
+  if (dataset.state() == pb::DATASET_FAILED) {
+    const int code = dataset.error_code() > 0 && dataset.error_code() <= 16 ? dataset.error_code() : 2;
+    return absl::Status(static_cast<absl::StatusCode>(code), dataset.error());
+  }
+  return dataset;
+}
+
+absl::StatusOr<pb::Dataset> Client::GetDataset(const std::string& name) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
+  pb::GetDatasetRequest req;
+  req.set_name(name);
+  pb::Dataset dataset;
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->GetDataset(&ctx, req, &dataset)));
   return dataset;
 }
 

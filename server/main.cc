@@ -1,12 +1,9 @@
-// finetuned: the server. Flags are read here and nowhere else.
+// finetuned: the server. Flags are read here and nowhere else; they become
+// ServerOptions, and server/server.h does the rest.
 #include <signal.h>
-#include <unistd.h>
 
-#include <filesystem>
 #include <iostream>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -14,22 +11,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/grpcpp.h"
+#include "absl/time/clock.h"
 #include "common/util/files.h"
-#include "common/util/log.h"
 #include "common/util/flag_names.h"
-#include "server/api/finetune_service.h"
-#include "server/api/worker_gateway_service.h"
-#include "server/datasets/dataset_store.h"
-#include "server/events/event_hub.h"
-#include "server/jobs/job_manager.h"
-#include "server/jobs/sqlite_job_store.h"
-#include "server/metrics/server_metrics.h"
-#include "server/models/model_store.h"
-#include "server/workers/local_worker_pool.h"
-#include "server/workers/worker_tool.h"
+#include "common/util/log.h"
+#include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
@@ -41,7 +27,9 @@ ABSL_FLAG(std::string, dataset_roots, "",
 ABSL_FLAG(std::string, weights_dir, "", "where `pretrained` weights are looked up (default <data-dir>/weights)");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
 ABSL_FLAG(int, worker_threads, 0, "--threads for each local worker (default: cores / local workers)");
-ABSL_FLAG(std::string, worker_binary, "", "finetune-worker to spawn (default: next to finetuned)");
+ABSL_FLAG(std::string, worker_binary, "",
+          "finetune-worker for local workers and for the validate/predict tool processes (default: next to "
+          "finetuned)");
 ABSL_FLAG(std::string, worker_device, "auto", "--device for local workers");
 ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(int, lease_ttl_seconds, 30, "a job's lease expires this long after its worker's last heartbeat");
@@ -50,20 +38,19 @@ ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{10} << 30, "largest dataset archiv
 ABSL_FLAG(int64_t, max_dataset_extracted_bytes, int64_t{64} << 30,
           "largest total a dataset archive may extract to (uploads and file:// archives)");
 ABSL_FLAG(int64_t, max_dataset_entries, 1000000, "most entries a dataset archive may hold");
+ABSL_FLAG(int, max_tool_processes, 2,
+          "validate and predict tool processes that run at once (each loads LibTorch in a child process)");
+ABSL_FLAG(int, max_queued_tools, 8,
+          "validate/predict requests that may wait for a tool process; more are RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, drain_seconds, 0,
+          "on SIGTERM, report NOT_SERVING for this long while still serving, before shutting down");
+ABSL_FLAG(int, slow_threads, 4, "threads for slow calls (submit's dataset scan, upload commits)");
 
 namespace {
 
 int Run() {
-  namespace fs = std::filesystem;
-  using namespace ft::server;
-
-  const std::string data_dir = fs::absolute(absl::GetFlag(FLAGS_data_dir)).lexically_normal().string();
-  if (auto s = ft::util::MakeDirs(data_dir); !s.ok()) {
-    std::cerr << "finetuned: " << s.message() << std::endl;
-    return 1;
-  }
-
-  // Signals are handled by one thread with sigwait, so block them everywhere first.
+  // Signals are handled by this thread with sigwait, so block them
+  // everywhere (threads inherit the mask) before anything starts.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -71,123 +58,52 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  auto store = SqliteJobStore::Create({data_dir + "/finetuned.db", nullptr});
-  if (!store.ok()) {
-    std::cerr << "finetuned: " << store.status().message() << std::endl;
-    return 1;
+  ft::server::ServerOptions o;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  for (absl::string_view r : absl::StrSplit(absl::GetFlag(FLAGS_dataset_roots), ',', absl::SkipEmpty())) {
+    o.dataset_roots.emplace_back(r);
   }
-  auto models = FilesystemModelStore::Create({data_dir + "/models", nullptr});
-  if (!models.ok()) {
-    std::cerr << "finetuned: " << models.status().message() << std::endl;
-    return 1;
-  }
-  EventHub hub;
-
-  JobManagerOptions jm;
-  const std::string roots = absl::GetFlag(FLAGS_dataset_roots);
-  if (roots.empty()) {
-    jm.dataset_roots = {data_dir + "/datasets", "/usr/share/datasets"};
-  } else {
-    for (absl::string_view r : absl::StrSplit(roots, ',', absl::SkipEmpty())) {
-      jm.dataset_roots.push_back(fs::absolute(std::string(r)).lexically_normal().string());
-    }
-  }
-  jm.weights_dir = absl::GetFlag(FLAGS_weights_dir).empty()
-                       ? data_dir + "/weights"
-                       : fs::absolute(absl::GetFlag(FLAGS_weights_dir)).string();
-  jm.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl_seconds));
-  jm.max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  ft::datasets::DatasetStoreOptions dso;
-  dso.root = data_dir + "/datasets-uploaded";
-  dso.cache_root = data_dir + "/datasets-cache";
-  dso.max_upload_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
-  dso.extract.max_bytes = absl::GetFlag(FLAGS_max_dataset_extracted_bytes);
-  dso.extract.max_entries = absl::GetFlag(FLAGS_max_dataset_entries);
-  auto dataset_store = ft::datasets::DatasetStore::Create(dso);
-  if (!dataset_store.ok()) {
-    std::cerr << "finetuned: " << dataset_store.status().message() << std::endl;
-    return 1;
-  }
-  jm.dataset_store = dataset_store->get();
-  JobManager manager(jm, store->get(), &hub, models->get());
-
-
-  std::unique_ptr<ServerMetrics> metrics;
-  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
-    ServerMetricsOptions mo;
-    mo.listen = absl::GetFlag(FLAGS_metrics_listen);
-    mo.manager = &manager;
-    auto m = ServerMetrics::Create(mo);
-    if (!m.ok()) {
-      std::cerr << "finetuned: " << m.status().message() << std::endl;
-      return 1;
-    }
-    metrics = *std::move(m);
-    manager.SetObserver(metrics.get());
+  o.weights_dir = absl::GetFlag(FLAGS_weights_dir);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.local_workers = absl::GetFlag(FLAGS_local_workers);
+  o.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
+  o.worker_device = absl::GetFlag(FLAGS_worker_device);
+  o.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl_seconds));
+  o.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
+  o.max_dataset_extracted_bytes = absl::GetFlag(FLAGS_max_dataset_extracted_bytes);
+  o.max_dataset_entries = absl::GetFlag(FLAGS_max_dataset_entries);
+  o.max_tool_processes = absl::GetFlag(FLAGS_max_tool_processes);
+  o.max_queued_tools = absl::GetFlag(FLAGS_max_queued_tools);
+  o.slow_threads = absl::GetFlag(FLAGS_slow_threads);
+  if (o.max_tool_processes < 1 || o.max_queued_tools < 0 || o.slow_threads < 1) {
+    std::cerr << "finetuned: --max-tool-processes and --slow-threads must be >= 1, --max-queued-tools >= 0"
+              << std::endl;
+    return 2;
   }
 
-  const std::string worker_binary = absl::GetFlag(FLAGS_worker_binary).empty()
-                                        ? ft::util::ExecutableDir() + "/finetune-worker"
-                                        : absl::GetFlag(FLAGS_worker_binary);
-  const int tool_threads = absl::GetFlag(FLAGS_worker_threads) > 0
-                               ? absl::GetFlag(FLAGS_worker_threads)
-                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  WorkerTool tool({worker_binary, tool_threads});
-  FineTuneService api(&manager, &tool);
-  WorkerGatewayService gateway(&manager);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&api);
-  builder.RegisterService(&gateway);
-  if (metrics) builder.experimental().SetInterceptorCreators(metrics->InterceptorCreators());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::cerr << "finetuned: cannot listen on " << absl::GetFlag(FLAGS_listen) << std::endl;
+  auto server = ft::server::Server::Create(o);
+  if (!server.ok()) {
+    std::cerr << "finetuned: " << server.status().message() << std::endl;
     return 1;
   }
-  manager.Start();
-  if (metrics) metrics->Start();
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    if (auto s = ft::util::WriteFileAtomic(absl::GetFlag(FLAGS_port_file), absl::StrCat(port, "\n"));
+    if (auto s = ft::util::WriteFileAtomic(absl::GetFlag(FLAGS_port_file), absl::StrCat((*server)->port(), "\n"));
         !s.ok()) {
       std::cerr << "finetuned: " << s.message() << std::endl;
       return 1;
     }
   }
-  ft::util::Log("info", "finetuned", "serving", {{"port", absl::StrCat(port)}, {"data_dir", data_dir}});
-
-  LocalWorkerPoolOptions pool_options;
-  pool_options.count = absl::GetFlag(FLAGS_local_workers);
-  pool_options.worker_binary = worker_binary;
-  pool_options.server_address = absl::StrCat("127.0.0.1:", port);
-  pool_options.work_root = data_dir + "/work";
-  int threads = absl::GetFlag(FLAGS_worker_threads);
-  if (threads <= 0 && pool_options.count > 0) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / pool_options.count);
-  }
-  pool_options.threads_per_worker = threads;
-  pool_options.extra_args = {absl::StrCat("--device=", absl::GetFlag(FLAGS_worker_device))};
-  if (pool_options.count > 0 && !fs::exists(pool_options.worker_binary)) {
-    std::cerr << "finetuned: worker binary " << pool_options.worker_binary
-              << " not found (set --worker-binary, or --local-workers=0)" << std::endl;
-    return 1;
-  }
-  LocalWorkerPool pool(pool_options);
-  pool.Start();
-  if (metrics) metrics->SetWorkerPool(&pool);
-
   int sig = 0;
   sigwait(&signals, &sig);
   ft::util::Log("info", "finetuned", "shutting down", {{"signal", absl::StrCat(sig)}});
-  if (metrics) metrics->SetWorkerPool(nullptr);
-  pool.Stop();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  if (metrics) metrics->Stop();
-  manager.Shutdown();
-  ft::util::Log("info", "finetuned", "stopped");
+  // NOT_SERVING first; a load balancer that polls readiness stops sending
+  // calls during the grace, and the calls in flight still finish.
+  (*server)->StartDraining();
+  absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  (*server)->Shutdown(absl::Now() + absl::Seconds(5));
   return 0;
 }
 

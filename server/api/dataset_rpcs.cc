@@ -3,10 +3,8 @@
 // datasets::DatasetStore.
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "server/api/finetune_service.h"
 #include "common/grpc_status/grpc_status.h"
 #include "common/transfer/transfer.h"
@@ -21,13 +19,15 @@ absl::Status NoStore() {
 }
 
 // Reads the header and the chunks, one read in flight, appending each to the
-// upload; then commits it. Committing extracts and scans the archive, which
-// can take minutes, so it runs on a thread the reactor owns rather than on a
-// gRPC callback thread. OnDone joins it (or, when OnDone runs on that very
-// thread, after its last use of the reactor, detaches it).
+// upload; then commits it on the slow executor (it syncs the archive to disk
+// and binds the name; the extraction itself runs in the store's own pool, the
+// record saying EXTRACTING until it is READY or FAILED). The reactor owns no
+// thread. Lifetime: deleted in OnDone, which gRPC calls only after Finish,
+// and Finish comes after the commit task's last use of the reactor.
 class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequest> {
  public:
-  UploadReactor(datasets::DatasetStore* store, pb::Dataset* response) : store_(store), response_(response) {
+  UploadReactor(datasets::DatasetStore* store, util::Executor* executor, pb::Dataset* response)
+      : store_(store), executor_(executor), response_(response) {
     if (store_ == nullptr) {
       Finish(ToGrpcStatus(NoStore()));
       return;
@@ -43,14 +43,13 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
         Finish(ToGrpcStatus(absl::InvalidArgumentError("UploadDataset must start with a header")));
         return;
       }
-      committer_ = std::thread([this] {
-        // Until committer_ is assigned, OnDone must not look at it.
-        assigned_.WaitForNotification();
-        auto dataset = store_->Commit(std::move(upload_));
-        if (dataset.ok()) *response_ = *std::move(dataset);
-        Finish(ToGrpcStatus(dataset.status()));
-      });
-      assigned_.Notify();
+      if (!executor_->TrySchedule([this] {
+            auto dataset = store_->Commit(std::move(upload_));
+            if (dataset.ok()) *response_ = *std::move(dataset);
+            Finish(ToGrpcStatus(dataset.status()));
+          })) {
+        Finish(ToGrpcStatus(absl::UnavailableError("the server is shutting down")));
+      }
       return;
     }
     absl::Status status;
@@ -78,24 +77,14 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
     StartRead(&request_);
   }
 
-  void OnDone() override {
-    if (committer_.joinable()) {
-      if (committer_.get_id() == std::this_thread::get_id()) {
-        committer_.detach();
-      } else {
-        committer_.join();
-      }
-    }
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  private:
   datasets::DatasetStore* store_;
+  util::Executor* executor_;
   pb::Dataset* response_;
   pb::UploadDatasetRequest request_;
   std::unique_ptr<datasets::DatasetUpload> upload_;
-  std::thread committer_;
-  absl::Notification assigned_;
 };
 
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
@@ -108,7 +97,7 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* FineTuneService::UploadDataset(grpc::CallbackServerContext* ctx,
                                                                                 pb::Dataset* response) {
-  return new UploadReactor(manager_->dataset_store(), response);
+  return new UploadReactor(manager_->dataset_store(), options_.slow, response);
 }
 
 grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerContext* ctx,
@@ -122,10 +111,20 @@ grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerCont
   return Done(ctx, datasets.status());
 }
 
+grpc::ServerUnaryReactor* FineTuneService::GetDataset(grpc::CallbackServerContext* ctx,
+                                                      const pb::GetDatasetRequest* request, pb::Dataset* response) {
+  if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
+  auto dataset = manager_->dataset_store()->Get(request->name());
+  if (dataset.ok()) *response = *std::move(dataset);
+  return Done(ctx, dataset.status());
+}
+
 grpc::ServerUnaryReactor* FineTuneService::DeleteDataset(grpc::CallbackServerContext* ctx,
                                                          const pb::DeleteDatasetRequest* request,
                                                          pb::DeleteDatasetResponse* response) {
-  return Done(ctx, DeleteUnusedDataset(manager_, request->name()));
+  return Defer(
+      ctx, options_.slow, [this, request] { return DeleteUnusedDataset(manager_, request->name()); },
+      [] { return absl::UnavailableError("the server is shutting down"); });
 }
 
 grpc::Status WorkerGatewayService::FetchDataset(grpc::ServerContext* ctx, const pb::FetchDatasetRequest* request,

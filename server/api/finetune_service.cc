@@ -1,21 +1,19 @@
 #include "server/api/finetune_service.h"
 
 #include <algorithm>
-#include <memory>
-#include <string>
-
-#include "absl/synchronization/mutex.h"
-#include "server/api/model_files.h"
-#include "common/grpc_status/grpc_status.h"
-
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/util/proto_json.h"
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status/grpc_status.h"
 #include "common/util/status.h"
+#include "server/api/model_files.h"
 
 namespace ft::server {
 namespace {
@@ -23,6 +21,8 @@ namespace {
 constexpr int kEventBatch = 128;
 constexpr int kMaxPredictImages = 64;
 constexpr size_t kMaxPredictBytes = 32 << 20;
+constexpr absl::Duration kValidateTimeout = absl::Minutes(10);
+constexpr absl::Duration kPredictTimeout = absl::Minutes(2);
 
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
   auto* reactor = ctx->DefaultReactor();
@@ -30,15 +30,25 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
   return reactor;
 }
 
+absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutting down"); }
+
 // Streams a job's persisted events from a sequence number, then live ones,
-// and finishes after the terminal event. One write in flight; each write's
-// completion, or a hub notification, reads the log from the cursor on. The
+// and finishes after the terminal event. One write in flight, as in gRPC's
+// route_guide callback example. The event log is read on the watch
+// executor, never under a lock and never on the thread that notified: a
+// hub notification only marks that there is news and schedules a read. The
 // log is the single source of truth, so there are no gaps or duplicates.
+//
+// Lifetime: gRPC calls OnDone once; a read may still be running then, and
+// whichever of the two comes last deletes the reactor.
 class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
  public:
-  WatchReactor(JobManager* manager, std::string job_id, int64_t from_sequence)
-      : manager_(manager), job_id_(std::move(job_id)), next_sequence_(std::max<int64_t>(1, from_sequence)) {
-    token_ = manager_->hub()->Subscribe(job_id_, [this] { Wake(); });
+  WatchReactor(JobManager* manager, util::Executor* executor, std::string job_id, int64_t from_sequence)
+      : manager_(manager),
+        executor_(executor),
+        job_id_(std::move(job_id)),
+        next_sequence_(std::max<int64_t>(1, from_sequence)) {
+    subscription_ = manager_->hub()->Subscribe(job_id_, [this] { Wake(); });
     Wake();
   }
 
@@ -47,9 +57,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
     writing_ = false;
     if (!ok) {
       FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
+    } else if (cancelled_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+    } else if (!pending_.empty()) {
+      WriteNextLocked();
+    } else {
+      ScheduleReadLocked();
     }
-    NextLocked();
   }
 
   void OnCancel() override {
@@ -59,14 +73,86 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
   }
 
   void OnDone() override {
-    manager_->hub()->Unsubscribe(token_);
-    delete this;
+    // First, and without mu_: a notification in progress holds the hub's
+    // lock and may be waiting for mu_ in Wake().
+    subscription_.reset();
+    bool last;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      last = !reading_;
+    }
+    if (last) delete this;
   }
 
  private:
+  // On the notifying thread: cheap, no reads.
   void Wake() {
     absl::MutexLock lock(&mu_);
-    NextLocked();
+    news_ = true;
+    ScheduleReadLocked();
+  }
+
+  void ScheduleReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // A write in flight reads again when it completes; a read in flight
+    // sees news_ when it ends.
+    if (reading_ || writing_ || finished_) return;
+    reading_ = true;
+    news_ = false;
+    const int64_t from = next_sequence_;
+    if (!executor_->TrySchedule([this, from] { Read(from); })) {
+      reading_ = false;
+      FinishLocked(ToGrpcStatus(ShuttingDown()));
+    }
+  }
+
+  // On the watch executor.
+  void Read(int64_t from) {
+    auto events = manager_->store()->ReadEvents(job_id_, from, kEventBatch);
+    absl::StatusOr<pb::Job> job = absl::UnknownError("not read");
+    if (events.ok() && events->empty()) job = manager_->store()->GetJob(job_id_);
+    mu_.Lock();
+    reading_ = false;
+    if (done_) {
+      mu_.Unlock();
+      delete this;
+      return;
+    }
+    ReadDoneLocked(events, job);
+    mu_.Unlock();
+  }
+
+  void ReadDoneLocked(absl::StatusOr<std::vector<pb::JobEvent>>& events, const absl::StatusOr<pb::Job>& job)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    if (cancelled_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+      return;
+    }
+    if (!events.ok()) {
+      FinishLocked(ToGrpcStatus(events.status()));
+      return;
+    }
+    if (!events->empty()) {
+      pending_.assign(events->begin(), events->end());
+      WriteNextLocked();
+      return;
+    }
+    if (!job.ok()) {
+      FinishLocked(ToGrpcStatus(job.status()));
+    } else if (IsTerminal(job->state()) && next_sequence_ > job->last_sequence()) {
+      FinishLocked(grpc::Status::OK);
+    } else if (news_) {
+      ScheduleReadLocked();
+    }
+  }
+
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    current_ = std::move(pending_.front());
+    pending_.erase(pending_.begin());
+    next_sequence_ = current_.sequence() + 1;
+    writing_ = true;
+    StartWrite(&current_);
   }
 
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -75,48 +161,20 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
     Finish(status);
   }
 
-  void NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || finished_) return;
-    if (cancelled_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
-      return;
-    }
-    if (pending_.empty()) {
-      auto events = manager_->store()->ReadEvents(job_id_, next_sequence_, kEventBatch);
-      if (!events.ok()) {
-        FinishLocked(ToGrpcStatus(events.status()));
-        return;
-      }
-      pending_.assign(events->begin(), events->end());
-      std::reverse(pending_.begin(), pending_.end());
-    }
-    if (pending_.empty()) {
-      // Caught up. Finish if the job is over and its last event was sent.
-      auto job = manager_->store()->GetJob(job_id_);
-      if (!job.ok()) {
-        FinishLocked(ToGrpcStatus(job.status()));
-      } else if (IsTerminal(job->state()) && next_sequence_ > job->last_sequence()) {
-        FinishLocked(grpc::Status::OK);
-      }
-      return;
-    }
-    current_ = std::move(pending_.back());
-    pending_.pop_back();
-    next_sequence_ = current_.sequence() + 1;
-    writing_ = true;
-    StartWrite(&current_);
-  }
-
-  JobManager* manager_;
+  JobManager* const manager_;
+  util::Executor* const executor_;
   const std::string job_id_;
-  int64_t token_ = 0;
+  std::unique_ptr<EventHub::Subscription> subscription_;
   absl::Mutex mu_;
   int64_t next_sequence_ ABSL_GUARDED_BY(mu_);
-  std::vector<pb::JobEvent> pending_ ABSL_GUARDED_BY(mu_);  // reversed
+  std::vector<pb::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
   pb::JobEvent current_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool news_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Streams a model's files in chunks, one write in flight.
@@ -158,17 +216,42 @@ class ErrorWriter final : public grpc::ServerWriteReactor<T> {
 
 }  // namespace
 
+FineTuneService::FineTuneService(const FineTuneServiceOptions& options)
+    : options_(options), manager_(options.manager) {}
+
+grpc::ServerUnaryReactor* FineTuneService::Defer(grpc::CallbackServerContext* ctx, util::Executor* executor,
+                                                 std::function<absl::Status()> work,
+                                                 std::function<absl::Status()> refused) {
+  auto* reactor = ctx->DefaultReactor();
+  // The request and response live until Finish, so `work` may use them.
+  if (!executor->TrySchedule([reactor, work = std::move(work)] { reactor->Finish(ToGrpcStatus(work())); })) {
+    reactor->Finish(ToGrpcStatus(refused()));
+  }
+  return reactor;
+}
+
+absl::Status FineTuneService::ToolQueueFull() {
+  util::Executor* q = options_.tool_queue;
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "validate and predict run as tool processes: %d are running and %d waiting, this server's limit "
+      "(--max-tool-processes %d, --max-queued-tools %d); retry shortly",
+      q->running(), q->queued(), q->options().threads, q->options().max_queued));
+}
+
 grpc::ServerUnaryReactor* FineTuneService::SubmitJob(grpc::CallbackServerContext* ctx,
-                                                     const pb::SubmitJobRequest* request,
-                                                     pb::Job* response) {
-  auto job = manager_->Submit(request->spec(), request->request_id());
-  if (job.ok()) *response = *std::move(job);
-  return Done(ctx, job.status());
+                                                     const pb::SubmitJobRequest* request, pb::Job* response) {
+  return Defer(
+      ctx, options_.slow,
+      [this, request, response] {
+        auto job = manager_->Submit(request->spec(), request->request_id());
+        if (job.ok()) *response = *std::move(job);
+        return job.status();
+      },
+      ShuttingDown);
 }
 
 grpc::ServerUnaryReactor* FineTuneService::GetJob(grpc::CallbackServerContext* ctx,
-                                                  const pb::GetJobRequest* request,
-                                                  pb::Job* response) {
+                                                  const pb::GetJobRequest* request, pb::Job* response) {
   auto job = manager_->Get(request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
@@ -187,22 +270,20 @@ grpc::ServerUnaryReactor* FineTuneService::ListJobs(grpc::CallbackServerContext*
 }
 
 grpc::ServerUnaryReactor* FineTuneService::CancelJob(grpc::CallbackServerContext* ctx,
-                                                     const pb::CancelJobRequest* request,
-                                                     pb::Job* response) {
+                                                     const pb::CancelJobRequest* request, pb::Job* response) {
   auto job = manager_->Cancel(request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
 }
 
-grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(
-    grpc::CallbackServerContext* ctx, const pb::WatchJobRequest* request) {
+grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(grpc::CallbackServerContext* ctx,
+                                                                  const pb::WatchJobRequest* request) {
   auto job = manager_->Get(request->job_id());
   if (!job.ok()) return new ErrorWriter<pb::JobEvent>(job.status());
   if (request->from_sequence() < 0) {
-    return new ErrorWriter<pb::JobEvent>(
-        absl::InvalidArgumentError("from_sequence: must be non-negative"));
+    return new ErrorWriter<pb::JobEvent>(absl::InvalidArgumentError("from_sequence: must be non-negative"));
   }
-  return new WatchReactor(manager_, request->job_id(), request->from_sequence());
+  return new WatchReactor(manager_, options_.watch, request->job_id(), request->from_sequence());
 }
 
 grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContext* ctx,
@@ -216,8 +297,7 @@ grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContex
 }
 
 grpc::ServerUnaryReactor* FineTuneService::GetModel(grpc::CallbackServerContext* ctx,
-                                                    const pb::GetModelRequest* request,
-                                                    pb::Model* response) {
+                                                    const pb::GetModelRequest* request, pb::Model* response) {
   auto model = manager_->models()->Get(request->model_id());
   if (model.ok()) *response = *std::move(model);
   return Done(ctx, model.status());
@@ -226,23 +306,22 @@ grpc::ServerUnaryReactor* FineTuneService::GetModel(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* FineTuneService::DeleteModel(grpc::CallbackServerContext* ctx,
                                                        const pb::DeleteModelRequest* request,
                                                        pb::DeleteModelResponse* response) {
-  return Done(ctx, manager_->models()->Delete(request->model_id()));
+  return Defer(
+      ctx, options_.slow, [this, request] { return manager_->models()->Delete(request->model_id()); },
+      ShuttingDown);
 }
 
-grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(
-    grpc::CallbackServerContext* ctx, const pb::DownloadModelRequest* request) {
-  auto reader = ModelFileReader::Open(manager_->models(), request->model_id(),
-                                      {"metadata.json", "model.pt"});
+grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(grpc::CallbackServerContext* ctx,
+                                                                         const pb::DownloadModelRequest* request) {
+  auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"metadata.json", "model.pt"});
   if (!reader.ok()) return new ErrorWriter<pb::ModelChunk>(reader.status());
   return new DownloadReactor(*std::move(reader));
 }
 
-absl::StatusOr<pb::ValidationReport> FineTuneService::Validate(const pb::JobSpec& spec) {
-  FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, manager_->Resolve(spec));
-  if (tool_ == nullptr) return absl::UnimplementedError("ValidateJob needs a local finetune-worker binary");
+absl::StatusOr<pb::ValidationReport> FineTuneService::RunValidation(pb::ResolvedJob resolved) {
   pb::ToolRequest tool_request;
   *tool_request.mutable_validate() = std::move(resolved);
-  FT_ASSIGN_OR_RETURN(pb::ToolReply reply, tool_->Run(tool_request, absl::Minutes(10)));
+  FT_ASSIGN_OR_RETURN(pb::ToolReply reply, options_.tools->Run(tool_request, kValidateTimeout));
   pb::ValidationReport report = std::move(*reply.mutable_validation());
   FT_ASSIGN_OR_RETURN(int queued, manager_->store()->CountInState(pb::QUEUED));
   report.set_queue_position(queued + 1);
@@ -252,12 +331,31 @@ absl::StatusOr<pb::ValidationReport> FineTuneService::Validate(const pb::JobSpec
 grpc::ServerUnaryReactor* FineTuneService::ValidateJob(grpc::CallbackServerContext* ctx,
                                                        const pb::SubmitJobRequest* request,
                                                        pb::ValidationReport* response) {
-  auto report = Validate(request->spec());
-  if (report.ok()) *response = *std::move(report);
-  return Done(ctx, report.status());
+  auto* reactor = ctx->DefaultReactor();
+  // Pre-flight (a dataset scan) on the slow executor, then the dry run in
+  // a tool process through the bounded tool queue.
+  const bool scheduled = options_.slow->TrySchedule([this, reactor, request, response] {
+    auto resolved = manager_->Resolve(request->spec());
+    if (!resolved.ok()) {
+      reactor->Finish(ToGrpcStatus(resolved.status()));
+      return;
+    }
+    if (options_.tools == nullptr) {
+      reactor->Finish(ToGrpcStatus(absl::UnimplementedError("ValidateJob needs a finetune-worker tool binary")));
+      return;
+    }
+    auto run = [this, reactor, response, resolved = *std::move(resolved)]() mutable {
+      auto report = RunValidation(std::move(resolved));
+      if (report.ok()) *response = *std::move(report);
+      reactor->Finish(ToGrpcStatus(report.status()));
+    };
+    if (!options_.tool_queue->TrySchedule(std::move(run))) reactor->Finish(ToGrpcStatus(ToolQueueFull()));
+  });
+  if (!scheduled) reactor->Finish(ToGrpcStatus(ShuttingDown()));
+  return reactor;
 }
 
-absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::PredictRequest& request) {
+absl::Status FineTuneService::CheckPredict(const pb::PredictRequest& request, std::string* model_dir) {
   if (request.images_size() == 0) return absl::InvalidArgumentError("images: at least one image is required");
   if (request.images_size() > kMaxPredictImages) {
     return absl::InvalidArgumentError(absl::StrCat("images: at most ", kMaxPredictImages, " per request"));
@@ -269,7 +367,13 @@ absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::Predic
   }
   if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be positive");
   FT_ASSIGN_OR_RETURN(std::string model_path, manager_->models()->FilePath(request.model_id(), "model.pt"));
-  if (tool_ == nullptr) return absl::UnimplementedError("Predict needs a local finetune-worker binary");
+  if (options_.tools == nullptr) return absl::UnimplementedError("Predict needs a finetune-worker tool binary");
+  *model_dir = std::filesystem::path(model_path).parent_path().string();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::PredictRequest& request,
+                                                                const std::string& model_dir) {
   namespace fs = std::filesystem;
   std::random_device rd;
   const fs::path dir = fs::temp_directory_path() / absl::StrFormat("finetuned-predict-%08x%08x", rd(), rd());
@@ -278,15 +382,15 @@ absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::Predic
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string()));
   pb::ToolRequest tool_request;
   pb::PredictToolRequest* predict = tool_request.mutable_predict();
-  predict->set_model_dir(fs::path(model_path).parent_path().string());
+  predict->set_model_dir(model_dir);
   predict->set_top_k(request.top_k() > 0 ? request.top_k() : 5);
   for (int i = 0; i < request.images_size(); ++i) {
     const fs::path p = dir / absl::StrCat("image-", i);
-    std::ofstream(p, std::ios::binary).write(request.images(i).data(),
-                                             static_cast<std::streamsize>(request.images(i).size()));
+    std::ofstream(p, std::ios::binary)
+        .write(request.images(i).data(), static_cast<std::streamsize>(request.images(i).size()));
     predict->add_image_paths(p.string());
   }
-  auto reply = tool_->Run(tool_request, absl::Minutes(2));
+  auto reply = options_.tools->Run(tool_request, kPredictTimeout);
   fs::remove_all(dir, ec);
   FT_RETURN_IF_ERROR(reply.status());
   pb::PredictResponse response = std::move(*reply->mutable_prediction());
@@ -297,9 +401,16 @@ absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::Predic
 grpc::ServerUnaryReactor* FineTuneService::Predict(grpc::CallbackServerContext* ctx,
                                                    const pb::PredictRequest* request,
                                                    pb::PredictResponse* response) {
-  auto r = RunPredict(*request);
-  if (r.ok()) *response = *std::move(r);
-  return Done(ctx, r.status());
+  std::string model_dir;
+  if (absl::Status s = CheckPredict(*request, &model_dir); !s.ok()) return Done(ctx, s);
+  return Defer(
+      ctx, options_.tool_queue,
+      [this, request, response, model_dir] {
+        auto r = RunPredict(*request, model_dir);
+        if (r.ok()) *response = *std::move(r);
+        return r.status();
+      },
+      [this] { return ToolQueueFull(); });
 }
 
 }  // namespace ft::server

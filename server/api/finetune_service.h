@@ -1,43 +1,57 @@
 #ifndef FT_SERVER_API_FINETUNE_SERVICE_H_
 #define FT_SERVER_API_FINETUNE_SERVICE_H_
 
+#include <functional>
+
+#include "common/util/executor.h"
 #include "finetune/v1/finetune.grpc.pb.h"
 #include "server/jobs/job_manager.h"
-#include "server/workers/worker_tool.h"
+#include "server/workers/tool_runner.h"
 
 namespace ft::server {
 
-// The public FineTune API: a thin callback-API layer over JobManager.
+struct FineTuneServiceOptions {
+  // None owned; all must outlive the service.
+  JobManager* manager = nullptr;
+  // ValidateJob's dry run and Predict; null refuses both (UNIMPLEMENTED).
+  ToolRunner* tools = nullptr;
+  // Work too slow for a gRPC callback thread: SubmitJob (dataset scans and
+  // archive extraction), upload commits, dataset deletes, ValidateJob's
+  // pre-flight. Unbounded queue: such calls wait their turn, never refused.
+  util::Executor* slow = nullptr;
+  // Tool runs. Bounded: a run that finds it full is RESOURCE_EXHAUSTED
+  // with the numbers, never a hang.
+  util::Executor* tool_queue = nullptr;
+  // WatchJob's reads of the event log, woken by the event hub.
+  util::Executor* watch = nullptr;
+};
+
+// The public FineTune API: a thin callback-API layer over JobManager. Every
+// handler either answers at once (reads of the store) or hands its work to
+// one of the executors and Finishes from there, so no gRPC callback thread
+// ever waits on a dataset scan, an extraction or a child process.
 class FineTuneService final : public pb::FineTune::CallbackService {
  public:
-  // `manager` and `tool` are not owned and must outlive the service; `tool`
-  // (for ValidateJob and Predict) may be null, and those calls then fail.
-  FineTuneService(JobManager* manager, const WorkerTool* tool) : manager_(manager), tool_(tool) {}
+  explicit FineTuneService(const FineTuneServiceOptions& options);
 
-  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
-                                      const pb::SubmitJobRequest* request,
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx, const pb::SubmitJobRequest* request,
                                       pb::Job* response) override;
-  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx,
-                                   const pb::GetJobRequest* request, pb::Job* response) override;
-  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
-                                     const pb::ListJobsRequest* request,
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx, const pb::GetJobRequest* request,
+                                   pb::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx, const pb::ListJobsRequest* request,
                                      pb::ListJobsResponse* response) override;
-  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
-                                      const pb::CancelJobRequest* request,
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx, const pb::CancelJobRequest* request,
                                       pb::Job* response) override;
   grpc::ServerWriteReactor<pb::JobEvent>* WatchJob(grpc::CallbackServerContext* ctx,
                                                    const pb::WatchJobRequest* request) override;
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
-                                       const pb::ListModelsRequest* request,
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const pb::ListModelsRequest* request,
                                        pb::ListModelsResponse* response) override;
-  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx,
-                                     const pb::GetModelRequest* request,
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const pb::GetModelRequest* request,
                                      pb::Model* response) override;
-  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx,
-                                        const pb::DeleteModelRequest* request,
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const pb::DeleteModelRequest* request,
                                         pb::DeleteModelResponse* response) override;
-  grpc::ServerWriteReactor<pb::ModelChunk>* DownloadModel(
-      grpc::CallbackServerContext* ctx, const pb::DownloadModelRequest* request) override;
+  grpc::ServerWriteReactor<pb::ModelChunk>* DownloadModel(grpc::CallbackServerContext* ctx,
+                                                          const pb::DownloadModelRequest* request) override;
   grpc::ServerUnaryReactor* ValidateJob(grpc::CallbackServerContext* ctx, const pb::SubmitJobRequest* request,
                                         pb::ValidationReport* response) override;
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* ctx, const pb::PredictRequest* request,
@@ -45,17 +59,26 @@ class FineTuneService final : public pb::FineTune::CallbackService {
   // Uploaded datasets, in dataset_rpcs.cc.
   grpc::ServerReadReactor<pb::UploadDatasetRequest>* UploadDataset(grpc::CallbackServerContext* ctx,
                                                                    pb::Dataset* response) override;
+  grpc::ServerUnaryReactor* GetDataset(grpc::CallbackServerContext* ctx, const pb::GetDatasetRequest* request,
+                                       pb::Dataset* response) override;
   grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* ctx, const pb::ListDatasetsRequest* request,
                                          pb::ListDatasetsResponse* response) override;
   grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* ctx, const pb::DeleteDatasetRequest* request,
                                           pb::DeleteDatasetResponse* response) override;
 
  private:
-  absl::StatusOr<pb::ValidationReport> Validate(const pb::JobSpec& spec);
-  absl::StatusOr<pb::PredictResponse> RunPredict(const pb::PredictRequest& request);
+  // Runs `work` on `executor` and finishes `ctx`'s call with its status;
+  // when the executor refuses, finishes with `refused()` at once.
+  grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* ctx, util::Executor* executor,
+                                  std::function<absl::Status()> work, std::function<absl::Status()> refused);
+  // RESOURCE_EXHAUSTED with the tool queue's numbers.
+  absl::Status ToolQueueFull();
+  absl::StatusOr<pb::ValidationReport> RunValidation(pb::ResolvedJob resolved);
+  absl::Status CheckPredict(const pb::PredictRequest& request, std::string* model_dir);
+  absl::StatusOr<pb::PredictResponse> RunPredict(const pb::PredictRequest& request, const std::string& model_dir);
 
-  JobManager* manager_;
-  const WorkerTool* tool_;
+  const FineTuneServiceOptions options_;
+  JobManager* const manager_;
 };
 
 }  // namespace ft::server

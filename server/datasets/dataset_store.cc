@@ -19,6 +19,7 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/util/time_util.h"
 #include "common/util/files.h"
+#include "common/util/log.h"
 #include "common/util/proto_json.h"
 #include "common/util/status.h"
 #include "common/datasets/layout.h"
@@ -29,6 +30,8 @@ namespace {
 
 constexpr char kIncoming[] = ".incoming";
 constexpr char kNames[] = "names";
+constexpr char kPending[] = "pending-";  // <root>/pending-<digest>/{archive,format}: uploads being extracted
+constexpr char kFormatFile[] = "format";
 constexpr char kArchive[] = "archive";
 constexpr char kData[] = "data";
 constexpr char kRecord[] = "dataset.json";
@@ -147,12 +150,108 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
     const std::string name = e.path().filename().string();
     if (IsDigest(name) && !referenced.count(name)) RemoveTree(e.path(), root / kIncoming);
   }
+  // Extractions a restart interrupted start again; their archives wait in
+  // pending/. An EXTRACTING record without one cannot finish.
+  std::set<std::string> resumed;
+  for (const auto& d : *datasets) {
+    if (d.state() != pb::DATASET_EXTRACTING || resumed.count(d.sha256())) continue;
+    if (fs::is_regular_file(fs::path(store->PendingDir(d.sha256())) / kArchive, ec)) {
+      resumed.insert(d.sha256());
+      store->ScheduleExtract(d.sha256());
+    } else {
+      absl::MutexLock lock(&store->mu_);
+      pb::Dataset failed = d;
+      failed.set_state(pb::DATASET_FAILED);
+      failed.set_error_code(static_cast<int>(absl::StatusCode::kAborted));
+      failed.set_error("the server stopped during the extraction and the archive is gone; upload it again");
+      FT_RETURN_IF_ERROR(store->WriteRecord(failed));
+    }
+  }
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (absl::StartsWith(name, kPending) && !resumed.count(name.substr(strlen(kPending)))) {
+      RemoveTree(e.path(), root / kIncoming);
+    }
+  }
   return store;
+}
+
+DatasetStore::~DatasetStore() {
+  // The extraction running now finishes; queued ones resume at the next start.
+  extractor_->Shutdown(/*drain=*/false);
+}
+
+std::string DatasetStore::PendingDir(const std::string& digest) const {
+  return (fs::path(options_.root) / absl::StrCat(kPending, digest)).string();
+}
+
+void DatasetStore::ScheduleExtract(const std::string& digest) {
+  extractor_->TrySchedule([this, digest] { Extract(digest); });
+}
+
+void DatasetStore::Extract(const std::string& digest) {
+  const fs::path pending = PendingDir(digest);
+  std::string format;
+  if (auto f = util::ReadFile((pending / kFormatFile).string(), 64); f.ok()) format = *f;
+  std::error_code ec;
+  const int64_t size = static_cast<int64_t>(fs::file_size(pending / kArchive, ec));
+  absl::StatusOr<pb::Dataset> made = absl::UnknownError("not extracted");
+  if (ec) {
+    made = absl::InternalError(absl::StrCat("the uploaded archive is gone: ", ec.message()));
+  } else if (fs::exists(fs::path(DigestDir(digest)) / kRecord, ec)) {
+    auto stored = util::ReadFile((fs::path(DigestDir(digest)) / kRecord).string(), kMaxRecordBytes);
+    pb::Dataset record;
+    made = stored.ok() ? util::FromJson(*stored, &record) : stored.status();
+    if (made.ok()) made = record;
+  } else {
+    made = Materialize((pending / kArchive).string(), options_.root, digest, size, format, "");
+  }
+  if (made.ok() && !format.empty() && format != made->archive_format()) {
+    made = absl::InvalidArgumentError(
+        absl::StrCat("format: the archive is ", made->archive_format(), ", not ", format));
+  }
+  absl::MutexLock lock(&mu_);
+  bool named = false;
+  for (pb::Dataset record : ReadAllRecords()) {
+    if (record.sha256() != digest) continue;
+    named = true;
+    if (record.state() != pb::DATASET_EXTRACTING) continue;
+    if (made.ok()) {
+      pb::Dataset ready = *made;
+      ready.set_name(record.name());
+      *ready.mutable_create_time() = record.create_time();
+      ready.set_state(pb::DATASET_READY);
+      record = ready;
+    } else {
+      record.set_state(pb::DATASET_FAILED);
+      record.set_error_code(static_cast<int>(made.status().code()));
+      record.set_error(std::string(made.status().message()));
+    }
+    if (auto s = WriteRecord(record); !s.ok()) {
+      util::Log("warning", "finetuned", "cannot record an extracted dataset",
+                {{"dataset", record.name()}, {"error", std::string(s.message())}});
+    }
+    util::Log(made.ok() ? "info" : "warning", "finetuned", "dataset extracted",
+              {{"dataset", record.name()}, {"state", pb::DatasetState_Name(record.state())},
+               {"error", record.error()}});
+  }
+  RemoveTree(pending, fs::path(options_.root) / kIncoming);
+  // Deleted while it was being extracted, or it failed: nothing keeps it.
+  if (!named || !made.ok()) {
+    bool ready_elsewhere = false;
+    for (const auto& r : ReadAllRecords()) ready_elsewhere |= r.sha256() == digest && r.state() == pb::DATASET_READY;
+    if (!ready_elsewhere) RemoveTree(DigestDir(digest), fs::path(options_.root) / kIncoming);
+  }
 }
 
 DatasetStore::DatasetStore(const DatasetStoreOptions& options, util::Clock* clock,
                            std::unique_ptr<util::Clock> owned)
-    : options_(options), clock_(clock), owned_clock_(std::move(owned)) {}
+    : options_(options), clock_(clock), owned_clock_(std::move(owned)) {
+  util::ExecutorOptions eo;
+  eo.name = "ft-extract";
+  eo.threads = std::max(1, options.extract_threads);
+  extractor_ = std::make_unique<util::Executor>(eo);
+}
 
 std::string DatasetStore::DigestDir(const std::string& digest) const {
   return (fs::path(options_.root) / digest).string();
@@ -182,7 +281,7 @@ absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const p
   {
     absl::ReaderMutexLock lock(&mu_);
     auto existing = ReadRecord(header.name());
-    if (existing.ok() && existing->sha256() != header.sha256()) {
+    if (existing.ok() && existing->sha256() != header.sha256() && existing->state() != pb::DATASET_FAILED) {
       return absl::AlreadyExistsError(absl::StrCat(
           "a dataset named ", header.name(), " already exists with other contents (sha256 ",
           existing->sha256(), "); delete it first or choose another name"));
@@ -267,44 +366,65 @@ absl::StatusOr<pb::Dataset> DatasetStore::Commit(std::unique_ptr<DatasetUpload> 
   const std::string archive = (fs::path(upload->dir_) / kArchive).string();
   const fs::path record_path = fs::path(DigestDir(digest)) / kRecord;
 
-  // The slow part (extraction, scan) runs unlocked into a staging folder;
-  // publishing and binding the name happen under mu_, which Delete() holds
+  // Binding the name happens under mu_, which Delete() and Extract() hold
   // too, so a name is never bound to a digest being deleted.
-  constexpr int kAttempts = 3;
-  for (int attempt = 0; attempt < kAttempts; ++attempt) {
-    std::error_code ec;
-    if (!fs::exists(record_path, ec)) {
-      // Staged and published into <root>/<digest> by Materialize; if a
-      // concurrent delete removes it before we bind, the loop redoes it.
-      if (!fs::exists(archive, ec)) {
-        return absl::InternalError("the uploaded archive vanished before it was published");
-      }
-      FT_RETURN_IF_ERROR(Materialize(archive, options_.root, digest, upload->bytes_, header.format(), "").status());
-    }
-    absl::MutexLock lock(&mu_);
-    auto stored = util::ReadFile(record_path.string(), kMaxRecordBytes);
-    if (!stored.ok()) continue;  // deleted meanwhile
-    pb::Dataset record;
+  absl::MutexLock lock(&mu_);
+  auto existing = ReadRecord(header.name());
+  if (existing.ok() && existing->state() != pb::DATASET_FAILED) {
+    if (existing->sha256() == digest) return *existing;
+    return absl::AlreadyExistsError(absl::StrCat(
+        "a dataset named ", header.name(), " already exists with other contents (sha256 ", existing->sha256(),
+        "); delete it first or choose another name"));
+  }
+  pb::Dataset record;
+  std::error_code ec;
+  if (auto stored = util::ReadFile(record_path.string(), kMaxRecordBytes); stored.ok()) {
+    // These bytes are extracted already (under another name): ready at once.
     FT_RETURN_IF_ERROR(util::FromJson(*stored, &record));
     if (!header.format().empty() && header.format() != record.archive_format()) {
       return absl::InvalidArgumentError(absl::StrCat("format: the archive is ", record.archive_format(),
                                                      ", not ", header.format()));
     }
-    auto existing = ReadRecord(header.name());
-    if (existing.ok()) {
-      if (existing->sha256() == digest) return *existing;
-      return absl::AlreadyExistsError(absl::StrCat(
-          "a dataset named ", header.name(), " already exists with other contents (sha256 ", existing->sha256(),
-          "); delete it first or choose another name"));
+    record.set_state(pb::DATASET_READY);
+  } else {
+    // Park the archive under pending/ (one per digest; a concurrent upload of
+    // the same bytes finds it there) and extract it in the pool.
+    const fs::path pending = PendingDir(digest);
+    if (!fs::exists(pending / kArchive, ec)) {
+      const fs::path stage = fs::path(options_.root) / kIncoming / absl::StrCat("pending-", RandomHex());
+      FT_RETURN_IF_ERROR(util::MakeDirs(stage.string()));
+      FT_RETURN_IF_ERROR(util::WriteFileAtomic((stage / kFormatFile).string(), header.format()));
+      if (::rename(archive.c_str(), (stage / kArchive).c_str()) != 0 || ::rename(stage.c_str(), pending.c_str()) != 0) {
+        return absl::InternalError(absl::StrCat("cannot keep the uploaded archive: ", std::strerror(errno)));
+      }
+      ScheduleExtract(digest);
     }
-    record.set_name(header.name());
-    *record.mutable_create_time() =
-        google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(clock_->Now()));
-    FT_RETURN_IF_ERROR(util::WriteFileAtomic(
-        (fs::path(options_.root) / kNames / (header.name() + ".json")).string(), util::ToJson(record)));
-    return record;
+    record.set_sha256(digest);
+    record.set_size_bytes(upload->bytes_);
+    record.set_archive_format(header.format());
+    record.set_state(pb::DATASET_EXTRACTING);
   }
-  return absl::AbortedError(absl::StrCat("dataset ", header.name(), " was deleted while it was being uploaded"));
+  record.set_name(header.name());
+  *record.mutable_create_time() =
+      google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(clock_->Now()));
+  FT_RETURN_IF_ERROR(WriteRecord(record));
+  return record;
+}
+
+absl::Status DatasetStore::WriteRecord(const pb::Dataset& record) {
+  return util::WriteFileAtomic((fs::path(options_.root) / kNames / (record.name() + ".json")).string(),
+                               util::ToJson(record));
+}
+
+std::vector<pb::Dataset> DatasetStore::ReadAllRecords() {
+  std::vector<pb::Dataset> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(options_.root) / kNames, ec)) {
+    if (e.path().extension() != ".json") continue;
+    auto record = ReadRecord(e.path().stem().string());
+    if (record.ok()) out.push_back(*std::move(record));
+  }
+  return out;
 }
 
 absl::StatusOr<pb::Dataset> DatasetStore::ReadRecord(const std::string& name) {
@@ -315,6 +435,8 @@ absl::StatusOr<pb::Dataset> DatasetStore::ReadRecord(const std::string& name) {
   if (!json.ok()) return absl::NotFoundError(absl::StrCat("no uploaded dataset named '", name, "'"));
   pb::Dataset record;
   FT_RETURN_IF_ERROR(util::FromJson(*json, &record));
+  // Records written before datasets had states were all ready.
+  if (record.state() == pb::DATASET_STATE_UNSPECIFIED) record.set_state(pb::DATASET_READY);
   return record;
 }
 
@@ -328,12 +450,10 @@ absl::StatusOr<std::vector<pb::Dataset>> DatasetStore::List() {
   {
     absl::ReaderMutexLock lock(&mu_);
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(fs::path(options_.root) / kNames, ec)) {
-      if (e.path().extension() != ".json") continue;
-      auto record = ReadRecord(e.path().stem().string());
-      if (record.ok()) out.push_back(*std::move(record));
+    if (!fs::is_directory(fs::path(options_.root) / kNames, ec)) {
+      return absl::InternalError(absl::StrCat("cannot list datasets in ", options_.root));
     }
-    if (ec) return absl::InternalError(absl::StrCat("cannot list datasets: ", ec.message()));
+    out = ReadAllRecords();
   }
   std::sort(out.begin(), out.end(), [](const pb::Dataset& a, const pb::Dataset& b) {
     if (a.create_time().seconds() != b.create_time().seconds()) {
@@ -358,7 +478,10 @@ absl::Status DatasetStore::Delete(const std::string& name,
   for (const auto& e : fs::directory_iterator(names, ec)) {
     if (e.path().extension() != ".json") continue;
     auto other = ReadRecord(e.path().stem().string());
-    if (other.ok() && other->sha256() == record.sha256()) return absl::OkStatus();  // still named
+    // Still named by a record that holds files (a FAILED one holds none).
+    if (other.ok() && other->sha256() == record.sha256() && other->state() != pb::DATASET_FAILED) {
+      return absl::OkStatus();
+    }
   }
   RemoveTree(DigestDir(record.sha256()), fs::path(options_.root) / kIncoming);
   return absl::OkStatus();
@@ -366,6 +489,14 @@ absl::Status DatasetStore::Delete(const std::string& name,
 
 absl::StatusOr<std::string> DatasetStore::DataPath(const std::string& name) {
   FT_ASSIGN_OR_RETURN(pb::Dataset record, Get(name));
+  if (record.state() == pb::DATASET_EXTRACTING) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset ", name, " is still being extracted; submit when `ftctl datasets list` shows it READY"));
+  }
+  if (record.state() == pb::DATASET_FAILED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset ", name, " failed to extract: ", record.error(), "; delete it and upload again"));
+  }
   const fs::path dir = DigestDir(record.sha256());
   FT_ASSIGN_OR_RETURN(std::string root, util::ReadFile((dir / kRootFile).string(), 4096));
   return (dir / root).lexically_normal().string();

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "finetune/v1/finetune.pb.h"
 #include "common/util/clock.h"
+#include "common/util/executor.h"
 #include "common/util/sha256.h"
 #include "common/datasets/archive.h"
 #include "server/datasets/resolver.h"
@@ -35,6 +36,8 @@ struct DatasetStoreOptions {
   ExtractOptions extract;
   // Not owned; defaults to the real clock.
   util::Clock* clock = nullptr;
+  // Uploads extracted at once, in the store's own pool.
+  int extract_threads = 1;
 };
 
 // One upload in progress, written under the store's incoming folder. Not
@@ -67,6 +70,11 @@ struct DatasetLocation {
 // Uploaded datasets, content-addressed by the sha256 of their archive, and
 // the cache of extracted file:// archives. Thread-safe.
 //
+// An upload takes time to become usable, so its record carries a state, as
+// Triton's models do: Commit answers at once with EXTRACTING, the store's
+// own pool extracts and validates it, and the record becomes READY, or
+// FAILED with the reason. A restart resumes the extractions it interrupted.
+//
 // A name is bound to one digest: uploading the same bytes under a name again
 // returns the existing record (so retries are safe); other bytes under a
 // taken name are ALREADY_EXISTS (delete it first). Two names may share one
@@ -76,16 +84,20 @@ class DatasetStore {
   // Creates the folders, deletes interrupted uploads and digests no name
   // refers to (left by a crash during a delete).
   static absl::StatusOr<std::unique_ptr<DatasetStore>> Create(const DatasetStoreOptions& options);
+  // The extraction running now finishes; queued ones resume at the next start.
+  ~DatasetStore();
 
   // Checks the header: INVALID_ARGUMENT for a bad name, sha256 or format
   // hint; RESOURCE_EXHAUSTED when size_bytes is over the limit;
   // ALREADY_EXISTS when the name is bound to another digest.
   absl::StatusOr<std::unique_ptr<DatasetUpload>> BeginUpload(const pb::DatasetUploadHeader& header);
-  // Checks size and sha256 (DATA_LOSS on a mismatch), extracts the archive
+  // Checks size and sha256 (DATA_LOSS on a mismatch), syncs the archive and
+  // binds the name: READY at once when these bytes are already extracted,
+  // else EXTRACTING while the pool extracts the archive. Extraction failures
   // (INVALID_ARGUMENT naming an unsafe entry, RESOURCE_EXHAUSTED past the
-  // extraction caps), validates the layout (ScanDataset's errors, e.g.
-  // FAILED_PRECONDITION for no images), then publishes digest and name.
-  // Slow for large archives; call it off latency-sensitive threads.
+  // caps, ScanDataset's errors such as FAILED_PRECONDITION for no images)
+  // end in FAILED with that code and message. Syncs the archive to disk, so
+  // call it off latency-sensitive threads.
   absl::StatusOr<pb::Dataset> Commit(std::unique_ptr<DatasetUpload> upload);
 
   // Newest first.
@@ -97,7 +109,8 @@ class DatasetStore {
   absl::Status Delete(const std::string& name,
                       const std::function<absl::Status(const pb::Dataset&)>& in_use);
 
-  // The extracted folder of an uploaded dataset (pre-flight, local workers).
+  // The extracted folder of a READY uploaded dataset (pre-flight, local
+  // workers); FAILED_PRECONDITION while it is EXTRACTING or after it FAILED.
   absl::StatusOr<std::string> DataPath(const std::string& name);
   // The archive to stream to a worker, uploaded or a file:// archive's
   // source: NOT_FOUND when the digest is neither; INVALID_ARGUMENT when
@@ -112,6 +125,13 @@ class DatasetStore {
   DatasetStore(const DatasetStoreOptions& options, util::Clock* clock, std::unique_ptr<util::Clock> owned);
   std::string DigestDir(const std::string& digest) const;
   absl::StatusOr<pb::Dataset> ReadRecord(const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status WriteRecord(const pb::Dataset& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<pb::Dataset> ReadAllRecords() ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  std::string PendingDir(const std::string& digest) const;
+  // Extracts an upload's pending archive and settles every EXTRACTING name
+  // bound to `digest`: READY, or FAILED with the reason. On the pool.
+  void Extract(const std::string& digest);
+  void ScheduleExtract(const std::string& digest);
   // Extracts `archive` into `<parent>/<digest>` (if not there yet) and reads
   // its layout; returns the digest's record (without a name).
   absl::StatusOr<pb::Dataset> Materialize(const std::string& archive, const std::string& parent,
@@ -126,6 +146,8 @@ class DatasetStore {
   // (path, size, mtime ns, inode) of file:// archives -> sha256.
   std::map<std::tuple<std::string, int64_t, int64_t, uint64_t>, std::string> known_digests_
       ABSL_GUARDED_BY(digests_mu_);
+  // Last: its threads use everything above, so it goes first.
+  std::unique_ptr<util::Executor> extractor_;
 };
 
 // True for names uploads may take: [A-Za-z0-9._-]{1,64}, not "." or "..".

@@ -2,12 +2,14 @@
 
 namespace ft::server {
 
-int64_t EventHub::Subscribe(const std::string& job_id, Callback callback) {
+EventHub::Subscription::~Subscription() { hub_->Unsubscribe(token_); }
+
+std::unique_ptr<EventHub::Subscription> EventHub::Subscribe(const std::string& job_id, WakeCallback wake) {
   absl::MutexLock lock(&mu_);
   const int64_t token = next_token_++;
-  subscribers_.emplace(token, Subscriber{job_id, std::move(callback)});
+  subscribers_.emplace(token, Subscriber{job_id, std::move(wake)});
   by_job_.emplace(job_id, token);
-  return token;
+  return std::unique_ptr<Subscription>(new Subscription(this, token));
 }
 
 void EventHub::Unsubscribe(int64_t token) {
@@ -27,9 +29,7 @@ void EventHub::Unsubscribe(int64_t token) {
 void EventHub::Notify(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto range = by_job_.equal_range(job_id);
-  for (auto j = range.first; j != range.second; ++j) {
-    subscribers_.at(j->second).callback();
-  }
+  for (auto j = range.first; j != range.second; ++j) subscribers_.at(j->second).wake();
 }
 
 int EventHub::WatcherCount() {

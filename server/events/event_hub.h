@@ -4,34 +4,57 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
 
 namespace ft::server {
 
-// Live fan-out of "job X has new events" to any number of watchers. The
-// events themselves live in the JobStore's persisted log: a watcher that is
-// woken re-reads the log from its own cursor, so it never sees a gap or a
-// duplicate however notifications interleave.
+// Live fan-out of "job X has new events" to any number of watchers, after
+// TF Serving's util/event_bus.h. The events themselves live in the
+// JobStore's persisted log: a woken watcher re-reads the log from its own
+// cursor, later and on its own thread, so it never sees a gap or a
+// duplicate however notifications interleave, and the notifier never waits
+// on a watcher.
 //
-// Thread-safe. Callbacks run on the notifying thread, under the hub's lock,
-// and must not block or call back into the hub.
+// Thread-safe. Wake callbacks run on the notifying thread under the hub's
+// lock: they must only note that there is news (set a flag, schedule a
+// read), never read the log, block, or call back into the hub.
 class EventHub {
  public:
-  using Callback = std::function<void()>;
+  using WakeCallback = std::function<void()>;
 
-  // Returns a token for Unsubscribe. `callback` runs after every Notify(job_id).
-  int64_t Subscribe(const std::string& job_id, Callback callback);
-  // After it returns, the callback will not run again.
-  void Unsubscribe(int64_t token);
+  // Unsubscribes when destroyed; after the destructor returns, the callback
+  // never runs again. Must not outlive the hub.
+  class Subscription {
+   public:
+    ~Subscription();
+    Subscription(const Subscription&) = delete;
+    Subscription& operator=(const Subscription&) = delete;
+
+   private:
+    friend class EventHub;
+    Subscription(EventHub* hub, int64_t token) : hub_(hub), token_(token) {}
+    EventHub* hub_;
+    int64_t token_;
+  };
+
+  EventHub() = default;
+  EventHub(const EventHub&) = delete;
+  EventHub& operator=(const EventHub&) = delete;
+
+  // `wake` runs after every Notify(job_id) until the subscription goes.
+  std::unique_ptr<Subscription> Subscribe(const std::string& job_id, WakeCallback wake);
   void Notify(const std::string& job_id);
   int WatcherCount();
 
  private:
+  void Unsubscribe(int64_t token);
+
   struct Subscriber {
     std::string job_id;
-    Callback callback;
+    WakeCallback wake;
   };
   absl::Mutex mu_;
   int64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;

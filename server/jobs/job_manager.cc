@@ -38,7 +38,11 @@ std::vector<std::string> PretrainedDirs(const std::string& weights_dir) {
 
 JobManager::JobManager(const JobManagerOptions& options, JobStore* store, EventHub* hub,
                        FilesystemModelStore* models)
-    : options_(options), store_(store), hub_(hub), models_(models) {}
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : &real_clock_),
+      store_(store),
+      hub_(hub),
+      models_(models) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
@@ -172,7 +176,7 @@ void JobManager::WakeLeasers() {
 
 absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo& worker,
                                                            absl::Duration wait) {
-  const absl::Time deadline = absl::Now() + wait;
+  const absl::Time deadline = clock_->Now() + wait;
   while (true) {
     int64_t generation;
     {
@@ -196,13 +200,13 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
       hub_->Notify(leased->lease.job_id());
       return leased;
     }
+    const absl::Duration left = deadline - clock_->Now();
+    if (left <= absl::ZeroDuration()) return std::optional<LeasedJob>();
     absl::MutexLock lock(&mu_);
     auto changed = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return queue_generation_ != generation;
     };
-    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
-      return std::optional<LeasedJob>();
-    }
+    if (!mu_.AwaitWithTimeout(absl::Condition(&changed), left)) return std::optional<LeasedJob>();
   }
 }
 
@@ -215,7 +219,7 @@ absl::StatusOr<pb::Job> JobManager::Heartbeat(const std::string& job_id,
 
 void JobManager::SeenWorker(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
-  workers_seen_[worker_id] = absl::Now();
+  workers_seen_[worker_id] = clock_->Now();
 }
 
 JobManager::WorkerCounts JobManager::Workers() {
@@ -223,7 +227,7 @@ JobManager::WorkerCounts JobManager::Workers() {
   int seen = 0;
   {
     absl::MutexLock lock(&mu_);
-    const absl::Time cutoff = absl::Now() - absl::Seconds(30);
+    const absl::Time cutoff = clock_->Now() - absl::Seconds(30);
     for (auto it = workers_seen_.begin(); it != workers_seen_.end();) {
       if (it->second < cutoff) {
         it = workers_seen_.erase(it);

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/util/clock.h"
 #include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_store.h"
@@ -33,6 +34,8 @@ struct JobManagerOptions {
   int max_attempts = 3;
   // How often expired leases are swept.
   absl::Duration sweep_interval = absl::Seconds(1);
+  // Not owned; the real clock when null. The store should share it.
+  util::Clock* clock = nullptr;
 };
 
 // Told of job lifecycle moments, for metrics. Implementations are
@@ -95,6 +98,9 @@ class JobManager {
   };
   // Workers that leased or heart-beat in the last 30 s.
   WorkerCounts Workers();
+  // Re-queues (or fails, past max_attempts) the jobs whose leases have
+  // expired; the sweeper thread calls it every sweep_interval.
+  void Sweep();
 
   JobStore* store() { return store_; }
   EventHub* hub() { return hub_; }
@@ -103,12 +109,13 @@ class JobManager {
 
  private:
   void SweepLoop();
-  void Sweep();
   void WakeLeasers();
   void SeenWorker(const std::string& worker_id);
   void ReportFinished(const pb::Job& job);
 
   JobManagerOptions options_;
+  util::RealClock real_clock_;
+  util::Clock* clock_;
   JobStore* store_;
   EventHub* hub_;
   FilesystemModelStore* models_;

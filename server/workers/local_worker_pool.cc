@@ -17,7 +17,8 @@ extern char** environ;
 
 namespace ft::server {
 
-LocalWorkerPool::LocalWorkerPool(const LocalWorkerPoolOptions& options) : options_(options) {
+LocalWorkerPool::LocalWorkerPool(const LocalWorkerPoolOptions& options)
+    : options_(options), clock_(options.clock != nullptr ? options.clock : &real_clock_) {
   absl::MutexLock lock(&mu_);
   slots_.resize(static_cast<size_t>(std::max(0, options.count)));
 }
@@ -61,7 +62,7 @@ void LocalWorkerPool::MonitorLoop() {
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
-      const absl::Time now = absl::Now();
+      const absl::Time now = clock_->Now();
       for (size_t i = 0; i < slots_.size(); ++i) {
         Slot& slot = slots_[i];
         if (slot.pid > 0) {
@@ -107,13 +108,13 @@ void LocalWorkerPool::Stop() {
     }
   }
   for (pid_t p : pids) ::kill(p, SIGTERM);
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  const absl::Time deadline = clock_->Now() + absl::Seconds(10);
   for (pid_t p : pids) {
     while (true) {
       int status;
       pid_t r = ::waitpid(p, &status, WNOHANG);
       if (r == p || r < 0) break;
-      if (absl::Now() > deadline) {
+      if (clock_->Now() > deadline) {
         ::kill(p, SIGKILL);
         ::waitpid(p, &status, 0);
         break;

@@ -9,6 +9,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/util/clock.h"
 
 namespace ft::server {
 
@@ -27,6 +28,8 @@ struct LocalWorkerPoolOptions {
   // Restart backoff grows from `min_backoff` to `max_backoff`.
   absl::Duration min_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Seconds(30);
+  // Not owned; the real clock when null. Times the restart backoff.
+  util::Clock* clock = nullptr;
 };
 
 // Spawns finetune-worker processes and restarts any that die. A worker that
@@ -55,6 +58,8 @@ class LocalWorkerPool {
   pid_t Spawn(int index);
 
   LocalWorkerPoolOptions options_;
+  util::RealClock real_clock_;
+  util::Clock* clock_;
   absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -25,7 +25,7 @@ constexpr size_t kMaxOutput = 64 << 20;
 }  // namespace
 
 absl::StatusOr<finetune::v1::ToolReply> WorkerTool::Run(const finetune::v1::ToolRequest& request,
-                                                        absl::Duration timeout) const {
+                                                        absl::Duration timeout) {
   const std::string tool = request.has_validate() ? "validate" : "predict";
   const std::string input = request.SerializeAsString();
   if (options_.binary.empty() || !std::filesystem::exists(options_.binary)) {

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "finetune/v1/worker.pb.h"
+#include "server/workers/tool_runner.h"
 
 namespace ft::server {
 
@@ -24,11 +25,11 @@ struct WorkerToolOptions {
 // returned status. DEADLINE_EXCEEDED after `timeout` (the process is killed);
 // INTERNAL with its stderr when the tool dies without a reply. Thread-safe;
 // the caller bounds how many run at once.
-class WorkerTool {
+class WorkerTool final : public ToolRunner {
  public:
   explicit WorkerTool(const WorkerToolOptions& options) : options_(options) {}
   absl::StatusOr<finetune::v1::ToolReply> Run(const finetune::v1::ToolRequest& request,
-                                              absl::Duration timeout) const;
+                                              absl::Duration timeout) override;
 
  private:
   WorkerToolOptions options_;

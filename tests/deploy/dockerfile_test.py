@@ -8,6 +8,11 @@ docker/Dockerfile.worker-cuda leaves out libtorch-dev: it links the CUDA
 LibTorch of the official PyTorch wheel instead of Debian's CPU-only one. Add
 or remove a build dependency in dev.sh and in the three Dockerfiles together.
 
+Also checked: every image that ships `finetuned` ships `finetune-worker` in
+the same directory, where finetuned looks for the tool runner that ValidateJob
+and Predict need (an image without it served every other call and refused
+those two: FAILED_PRECONDITION "needs finetune-worker next to finetuned").
+
 Also checked, because an image that breaks them builds but fails in use: every
 Dockerfile is multi-stage, runs as a numeric non-root USER, has a HEALTHCHECK
 and builds the targets of its image; and, where apt-cache has package lists
@@ -26,7 +31,7 @@ DEV_SH = ROOT / "dev.sh"
 DOCKER = ROOT / "docker"
 IMAGES = {
     # file: (packages left out of BUILD_PACKAGES, cmake targets, Debian-based runtime)
-    "Dockerfile.server": (set(), {"finetuned", "ftctl"}, True),
+    "Dockerfile.server": (set(), {"finetuned", "ftctl", "finetune-worker"}, True),
     "Dockerfile.worker": (set(), {"finetune-worker", "ftctl"}, True),
     "Dockerfile.worker-cuda": ({"libtorch-dev"}, {"finetune-worker", "ftctl"}, False),
 }
@@ -99,6 +104,33 @@ def runtime_packages(path):
     return words
 
 
+def shipped_binaries(path):
+    """{directory: {binary names}} that COPY --from=build puts in the final image."""
+    lines = joined_lines(path.read_text())
+    last_from = max(i for i, l in enumerate(lines) if l.startswith("FROM "))
+    out = {}
+    for line in lines[last_from:]:
+        words = line.split()
+        if words[:1] == ["COPY"] and any(w.startswith("--from=") for w in words):
+            args = [w for w in words[1:] if not w.startswith("--")]
+            dest = args[-1].rstrip("/") or "/"
+            out.setdefault(dest, set()).update(pathlib.PurePosixPath(a).name for a in args[:-1])
+    return out
+
+
+def tool_runner_problems(name, path):
+    """An image with finetuned but no finetune-worker beside it cannot validate or predict."""
+    problems = []
+    for dest, names in shipped_binaries(path).items():
+        if "finetuned" in names and "finetune-worker" not in names:
+            problems.append(f"{name}: ships finetuned in {dest} without finetune-worker beside it, so "
+                            "ValidateJob and Predict (tool processes) cannot run")
+    text = path.read_text()
+    if "--worker-binary" in text:
+        problems.append(f"{name}: passes --worker-binary; finetuned must find the tool runner beside itself")
+    return problems
+
+
 def apt_candidates(packages):
     """The packages among `packages` that apt can install here (one apt-cache call)."""
     out = subprocess.run(["apt-cache", "policy", *packages], capture_output=True, text=True).stdout
@@ -115,7 +147,21 @@ def apt_has_lists():
     return shutil.which("apt-cache") and any(pathlib.Path("/var/lib/apt/lists").glob("*_Packages*"))
 
 
+def self_test():
+    """The tool-runner rule flags the server image as it was before it shipped the runner."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        old = pathlib.Path(d) / "Dockerfile"
+        old.write_text("FROM x AS build\nFROM y\nCOPY --from=build /src/build/bin/finetuned "
+                       "/src/build/bin/ftctl /usr/local/bin/\n")
+        assert tool_runner_problems("old", old), "the rule must catch a server image without finetune-worker"
+        old.write_text("FROM x AS build\nFROM y\nCOPY --from=build /src/build/bin/finetuned "
+                       "/src/build/bin/finetune-worker /usr/local/bin/\n")
+        assert not tool_runner_problems("new", old)
+
+
 def main():
+    self_test()
     failures = []
     build_packages = bash_array(DEV_SH.read_text(), "BUILD_PACKAGES")
     if len(build_packages) != len(set(build_packages)):
@@ -140,6 +186,7 @@ def main():
             if extra:
                 failures.append(f"{name}: build stage has {sorted(extra)}, not in dev.sh BUILD_PACKAGES"
                                 + (f" minus {sorted(left_out)}" if left_out else ""))
+        failures += tool_runner_problems(name, path)
         lines = joined_lines(text)
         froms = [l for l in lines if l.startswith("FROM ")]
         if len(froms) < 2 or not any(re.search(r"\bAS\s+build\b", l, re.I) for l in froms):

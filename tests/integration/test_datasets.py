@@ -213,9 +213,21 @@ class DatasetsTest(unittest.TestCase):
         self.refused(self.upload(self.tgz, "fmt", "--format=zip"), "INVALID_ARGUMENT", "tar.gz")
         self.assertEqual(self.server.ftctl("datasets", "upload", self.tgz).returncode, 2)
 
-        names = set(self.listed())
-        for n in ("wrong-sha", "too-big", "evil", "link", "bomb", "junk", "fmt"):
-            self.assertNotIn(n, names)
+        # Refused at commit (digest, size): no record. Refused by the
+        # extraction that follows the commit: listed as FAILED, with the
+        # reason, and no files.
+        listed = self.listed()
+        for n in ("wrong-sha", "too-big"):
+            self.assertNotIn(n, listed)
+        for n in ("evil", "link", "bomb", "junk", "fmt"):
+            self.assertEqual(listed[n]["state"], "DATASET_FAILED", listed[n])
+            self.assertTrue(listed[n]["error"], listed[n])
+            self.assertFalse(os.path.exists(os.path.join(self.server.data_dir, "datasets-uploaded",
+                                                         "pending-" + listed[n]["sha256"])))
+        self.refused(self.server.submit("--dataset=dataset://evil", "--backbone=resnet18")[0],
+                     "FAILED_PRECONDITION", "failed to extract")
+        self.assertEqual(self.server.ftctl("datasets", "delete", "evil").returncode, 0)
+        self.assertNotIn("evil", self.listed())
         incoming = os.path.join(self.server.data_dir, "datasets-uploaded", ".incoming")
         deadline = time.time() + 10
         while os.listdir(incoming) and time.time() < deadline:

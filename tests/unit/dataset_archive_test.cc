@@ -342,7 +342,18 @@ class DatasetStoreTest : public ArchiveTest {
       if (!s.ok()) return s;
     }
     clock_.Advance(absl::Seconds(1));
-    return store_->Commit(*std::move(upload));
+    auto committed = store_->Commit(*std::move(upload));
+    if (!committed.ok()) return committed;
+    // The store extracts in its own pool; wait for it to settle.
+    pb::Dataset d = *committed;
+    while (d.state() == pb::DATASET_EXTRACTING) {
+      absl::SleepFor(absl::Milliseconds(5));
+      auto now = store_->Get(name);
+      if (!now.ok()) return now.status();
+      d = *std::move(now);
+    }
+    if (d.state() == pb::DATASET_FAILED) return absl::Status(static_cast<absl::StatusCode>(d.error_code()), d.error());
+    return d;
   }
 
   util::FakeClock clock_;
@@ -412,13 +423,25 @@ TEST_F(DatasetStoreTest, RefusesBadUploads) {
   auto one_class = Upload("one", Bytes({{"cat/1.png", "x"}, {"cat/2.png", "y"}}));
   EXPECT_TRUE(absl::IsFailedPrecondition(one_class.status())) << one_class.status();
   EXPECT_EQ(one_class.status().message().find(root_.string()), std::string::npos) << one_class.status();
+  // Uploads refused at commit leave nothing; those whose extraction failed
+  // stay listed as FAILED, with the reason, and keep no files.
   auto list = store_->List();
   ASSERT_TRUE(list.ok());
-  EXPECT_TRUE(list->empty());
-  // Nothing of the refused uploads is left behind.
+  std::set<std::string> failed;
+  for (const auto& d : *list) {
+    EXPECT_EQ(d.state(), pb::DATASET_FAILED) << d.name();
+    EXPECT_FALSE(d.error().empty()) << d.name();
+    failed.insert(d.name());
+  }
+  EXPECT_EQ(failed, (std::set<std::string>{"bomb", "evil", "one"}));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DataPath("evil").status()));
   for (const auto& e : fs::directory_iterator(root_ / "uploaded")) {
     const std::string n = e.path().filename().string();
-    if (n == "names" || n == ".incoming") {
+    if (n == "names") {
+      for (const auto& f : fs::directory_iterator(e.path())) {
+        EXPECT_TRUE(failed.count(f.path().stem().string())) << f.path();
+      }
+    } else if (n == ".incoming") {
       EXPECT_TRUE(fs::is_empty(e.path())) << n;
     } else {
       ADD_FAILURE() << "left behind: " << n;

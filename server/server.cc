@@ -1,0 +1,216 @@
+#include "server/server.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/util/executor.h"
+#include "common/util/files.h"
+#include "common/util/log.h"
+#include "common/util/status.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/api/finetune_service.h"
+#include "server/api/worker_gateway_service.h"
+#include "server/datasets/dataset_store.h"
+#include "server/events/event_hub.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/sqlite_job_store.h"
+#include "server/metrics/server_metrics.h"
+#include "server/models/model_store.h"
+#include "server/workers/local_worker_pool.h"
+#include "server/workers/worker_tool.h"
+
+namespace ft::server {
+namespace fs = std::filesystem;
+
+// The health service names: readiness ("" and the API's name) is SERVING
+// only between start and the first moment of a drain; liveness stays
+// SERVING for as long as the process can answer.
+constexpr char kLivenessService[] = "liveness";
+constexpr char kApiService[] = "finetune.v1.FineTune";
+
+// Declared in the order they are built; destroyed in reverse.
+struct Server::Parts {
+  ServerOptions options;
+  util::RealClock real_clock;
+  util::Clock* clock = nullptr;
+  std::unique_ptr<SqliteJobStore> store;
+  std::unique_ptr<FilesystemModelStore> models;
+  std::unique_ptr<datasets::DatasetStore> datasets;
+  EventHub hub;
+  std::unique_ptr<JobManager> manager;
+  std::unique_ptr<ServerMetrics> metrics;
+  std::unique_ptr<WorkerTool> worker_tool;
+  ToolRunner* tools = nullptr;
+  std::unique_ptr<util::Executor> slow, tool_queue, watch;
+  std::unique_ptr<FineTuneService> api;
+  std::unique_ptr<WorkerGatewayService> gateway;
+  std::unique_ptr<grpc::Server> grpc;
+  int port = 0;
+  std::unique_ptr<LocalWorkerPool> pool;
+};
+
+namespace {
+
+absl::Status Precondition(const std::string& what) { return absl::FailedPreconditionError(what); }
+
+std::unique_ptr<util::Executor> MakeExecutor(const std::string& name, int threads, int max_queued) {
+  util::ExecutorOptions o;
+  o.name = name;
+  o.threads = threads;
+  o.max_queued = max_queued;
+  return std::make_unique<util::Executor>(o);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) {
+  auto p = std::make_unique<Parts>();
+  p->options = in;
+  ServerOptions& o = p->options;
+  p->clock = o.clock != nullptr ? o.clock : &p->real_clock;
+  o.data_dir = fs::absolute(o.data_dir).lexically_normal().string();
+  FT_RETURN_IF_ERROR(util::MakeDirs(o.data_dir));
+  if (o.dataset_roots.empty()) {
+    o.dataset_roots = {o.data_dir + "/datasets", "/usr/share/datasets"};
+  } else {
+    for (auto& r : o.dataset_roots) r = fs::absolute(r).lexically_normal().string();
+  }
+  o.weights_dir = o.weights_dir.empty() ? o.data_dir + "/weights" : fs::absolute(o.weights_dir).string();
+  if (o.worker_binary.empty()) o.worker_binary = util::ExecutableDir() + "/finetune-worker";
+  if (o.local_workers > 0 && !fs::exists(o.worker_binary)) {
+    return Precondition(absl::StrCat("worker binary ", o.worker_binary,
+                                     " not found (set --worker-binary, or --local-workers=0)"));
+  }
+
+  FT_ASSIGN_OR_RETURN(p->store, SqliteJobStore::Create({o.data_dir + "/finetuned.db", p->clock}));
+  FT_ASSIGN_OR_RETURN(p->models, FilesystemModelStore::Create({o.data_dir + "/models", p->clock}));
+  datasets::DatasetStoreOptions dso;
+  dso.root = o.data_dir + "/datasets-uploaded";
+  dso.cache_root = o.data_dir + "/datasets-cache";
+  dso.max_upload_bytes = o.max_dataset_bytes;
+  dso.extract.max_bytes = o.max_dataset_extracted_bytes;
+  dso.extract.max_entries = o.max_dataset_entries;
+  dso.clock = p->clock;
+  FT_ASSIGN_OR_RETURN(p->datasets, datasets::DatasetStore::Create(dso));
+
+  JobManagerOptions jm;
+  jm.dataset_roots = o.dataset_roots;
+  jm.weights_dir = o.weights_dir;
+  jm.lease_ttl = o.lease_ttl;
+  jm.max_attempts = o.max_attempts;
+  jm.dataset_store = p->datasets.get();
+  jm.clock = p->clock;
+  p->manager = std::make_unique<JobManager>(jm, p->store.get(), &p->hub, p->models.get());
+
+  if (!o.metrics_listen.empty()) {
+    ServerMetricsOptions mo;
+    mo.listen = o.metrics_listen;
+    mo.manager = p->manager.get();
+    FT_ASSIGN_OR_RETURN(p->metrics, ServerMetrics::Create(mo));
+    p->manager->SetObserver(p->metrics.get());
+  }
+
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.tool_runner != nullptr) {
+    p->tools = o.tool_runner;
+  } else {
+    p->worker_tool = std::make_unique<WorkerTool>(
+        WorkerToolOptions{o.worker_binary, o.worker_threads > 0 ? o.worker_threads : cores});
+    p->tools = p->worker_tool.get();
+  }
+  p->slow = MakeExecutor("ft-slow", o.slow_threads, /*max_queued=*/-1);
+  p->tool_queue = MakeExecutor("ft-tools", o.max_tool_processes, o.max_queued_tools);
+  p->watch = MakeExecutor("ft-watch", o.watch_threads, /*max_queued=*/-1);
+
+  FineTuneServiceOptions so;
+  so.manager = p->manager.get();
+  so.tools = p->tools;
+  so.slow = p->slow.get();
+  so.tool_queue = p->tool_queue.get();
+  so.watch = p->watch.get();
+  p->api = std::make_unique<FineTuneService>(so);
+  p->gateway = std::make_unique<WorkerGatewayService>(p->manager.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &p->port);
+  builder.RegisterService(p->api.get());
+  builder.RegisterService(p->gateway.get());
+  if (p->metrics) builder.experimental().SetInterceptorCreators(p->metrics->InterceptorCreators());
+  p->grpc = builder.BuildAndStart();
+  if (!p->grpc || p->port == 0) return Precondition(absl::StrCat("cannot listen on ", o.listen));
+  grpc::HealthCheckServiceInterface* health = p->grpc->GetHealthCheckService();
+  // Not ready until the workers and the sweeper run; alive from now on.
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kApiService, false);
+  health->SetServingStatus(kLivenessService, true);
+
+  p->manager->Start();
+  if (p->metrics) p->metrics->Start();
+
+  LocalWorkerPoolOptions pool;
+  pool.count = o.local_workers;
+  pool.worker_binary = o.worker_binary;
+  pool.server_address = absl::StrCat("127.0.0.1:", p->port);
+  pool.work_root = o.data_dir + "/work";
+  pool.threads_per_worker =
+      o.worker_threads > 0 ? o.worker_threads : (o.local_workers > 0 ? std::max(1, cores / o.local_workers) : 0);
+  pool.extra_args = {absl::StrCat("--device=", o.worker_device)};
+  pool.clock = p->clock;
+  p->pool = std::make_unique<LocalWorkerPool>(pool);
+  p->pool->Start();
+  if (p->metrics) p->metrics->SetWorkerPool(p->pool.get());
+
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kApiService, true);
+  util::Log("info", "finetuned", "serving", {{"port", absl::StrCat(p->port)}, {"data_dir", o.data_dir}});
+  return std::unique_ptr<Server>(new Server(std::move(p)));
+}
+
+Server::Server(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
+
+Server::~Server() { Shutdown(absl::Now() + absl::Seconds(5)); }
+
+int Server::port() const { return parts_->port; }
+
+std::string Server::local_address() const { return absl::StrCat("127.0.0.1:", parts_->port); }
+
+void Server::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(&shut_down_));
+}
+
+void Server::StartDraining() {
+  util::Log("info", "finetuned", "draining");
+  grpc::HealthCheckServiceInterface* health = parts_->grpc->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kApiService, false);
+}
+
+void Server::Shutdown(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+  }
+  Parts& p = *parts_;
+  StartDraining();
+  if (p.metrics) p.metrics->SetWorkerPool(nullptr);
+  p.pool->Stop();
+  p.grpc->Shutdown(absl::ToChronoTime(deadline));
+  // The executors finish what they hold: calls that were in flight.
+  p.slow->Shutdown();
+  p.tool_queue->Shutdown();
+  p.watch->Shutdown();
+  p.grpc->Wait();
+  if (p.metrics) p.metrics->Stop();
+  p.manager->Shutdown();
+  util::Log("info", "finetuned", "stopped");
+  absl::MutexLock lock(&mu_);
+  shut_down_ = true;
+}
+
+}  // namespace ft::server

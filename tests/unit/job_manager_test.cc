@@ -1,0 +1,166 @@
+// JobManager over a real SqliteJobStore in a temporary folder, with a fake
+// clock: leases expire when the clock says so, not when a test sleeps.
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "common/util/clock.h"
+#include "gtest/gtest.h"
+#include "server/events/event_hub.h"
+#include "server/jobs/job_manager.h"
+#include "server/jobs/sqlite_job_store.h"
+#include "server/models/model_store.h"
+
+namespace ft::server {
+namespace {
+namespace fs = std::filesystem;
+
+class JobManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ft-jm-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    // A tiny ImageFolder: the scan reads names only.
+    for (const char* c : {"a", "b"}) {
+      fs::create_directories(dir_ / "data/set" / c);
+      for (int i = 0; i < 4; ++i) std::ofstream(dir_ / "data/set" / c / (std::to_string(i) + ".png")) << "x";
+    }
+    auto store = SqliteJobStore::Create({(dir_ / "db").string(), &clock_});
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    auto models = FilesystemModelStore::Create({(dir_ / "models").string(), &clock_});
+    ASSERT_TRUE(models.ok()) << models.status();
+    models_ = *std::move(models);
+    JobManagerOptions o;
+    o.dataset_roots = {(dir_ / "data").string()};
+    o.lease_ttl = absl::Seconds(30);
+    o.max_attempts = 2;
+    o.clock = &clock_;
+    manager_ = std::make_unique<JobManager>(o, store_.get(), &hub_, models_.get());
+  }
+  void TearDown() override {
+    manager_.reset();
+    fs::remove_all(dir_);
+  }
+  pb::Job Submit(int priority) {
+    pb::JobSpec spec;
+    spec.set_backbone("resnet18");
+    spec.set_dataset_uri("file://" + (dir_ / "data/set").string());
+    spec.set_priority(priority);
+    auto job = manager_->Submit(spec, "");
+    EXPECT_TRUE(job.ok()) << job.status();
+    return *job;
+  }
+  std::optional<LeasedJob> Lease(const std::string& worker = "w1") {
+    pb::WorkerInfo w;
+    w.set_worker_id(worker);
+    auto leased = manager_->Lease(w, absl::ZeroDuration());
+    EXPECT_TRUE(leased.ok()) << leased.status();
+    return *leased;
+  }
+  pb::Job Get(const std::string& id) { return *manager_->Get(id); }
+
+  fs::path dir_;
+  util::FakeClock clock_;
+  EventHub hub_;
+  std::unique_ptr<SqliteJobStore> store_;
+  std::unique_ptr<FilesystemModelStore> models_;
+  std::unique_ptr<JobManager> manager_;
+};
+
+TEST_F(JobManagerTest, PriorityThenSubmitOrder) {
+  const pb::Job low1 = Submit(0), high = Submit(5), low2 = Submit(0);
+  EXPECT_EQ(Lease()->lease.job_id(), high.id());
+  EXPECT_EQ(Lease()->lease.job_id(), low1.id());
+  EXPECT_EQ(Lease()->lease.job_id(), low2.id());
+  EXPECT_FALSE(Lease().has_value());
+}
+
+TEST_F(JobManagerTest, LeasesExpireByTheClockAndHeartbeatsRenewThem) {
+  const pb::Job job = Submit(0);
+  auto leased = Lease();
+  ASSERT_TRUE(leased.has_value());
+  EXPECT_EQ(Get(job.id()).state(), pb::RUNNING);
+  clock_.Advance(absl::Seconds(29));
+  manager_->Sweep();
+  EXPECT_EQ(Get(job.id()).state(), pb::RUNNING);
+  ASSERT_TRUE(manager_->Heartbeat(job.id(), leased->lease.lease_id()).ok());
+  clock_.Advance(absl::Seconds(29));
+  manager_->Sweep();
+  EXPECT_EQ(Get(job.id()).state(), pb::RUNNING) << "the heartbeat renewed the lease";
+  clock_.Advance(absl::Seconds(2));
+  manager_->Sweep();
+  EXPECT_EQ(Get(job.id()).state(), pb::QUEUED);
+  // The old lease is gone; the job goes to the next worker as attempt 2.
+  EXPECT_FALSE(manager_->Heartbeat(job.id(), leased->lease.lease_id()).ok());
+  auto again = Lease("w2");
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->lease.attempt(), 2);
+  EXPECT_NE(again->lease.lease_id(), leased->lease.lease_id());
+}
+
+TEST_F(JobManagerTest, FailsAfterMaxAttempts) {
+  const pb::Job job = Submit(0);
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto leased = Lease();
+    ASSERT_TRUE(leased.has_value()) << attempt;
+    EXPECT_EQ(leased->lease.attempt(), attempt);
+    clock_.Advance(absl::Seconds(31));
+    manager_->Sweep();
+  }
+  const pb::Job failed = Get(job.id());
+  EXPECT_EQ(failed.state(), pb::FAILED);
+  EXPECT_NE(failed.error().find("worker was lost on each of 2 attempts"), std::string::npos) << failed.error();
+  EXPECT_FALSE(Lease().has_value());
+}
+
+TEST_F(JobManagerTest, WorkersSeenByTheClock) {
+  Submit(0);
+  ASSERT_TRUE(Lease("busy").has_value());
+  EXPECT_FALSE(Lease("idle").has_value());
+  auto counts = manager_->Workers();
+  EXPECT_EQ(counts.busy, 1);
+  EXPECT_EQ(counts.idle, 1);
+  clock_.Advance(absl::Seconds(31));
+  counts = manager_->Workers();
+  EXPECT_EQ(counts.busy + counts.idle, 0);
+}
+
+TEST_F(JobManagerTest, AWaitingLeaseWakesOnSubmit) {
+  // The lease waits (up to an hour of real time) and returns the job as soon
+  // as it is submitted; no sleep decides the outcome.
+  std::optional<LeasedJob> got;
+  std::thread leaser([&] {
+    pb::WorkerInfo w;
+    w.set_worker_id("waiter");
+    auto leased = manager_->Lease(w, absl::Hours(1));
+    ASSERT_TRUE(leased.ok());
+    got = *leased;
+  });
+  const pb::Job job = Submit(0);
+  leaser.join();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->lease.job_id(), job.id());
+}
+
+TEST_F(JobManagerTest, SubmitRefusesWhatCannotRun) {
+  pb::JobSpec spec;
+  spec.set_backbone("resnet18");
+  spec.set_dataset_uri("file:///etc");
+  EXPECT_TRUE(absl::IsPermissionDenied(manager_->Submit(spec, "").status()));
+  spec.set_dataset_uri("file://" + (dir_ / "data/nope").string());
+  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "").status()));
+  spec.set_dataset_uri("file://" + (dir_ / "data/set").string());
+  spec.set_epochs(-1);
+  EXPECT_TRUE(absl::IsInvalidArgument(manager_->Submit(spec, "").status()));
+  spec.set_epochs(1);
+  spec.set_weights_uri("model://mdl-nope");
+  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "").status()));
+}
+
+}  // namespace
+}  // namespace ft::server
