@@ -45,6 +45,7 @@ struct Server::Parts {
   std::unique_ptr<WorkerTool> worker_tool;
   ToolRunner* tools = nullptr;
   std::unique_ptr<util::Executor> slow, tool_queue, watch;
+  std::unique_ptr<EventLogCache> events;
   std::unique_ptr<FineTuneService> api;
   std::unique_ptr<WorkerGatewayService> gateway;
   std::unique_ptr<grpc::Server> grpc;
@@ -131,6 +132,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   so.slow = p->slow.get();
   so.tool_queue = p->tool_queue.get();
   so.watch = p->watch.get();
+  p->events = std::make_unique<EventLogCache>(p->store.get());
+  so.events = p->events.get();
   p->api = std::make_unique<FineTuneService>(so);
   p->gateway = std::make_unique<WorkerGatewayService>(p->manager.get());
 

@@ -1,6 +1,8 @@
 #include "server/api/finetune_service.h"
 
 #include <algorithm>
+#include <deque>
+#include <iterator>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -43,9 +45,11 @@ absl::Status ShuttingDown() { return absl::UnavailableError("the server is shutt
 // whichever of the two comes last deletes the reactor.
 class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
  public:
-  WatchReactor(JobManager* manager, util::Executor* executor, std::string job_id, int64_t from_sequence)
+  WatchReactor(JobManager* manager, util::Executor* executor, EventLogCache* cache, std::string job_id,
+               int64_t from_sequence)
       : manager_(manager),
         executor_(executor),
+        cache_(cache),
         job_id_(std::move(job_id)),
         next_sequence_(std::max<int64_t>(1, from_sequence)) {
     subscription_ = manager_->hub()->Subscribe(job_id_, [this] { Wake(); });
@@ -88,6 +92,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
  private:
   // On the notifying thread: cheap, no reads.
   void Wake() {
+    cache_->Invalidate(job_id_);
     absl::MutexLock lock(&mu_);
     news_ = true;
     ScheduleReadLocked();
@@ -108,9 +113,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 
   // On the watch executor.
   void Read(int64_t from) {
-    auto events = manager_->store()->ReadEvents(job_id_, from, kEventBatch);
-    absl::StatusOr<pb::Job> job = absl::UnknownError("not read");
-    if (events.ok() && events->empty()) job = manager_->store()->GetJob(job_id_);
+    auto slice = cache_->Read(job_id_, from, kEventBatch);
     mu_.Lock();
     reading_ = false;
     if (done_) {
@@ -118,29 +121,26 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
       delete this;
       return;
     }
-    ReadDoneLocked(events, job);
+    ReadDoneLocked(slice);
     mu_.Unlock();
   }
 
-  void ReadDoneLocked(absl::StatusOr<std::vector<pb::JobEvent>>& events, const absl::StatusOr<pb::Job>& job)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void ReadDoneLocked(absl::StatusOr<EventLogCache::Slice>& slice) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     if (cancelled_) {
       FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
       return;
     }
-    if (!events.ok()) {
-      FinishLocked(ToGrpcStatus(events.status()));
+    if (!slice.ok()) {
+      FinishLocked(ToGrpcStatus(slice.status()));
       return;
     }
-    if (!events->empty()) {
-      pending_.assign(events->begin(), events->end());
+    if (!slice->events.empty()) {
+      pending_.assign(std::make_move_iterator(slice->events.begin()), std::make_move_iterator(slice->events.end()));
       WriteNextLocked();
       return;
     }
-    if (!job.ok()) {
-      FinishLocked(ToGrpcStatus(job.status()));
-    } else if (IsTerminal(job->state()) && next_sequence_ > job->last_sequence()) {
+    if (slice->terminal && next_sequence_ > slice->last_sequence) {
       FinishLocked(grpc::Status::OK);
     } else if (news_) {
       ScheduleReadLocked();
@@ -149,7 +149,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     current_ = std::move(pending_.front());
-    pending_.erase(pending_.begin());
+    pending_.pop_front();
     next_sequence_ = current_.sequence() + 1;
     writing_ = true;
     StartWrite(&current_);
@@ -163,11 +163,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<pb::JobEvent> {
 
   JobManager* const manager_;
   util::Executor* const executor_;
+  EventLogCache* const cache_;
   const std::string job_id_;
   std::unique_ptr<EventHub::Subscription> subscription_;
   absl::Mutex mu_;
   int64_t next_sequence_ ABSL_GUARDED_BY(mu_);
-  std::vector<pb::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
+  std::deque<pb::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
   pb::JobEvent current_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
@@ -283,7 +284,7 @@ grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(grpc::Callback
   if (request->from_sequence() < 0) {
     return new ErrorWriter<pb::JobEvent>(absl::InvalidArgumentError("from_sequence: must be non-negative"));
   }
-  return new WatchReactor(manager_, options_.watch, request->job_id(), request->from_sequence());
+  return new WatchReactor(manager_, options_.watch, options_.events, request->job_id(), request->from_sequence());
 }
 
 grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContext* ctx,

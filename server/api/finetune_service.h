@@ -5,6 +5,7 @@
 
 #include "common/util/executor.h"
 #include "finetune/v1/finetune.grpc.pb.h"
+#include "server/jobs/event_log_cache.h"
 #include "server/jobs/job_manager.h"
 #include "server/workers/tool_runner.h"
 
@@ -22,8 +23,10 @@ struct FineTuneServiceOptions {
   // Tool runs. Bounded: a run that finds it full is RESOURCE_EXHAUSTED
   // with the numbers, never a hang.
   util::Executor* tool_queue = nullptr;
-  // WatchJob's reads of the event log, woken by the event hub.
+  // WatchJob's reads of the event log, woken by the event hub, through the
+  // cache that serves all watchers of a job with one store read.
   util::Executor* watch = nullptr;
+  EventLogCache* events = nullptr;
 };
 
 // The public FineTune API: a thin callback-API layer over JobManager. Every
