@@ -22,6 +22,12 @@ std::string Size(int64_t bytes) {
   return absl::StrFormat("%.1f MB", bytes / 1e6);
 }
 
+// "EXTRACTING", "READY", "FAILED".
+std::string StateText(pb::DatasetState state) {
+  const std::string name = pb::DatasetState_Name(state);
+  return name.rfind("DATASET_", 0) == 0 ? name.substr(8) : name;
+}
+
 }  // namespace
 
 int UploadDataset(Invocation& inv) {
@@ -66,12 +72,13 @@ int ListDatasets(Invocation& inv) {
     std::cout << util::ToJson(resp) << std::endl;
     return kExitOk;
   }
-  std::cout << absl::StrFormat("%-24s %-14s %-12s %-8s %-8s %-10s %s\n", "NAME", "SHA256", "FORMAT", "CLASSES",
-                               "IMAGES", "SIZE", "CREATED");
+  std::cout << absl::StrFormat("%-24s %-11s %-14s %-12s %-8s %-8s %-10s %s\n", "NAME", "STATE", "SHA256", "FORMAT",
+                               "CLASSES", "IMAGES", "SIZE", "CREATED");
   for (const auto& d : *datasets) {
-    std::cout << absl::StrFormat("%-24s %-14s %-12s %-8d %-8d %-10s %s\n", d.name(), d.sha256().substr(0, 12),
-                                 d.format(), d.num_classes(), d.num_images(), Size(d.size_bytes()),
-                                 TimeText(d.create_time()));
+    std::cout << absl::StrFormat("%-24s %-11s %-14s %-12s %-8d %-8d %-10s %s\n", d.name(), StateText(d.state()),
+                                 d.sha256().substr(0, 12), d.format(), d.num_classes(), d.num_images(),
+                                 Size(d.size_bytes()), TimeText(d.create_time()));
+    if (d.state() == pb::DATASET_FAILED) std::cout << "  failed: " << d.error() << std::endl;
   }
   return kExitOk;
 }
