@@ -51,6 +51,8 @@ deps() {
 configure() {
   export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
   export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+  # Paths relative to the checkout, so that a second clone hits the same cache.
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT}
   export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
   if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFT_WERROR=ON
