@@ -19,7 +19,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-import harness  # noqa: E402
+harness = None  # tests/integration/harness.py, imported once FT_BIN_DIR is set
 
 
 def log(**kv):
@@ -50,33 +49,19 @@ def summary(name, values):
 
 
 class Finetuned:
-    def __init__(self, bin_dir, work, roots, extra=()):
-        self.bin = bin_dir
-        port_file = os.path.join(work, "port")
-        self.log = open(os.path.join(work, "server.log"), "w")
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "finetuned"), "--listen=127.0.0.1:0", f"--port-file={port_file}",
-             f"--data-dir={work}/var", f"--dataset-roots={roots}", "--local-workers=0", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            if os.path.exists(port_file) and open(port_file).read().strip():
-                break
-            time.sleep(0.05)
-        self.addr = "127.0.0.1:" + open(port_file).read().strip()
+    """A real finetuned without local workers (harness.Server), with timed ftctl calls."""
+
+    def __init__(self, work, roots, extra=()):
+        self.server = harness.Server(os.path.join(work, "var"), [roots], local_workers=0, extra=extra).start()
+        self.addr = self.server.address
 
     def ftctl(self, *args, timeout=120):
         t0 = time.perf_counter()
-        r = subprocess.run([os.path.join(self.bin, "ftctl"), "--server", self.addr, *args],
-                           capture_output=True, text=True, timeout=timeout)
+        r = self.server.ftctl(*args, timeout=timeout)
         return r, time.perf_counter() - t0
 
     def close(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.server.stop()
 
 
 def timed_loop(srv, stop, args, out):
@@ -89,8 +74,7 @@ def timed_loop(srv, stop, args, out):
 
 
 def part_a(a, work, data):
-    srv = Finetuned(a.bin, work, os.path.dirname(data), ["--max-tool-processes=2", "--max-queued-tools=8",
-                                                         "--worker-threads=1"])
+    srv = Finetuned(work, os.path.dirname(data), ["--max-tool-processes=2", "--max-queued-tools=8"])
     lines = []
     try:
         r, _ = srv.ftctl("--output", "json", "submit", f"--dataset=file://{data}", "--backbone=resnet18")
@@ -122,7 +106,7 @@ def part_a(a, work, data):
 
 
 def part_b(a, work, data):
-    srv = Finetuned(a.bin, work, os.path.dirname(data))
+    srv = Finetuned(work, os.path.dirname(data))
     try:
         r = subprocess.run([os.path.join(a.bin, "ft_bench_watch_fanout"), f"--server={srv.addr}",
                             f"--dataset=file://{data}", f"--streams={a.streams}", f"--events={a.events}",
@@ -143,7 +127,7 @@ def part_b(a, work, data):
 
 
 def part_c(a, work, data):
-    srv = Finetuned(a.bin, work, os.path.dirname(data))
+    srv = Finetuned(work, os.path.dirname(data))
     try:
         r = subprocess.run([os.path.join(a.bin, "ft_bench_submit_load"), f"--server={srv.addr}",
                             f"--dataset=file://{data}", "--clients=50", "--per_client=10"],
@@ -174,6 +158,10 @@ def main():
     ap.add_argument("--interval-ms", dest="interval_ms", type=int, default=100)
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
+    global harness
+    os.environ["FT_BIN_DIR"] = a.bin
+    import harness as h
+    harness = h
     tmp = tempfile.mkdtemp(prefix="ft-load-")
     try:
         data = harness.make_imagefolder(os.path.join(tmp, "data", "shapes"), classes=3, train_per_class=40,

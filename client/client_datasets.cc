@@ -33,21 +33,8 @@ absl::StatusOr<pb::Dataset> Client::UploadDataset(const std::string& archive_pat
   header.mutable_header()->set_format(format);
   // A failed write means the server has already answered (e.g. the size is
   // over its limit); Finish() then carries its status.
-  absl::Status sent = absl::UnavailableError("header refused");
-  if (writer->Write(header)) {
-    sent = transfer::SendFile(
-        *source,
-        [&](int64_t, std::string data) {
-          pb::UploadDatasetRequest chunk;
-          chunk.set_data(std::move(data));
-          return writer->Write(chunk);
-        },
-        absl::StrCat("uploading ", archive_path));
-  }
-  writer->WritesDone();
-  const absl::Status finished = FromGrpcStatus(writer->Finish());
-  if (!sent.ok() && !absl::IsUnavailable(sent)) return sent;
-  FT_RETURN_IF_ERROR(finished);
+  const absl::Status sent = transfer::UploadFile(*writer, header, *source, absl::StrCat("uploading ", archive_path));
+  FT_RETURN_IF_ERROR(transfer::UploadOutcome(sent, FromGrpcStatus(writer->Finish())));
   // The server extracts and validates the archive after answering.
   auto poll = kFirstPoll;
   while (dataset.state() == pb::DATASET_EXTRACTING) {

@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/util/proto_json.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/time_util.h"
@@ -311,6 +312,16 @@ Client& Invocation::client() {
 }
 
 int Invocation::Refuse(absl::string_view message) const { return ftctl::Refuse(message); }
+
+int Invocation::Deleted(const absl::Status& status, const std::string& name) const {
+  if (!status.ok()) return Fail(status);
+  if (!json_) std::cout << "deleted " << name << std::endl;
+  return kExitOk;
+}
+
+void Invocation::PrintJson(const google::protobuf::Message& message) const {
+  std::cout << util::ToJson(message) << std::endl;
+}
 
 int Invocation::Fail(const absl::Status& status) const {
   if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
+#include "google/protobuf/message.h"
 #include "google/protobuf/timestamp.pb.h"
 
 namespace ft::client::ftctl {
@@ -78,6 +79,20 @@ class Invocation {
   // Reports a failed call on stderr: kExitUnreachable for UNAVAILABLE and
   // DEADLINE_EXCEEDED, else kExitRefused with the code and the server's message.
   int Fail(const absl::Status& status) const;
+  // A delete's answer: "deleted NAME" (nothing in JSON mode), or its failure.
+  int Deleted(const absl::Status& status, const std::string& name) const;
+  // With --output json, prints `items` as the JSON of a `Response` whose
+  // repeated field `add` appends to, and returns true; else returns false
+  // and the caller prints its table.
+  template <typename Response, typename Items, typename Item>
+  bool PrintedAsJson(const Items& items, Item* (Response::*add)()) const {
+    if (!json_) return false;
+    Response response;
+    for (const auto& item : items) *(response.*add)() = item;
+    PrintJson(response);
+    return true;
+  }
+  void PrintJson(const google::protobuf::Message& message) const;
 
  private:
   const std::vector<Command>& commands_;

@@ -66,12 +66,7 @@ int UploadDataset(Invocation& inv) {
 int ListDatasets(Invocation& inv) {
   auto datasets = inv.client().ListDatasets();
   if (!datasets.ok()) return inv.Fail(datasets.status());
-  if (inv.json()) {
-    pb::ListDatasetsResponse resp;
-    for (const auto& d : *datasets) *resp.add_datasets() = d;
-    std::cout << util::ToJson(resp) << std::endl;
-    return kExitOk;
-  }
+  if (inv.PrintedAsJson(*datasets, &pb::ListDatasetsResponse::add_datasets)) return kExitOk;
   std::cout << absl::StrFormat("%-24s %-11s %-14s %-12s %-8s %-8s %-10s %s\n", "NAME", "STATE", "SHA256", "FORMAT",
                                "CLASSES", "IMAGES", "SIZE", "CREATED");
   for (const auto& d : *datasets) {
@@ -84,10 +79,7 @@ int ListDatasets(Invocation& inv) {
 }
 
 int DeleteDataset(Invocation& inv) {
-  const std::string& name = inv.args()[0];
-  if (auto s = inv.client().DeleteDataset(name); !s.ok()) return inv.Fail(s);
-  if (!inv.json()) std::cout << "deleted " << name << std::endl;
-  return kExitOk;
+  return inv.Deleted(inv.client().DeleteDataset(inv.args()[0]), inv.args()[0]);
 }
 
 }  // namespace ft::client::ftctl

@@ -287,12 +287,7 @@ int ListJobs(Invocation& inv) {
   }
   auto jobs = inv.client().List(limit);
   if (!jobs.ok()) return inv.Fail(jobs.status());
-  if (inv.json()) {
-    pb::ListJobsResponse resp;
-    for (auto& j : *jobs) *resp.add_jobs() = j;
-    std::cout << util::ToJson(resp) << std::endl;
-    return kExitOk;
-  }
+  if (inv.PrintedAsJson(*jobs, &pb::ListJobsResponse::add_jobs)) return kExitOk;
   std::cout << absl::StrFormat("%-20s %-10s %-10s %-8s %-9s %s\n", "JOB", "STATE", "BACKBONE", "EPOCHS",
                                "VAL_ACC", "NAME");
   for (const auto& j : *jobs) {

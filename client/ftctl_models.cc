@@ -14,12 +14,7 @@ namespace ft::client::ftctl {
 int ListModels(Invocation& inv) {
   auto models = inv.client().ListModels();
   if (!models.ok()) return inv.Fail(models.status());
-  if (inv.json()) {
-    pb::ListModelsResponse resp;
-    for (auto& m : *models) *resp.add_models() = m;
-    std::cout << util::ToJson(resp) << std::endl;
-    return kExitOk;
-  }
+  if (inv.PrintedAsJson(*models, &pb::ListModelsResponse::add_models)) return kExitOk;
   std::cout << absl::StrFormat("%-18s %-20s %-10s %-8s %-9s %s\n", "MODEL", "JOB", "BACKBONE", "CLASSES",
                                "VAL_ACC", "SIZE");
   for (const auto& m : *models) {
@@ -48,12 +43,7 @@ int DownloadModel(Invocation& inv) {
   return kExitOk;
 }
 
-int DeleteModel(Invocation& inv) {
-  const std::string& id = inv.args()[0];
-  if (auto s = inv.client().DeleteModel(id); !s.ok()) return inv.Fail(s);
-  if (!inv.json()) std::cout << "deleted " << id << std::endl;
-  return kExitOk;
-}
+int DeleteModel(Invocation& inv) { return inv.Deleted(inv.client().DeleteModel(inv.args()[0]), inv.args()[0]); }
 
 int Predict(Invocation& inv) {
   int top_k = 5;

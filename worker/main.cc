@@ -21,6 +21,7 @@
 #include "worker/agent/agent.h"
 #include "worker/agent/tools.h"
 #include "worker/agent/worker_metrics.h"
+#include "worker/train/torch_process.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "finetuned address");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
@@ -143,8 +144,8 @@ int main(int argc, char** argv) {
   }
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  // OpenMP would otherwise start LibTorch with one thread here.
-  torch::set_num_threads(threads);
+  // LibTorch's process-wide settings, once, for the lease loop and tools alike.
+  ft::worker::InitTorchProcess(threads);
   if (!absl::GetFlag(FLAGS_tool).empty()) return RunTool(absl::GetFlag(FLAGS_tool));
   options.threads = threads;
   char host[256] = {0};

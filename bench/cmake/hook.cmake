@@ -1,7 +1,7 @@
 # Builds bench/ without touching the top-level CMakeLists.txt:
 #   cmake -S <repo> -B <build> -DCMAKE_PROJECT_finetuned_INCLUDE=<repo>/bench/cmake/hook.cmake
 # bench/CMakeLists.txt is included at the end of the top-level CMakeLists.txt
-# (deferred, so that ft::worker_lib exists; deferred code may not call
+# (deferred, so that the worker targets exist; deferred code may not call
 # add_subdirectory, hence include), and skipped when the top level already
 # has add_subdirectory(bench).
 function(ft_bench_hook_add)

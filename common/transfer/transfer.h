@@ -53,6 +53,34 @@ class FileSource {
 absl::Status SendFile(FileSource& source, const std::function<bool(int64_t offset, std::string data)>& write,
                       absl::string_view what);
 
+// Sends `header` and then `source`'s bytes as `Chunk`s with `data` set, over
+// a client stream `writer` (UploadModelChunk, UploadDatasetRequest), and
+// half-closes it. The returned status is the sending side's: UNAVAILABLE
+// when the receiver went away (its Finish() says why), or a local read
+// error. The caller then calls writer->Finish().
+template <typename Chunk, typename Writer>
+absl::Status UploadFile(Writer& writer, const Chunk& header, FileSource& source, absl::string_view what) {
+  absl::Status sent = absl::UnavailableError(std::string(what) + ": the receiver refused the header");
+  if (writer.Write(header)) {
+    sent = SendFile(
+        source,
+        [&writer](int64_t, std::string data) {
+          Chunk chunk;
+          chunk.set_data(std::move(data));
+          return writer.Write(chunk);
+        },
+        what);
+  }
+  writer.WritesDone();
+  return sent;
+}
+
+// The outcome of an upload: a local read error explains more than the
+// receiver's complaint about a short file; otherwise the receiver's status.
+inline absl::Status UploadOutcome(const absl::Status& sent, const absl::Status& finished) {
+  return !sent.ok() && !absl::IsUnavailable(sent) ? sent : finished;
+}
+
 // Receives one file, in order, into "<path>.part"; Commit checks its size
 // and digest and publishes it at `path` (fsync, then rename), so that no
 // reader ever sees a torn or unverified file. Not thread-safe.

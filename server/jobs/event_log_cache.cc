@@ -4,7 +4,7 @@
 
 namespace ft::server {
 
-EventLogCache::EventLogCache(JobStore* store, const EventLogCacheOptions& options)
+EventLogCache::EventLogCache(JobStore* store, const Options& options)
     : store_(store), options_(options) {}
 
 EventLogCache::Entry& EventLogCache::EntryLocked(const std::string& job_id) {

@@ -14,13 +14,6 @@
 
 namespace ft::server {
 
-struct EventLogCacheOptions {
-  // Events kept per job; older ones are read from the store again.
-  size_t max_events_per_job = 4096;
-  // Jobs kept; the least recently read go first.
-  size_t max_jobs = 256;
-};
-
 // The recent events of watched jobs, read from the store once for all their
 // watchers: a thousand watchers of one job cost one store read per batch of
 // news, not a thousand. The store stays the source of truth: a watcher asks
@@ -29,8 +22,13 @@ struct EventLogCacheOptions {
 // for one job wait for a single read.
 class EventLogCache {
  public:
+  struct Options {
+    size_t max_events_per_job = 4096;  // older ones are read from the store again
+    size_t max_jobs = 256;             // the least recently read go first
+  };
   // `store` is not owned and must outlive the cache.
-  EventLogCache(JobStore* store, const EventLogCacheOptions& options = {});
+  explicit EventLogCache(JobStore* store) : EventLogCache(store, Options()) {}
+  EventLogCache(JobStore* store, const Options& options);
 
   struct Slice {
     std::vector<pb::JobEvent> events;  // from `from` on, in order; empty when caught up
@@ -58,7 +56,7 @@ class EventLogCache {
   Slice SliceLocked(const Entry& e, int64_t from, int max) ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   JobStore* const store_;
-  const EventLogCacheOptions options_;
+  const Options options_;
   absl::Mutex mu_;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::list<std::string> lru_ ABSL_GUARDED_BY(mu_);  // most recent first

@@ -86,30 +86,29 @@ def build_block(path):
     m = re.search(r"^# BEGIN BUILD_PACKAGES[^\n]*\n(.*?)^# END BUILD_PACKAGES", text, flags=re.S | re.M)
     if not m:
         return None
-    words = []
-    for line in joined_lines(m.group(1)):
-        if line.startswith("RUN "):
-            words += apt_install_words(line[4:])
-    return words
+    return run_apt_words(joined_lines(m.group(1)))
+
+
+def run_apt_words(lines):
+    """Package words of every `RUN ... apt-get install` among `lines`."""
+    return [w for line in lines if line.startswith("RUN ") for w in apt_install_words(line[4:])]
+
+
+def final_stage(path):
+    """The joined lines after the last FROM: the image that ships."""
+    lines = joined_lines(path.read_text())
+    return lines[max(i for i, l in enumerate(lines) if l.startswith("FROM ")):]
 
 
 def runtime_packages(path):
-    """Packages apt-get installed after the last FROM (the image that ships)."""
-    lines = joined_lines(path.read_text())
-    last_from = max(i for i, l in enumerate(lines) if l.startswith("FROM "))
-    words = []
-    for line in lines[last_from:]:
-        if line.startswith("RUN "):
-            words += apt_install_words(line[4:])
-    return words
+    """Packages apt-get installed in the image that ships."""
+    return run_apt_words(final_stage(path))
 
 
 def shipped_binaries(path):
     """{directory: {binary names}} that COPY --from=build puts in the final image."""
-    lines = joined_lines(path.read_text())
-    last_from = max(i for i, l in enumerate(lines) if l.startswith("FROM "))
     out = {}
-    for line in lines[last_from:]:
+    for line in final_stage(path):
         words = line.split()
         if words[:1] == ["COPY"] and any(w.startswith("--from=") for w in words):
             args = [w for w in words[1:] if not w.startswith("--")]

@@ -4,6 +4,7 @@
 #include "gtest/gtest.h"
 #include "common/datasets/layout.h"
 #include "server/datasets/resolver.h"
+#include "tests/unit/test_dirs.h"
 
 namespace ft::datasets {
 namespace {
@@ -45,13 +46,9 @@ TEST_F(DatasetsTest, ImageFolderWithSplits) {
 }
 
 TEST_F(DatasetsTest, ValSplitMakesTheDatasetsValTheTestSplit) {
-  for (int i = 0; i < 10; ++i) {
-    Touch(root_ / "train/cat" / (std::to_string(i) + ".jpg"));
-    Touch(root_ / "train/dog" / (std::to_string(i) + ".jpg"));
-  }
-  Touch(root_ / "val/cat/v.jpg");
-  Touch(root_ / "val/dog/v.jpg");
-  Touch(root_ / "val/dog/w.jpg");
+  testing::WriteTinyImageFolder(root_ / "train", {"cat", "dog"}, 10);
+  testing::WriteTinyImageFolder(root_ / "val", {"cat"}, 1);
+  testing::WriteTinyImageFolder(root_ / "val", {"dog"}, 2);
   auto u = ParseDatasetUri("file:///x?val=split&max_val_per_class=1", "dataset_uri");
   ASSERT_TRUE(u.ok()) << u.status();
   EXPECT_TRUE(u->options.val_from_split);

@@ -1,7 +1,9 @@
 #include <atomic>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "common/util/executor.h"
 #include "gtest/gtest.h"
 
@@ -50,8 +52,12 @@ TEST(ExecutorTest, ShutdownWithoutDrainDropsTheQueue) {
   }));
   started.WaitForNotification();
   ASSERT_TRUE(ex.TrySchedule([&] { ++ran; }));
+  // Shut down while the first task still runs: the queued one is dropped
+  // before the thread could take it, then the first is let go.
+  std::thread stopper([&] { ex.Shutdown(/*drain=*/false); });
+  while (ex.queued() > 0) absl::SleepFor(absl::Milliseconds(1));
   release.Notify();
-  ex.Shutdown(/*drain=*/false);
+  stopper.join();
   EXPECT_EQ(ran.load(), 1);
 }
 

@@ -12,23 +12,17 @@
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_job_store.h"
 #include "server/models/model_store.h"
+#include "tests/unit/test_dirs.h"
 
 namespace ft::server {
 namespace {
 namespace fs = std::filesystem;
 
-class JobManagerTest : public ::testing::Test {
+class JobManagerTest : public testing::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ft-jm-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    // A tiny ImageFolder: the scan reads names only.
-    for (const char* c : {"a", "b"}) {
-      fs::create_directories(dir_ / "data/set" / c);
-      for (int i = 0; i < 4; ++i) std::ofstream(dir_ / "data/set" / c / (std::to_string(i) + ".png")) << "x";
-    }
+    TempDirTest::SetUp();
+    testing::WriteTinyImageFolder(dir_ / "data/set");
     auto store = SqliteJobStore::Create({(dir_ / "db").string(), &clock_});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
@@ -44,7 +38,7 @@ class JobManagerTest : public ::testing::Test {
   }
   void TearDown() override {
     manager_.reset();
-    fs::remove_all(dir_);
+    TempDirTest::TearDown();
   }
   pb::Job Submit(int priority) {
     pb::JobSpec spec;
@@ -64,7 +58,6 @@ class JobManagerTest : public ::testing::Test {
   }
   pb::Job Get(const std::string& id) { return *manager_->Get(id); }
 
-  fs::path dir_;
   util::FakeClock clock_;
   EventHub hub_;
   std::unique_ptr<SqliteJobStore> store_;

@@ -18,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/unit/test_dirs.h"
 
 namespace ft::server {
 namespace {
@@ -56,17 +57,11 @@ class BlockingTools final : public ToolRunner {
 // Generous: only a broken server makes a call wait this long.
 std::chrono::system_clock::time_point Deadline() { return std::chrono::system_clock::now() + std::chrono::seconds(60); }
 
-class ServerTest : public ::testing::Test {
+class ServerTest : public testing::TempDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ft-server-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    for (const char* c : {"a", "b"}) {
-      fs::create_directories(dir_ / "data/set" / c);
-      for (int i = 0; i < 4; ++i) std::ofstream(dir_ / "data/set" / c / (std::to_string(i) + ".png")) << "x";
-    }
+    TempDirTest::SetUp();
+    testing::WriteTinyImageFolder(dir_ / "data/set");
   }
   void Start(int max_tools = 2, int max_queued = 8) {
     ServerOptions o;
@@ -88,7 +83,7 @@ class ServerTest : public ::testing::Test {
     tools_.Release();
     if (server_) server_->Shutdown(absl::Now() + absl::Seconds(5));
     server_.reset();
-    fs::remove_all(dir_);
+    TempDirTest::TearDown();
   }
   pb::JobSpec Spec() {
     pb::JobSpec spec;
@@ -187,7 +182,6 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(stream->Finish().ok());
   }
 
-  fs::path dir_;
   BlockingTools tools_;
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
-#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -23,14 +22,15 @@
 #include "common/util/log.h"
 #include "common/util/status.h"
 #include "worker/agent/device_memory.h"
+#include "worker/agent/job_session.h"
 #include "worker/agent/worker_metrics.h"
+#include "worker/export/torchscript.h"
 #include "worker/train/trainer.h"
 
 namespace ft::worker {
 namespace {
 
 constexpr int kLeaseWaitSeconds = 5;
-constexpr auto kHeartbeatInterval = std::chrono::milliseconds(1000);
 // NVML answers a memory query in well under a millisecond.
 constexpr absl::Duration kDeviceMemoryInterval = absl::Seconds(5);
 
@@ -55,6 +55,55 @@ class Ticker {
   absl::Notification stop_;  // before thread_, which uses it
   std::thread thread_;
 };
+
+// Fetches stored model `model_id`'s model.pt into `job_dir`; returns its path.
+absl::StatusOr<std::string> FetchModel(pb::WorkerGateway::Stub* stub, const std::string& job_dir,
+                                       const std::string& model_id) {
+  FT_RETURN_IF_ERROR(util::MakeDirs(job_dir));
+  const std::string path = absl::StrCat(job_dir, "/source-", model_id, ".pt");
+  grpc::ClientContext ctx;
+  pb::FetchModelRequest req;
+  req.set_model_id(model_id);
+  auto reader = stub->FetchModel(&ctx, req);
+  FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(path, absl::StrCat("model ", model_id)));
+  FT_RETURN_IF_ERROR(transfer::ReceiveFile<pb::ModelChunk>(
+      *sink, [&](pb::ModelChunk* c) { return reader->Read(c); },
+      [&] { ctx.TryCancel(); },
+      [&] {
+        return FromGrpcStatus(reader->Finish(), absl::StrCat("fetching model ", model_id));
+      }));
+  return path;
+}
+
+// Uploads the model file at `model_path`, described by `metadata_json`, for
+// `lease`; returns the id the server stored it under.
+absl::StatusOr<std::string> UploadModel(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
+                                        const std::string& model_path, const std::string& metadata_json) {
+  FT_ASSIGN_OR_RETURN(auto source, transfer::FileSource::Open(model_path));
+  grpc::ClientContext ctx;
+  pb::UploadModelResponse up;
+  auto writer = stub->UploadModel(&ctx, &up);
+  pb::UploadModelChunk header;
+  header.mutable_header()->set_lease_id(lease.lease_id());
+  header.mutable_header()->set_job_id(lease.job_id());
+  header.mutable_header()->set_metadata_json(metadata_json);
+  header.mutable_header()->set_size_bytes(source->size());
+  header.mutable_header()->set_sha256(source->sha256());
+  // A failed write means the server has answered; Finish() says why.
+  const absl::Status sent = transfer::UploadFile(*writer, header, *source, "uploading the model");
+  FT_RETURN_IF_ERROR(transfer::UploadOutcome(sent, FromGrpcStatus(writer->Finish(), "uploading the model")));
+  return up.model_id();
+}
+
+// Saves the trained model as <job_dir>/model.pt and uploads it; returns the
+// stored model's id.
+absl::StatusOr<std::string> ExportModel(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
+                                        const std::string& job_dir, const TrainResult& trained) {
+  FT_RETURN_IF_ERROR(util::MakeDirs(job_dir));
+  const std::string model_path = job_dir + "/model.pt";
+  FT_RETURN_IF_ERROR(SaveTorchScript(trained.model, model_path));
+  return UploadModel(stub, lease, model_path, trained.metadata_json);
+}
 
 }  // namespace
 
@@ -146,197 +195,105 @@ absl::Status Agent::Run() {
   return absl::OkStatus();
 }
 
-absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
-  const std::string job_id = lease.lease().job_id();
-  const std::string lease_id = lease.lease().lease_id();
-  grpc::ClientContext stream_ctx;
-  auto stream = stub_->RunJob(&stream_ctx);
-  std::mutex write_mu;
-  auto send = [&](const pb::WorkerMessage& m) {
-    std::lock_guard<std::mutex> lock(write_mu);
-    return stream->Write(m);
-  };
-  {
-    pb::WorkerMessage hello;
-    hello.mutable_hello()->set_lease_id(lease_id);
-    hello.mutable_hello()->set_job_id(job_id);
-    hello.mutable_hello()->set_worker_id(options_.worker_id);
-    if (!send(hello)) return absl::UnavailableError("RunJob stream closed at hello");
-  }
-  std::atomic<bool> cancel{false}, lease_lost{false}, done{false};
-  // Reader: cancellation and lease loss come down the stream.
-  std::thread reader([&] {
-    pb::ServerMessage m;
-    while (stream->Read(&m)) {
-      if (m.has_cancel()) cancel = true;
-      if (m.lease_lost()) lease_lost = true;
-    }
-    if (!done) lease_lost = true;
-  });
-  std::thread heartbeat([&] {
-    pb::WorkerMessage hb;
-    hb.mutable_heartbeat();
-    while (!done) {
-      if (!send(hb)) break;
-      for (int i = 0; i < 10 && !done; ++i) std::this_thread::sleep_for(kHeartbeatInterval / 10);
-    }
-  });
-
-  auto send_event = [&](pb::JobEvent e) {
-    pb::WorkerMessage m;
-    *m.mutable_event() = std::move(e);
-    send(m);
-  };
+TrainerHooks Agent::HooksFor(JobSession* session, const std::string& job_dir) {
   TrainerHooks hooks;
-  hooks.on_progress = [&](const pb::Progress& p) {
+  hooks.on_progress = [session](const pb::Progress& p) {
     pb::JobEvent e;
     *e.mutable_progress() = p;
-    send_event(std::move(e));
+    session->SendEvent(std::move(e));
   };
   if (options_.metrics != nullptr) {
     hooks.on_step = [this](double seconds, int64_t images) { options_.metrics->OnStep(seconds, images); };
   }
-  hooks.on_epoch = [&](const pb::EpochSummary& s) {
+  hooks.on_epoch = [this, session](const pb::EpochSummary& s) {
     if (options_.metrics != nullptr) options_.metrics->OnLoaderWait(s.loader_wait_seconds());
     pb::JobEvent e;
     *e.mutable_epoch() = s;
-    send_event(std::move(e));
+    session->SendEvent(std::move(e));
   };
-  hooks.on_log = [&](const std::string& level, const std::string& message) {
+  hooks.on_log = [session](const std::string& level, const std::string& message) {
     pb::JobEvent e;
     e.mutable_log()->set_level(level);
     e.mutable_log()->set_message(message);
-    send_event(std::move(e));
+    session->SendEvent(std::move(e));
   };
-  hooks.cancelled = [&] { return cancel || lease_lost || stopping_ || ParentGone(); };
-  const std::string job_dir = absl::StrCat(options_.work_dir, "/", job_id);
-  hooks.fetch_model = [&](const std::string& model_id) -> absl::StatusOr<std::string> {
-    FT_RETURN_IF_ERROR(util::MakeDirs(job_dir));
-    const std::string path = absl::StrCat(job_dir, "/source-", model_id, ".pt");
-    grpc::ClientContext ctx;
-    pb::FetchModelRequest req;
-    req.set_model_id(model_id);
-    auto reader = stub_->FetchModel(&ctx, req);
-    FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(path, absl::StrCat("model ", model_id)));
-    FT_RETURN_IF_ERROR(transfer::ReceiveFile<pb::ModelChunk>(
-        *sink, [&](pb::ModelChunk* c) { return reader->Read(c); },
-        [&] { ctx.TryCancel(); },
-        [&] {
-          return FromGrpcStatus(reader->Finish(), absl::StrCat("fetching model ", model_id));
-        }));
-    return path;
+  hooks.cancelled = [this, session] { return session->cancelled() || stopping_ || ParentGone(); };
+  hooks.fetch_model = [this, job_dir](const std::string& model_id) {
+    return FetchModel(stub_.get(), job_dir, model_id);
   };
+  return hooks;
+}
 
+absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, const TrainerHooks& hooks) {
   TrainerOptions trainer_options;
   trainer_options.device = options_.device;
-  trainer_options.job_id = job_id;
+  trainer_options.job_id = lease.lease().job_id();
   trainer_options.loader_threads = std::max(1, options_.threads / 2);
   trainer_options.decode_cache_bytes = options_.decode_cache_bytes;
   // Uploaded and archived datasets are fetched (or found cached) first.
   auto job = datasets_->Prepare(
       lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, hooks.cancelled);
-  absl::StatusOr<TrainResult> trained = absl::UnknownError("not trained");
-  if (job.ok()) {
-    util::Log("info", "finetune-worker", "job started",
-              {{"job_id", job_id}, {"worker_id", options_.worker_id},
-               {"attempt", absl::StrCat(lease.lease().attempt())}});
-    trained = RunTraining(*job, trainer_options, hooks);
-  } else if (absl::IsCancelled(job.status())) {
+  if (absl::IsCancelled(job.status())) {
     TrainResult stopped;
     stopped.cancelled = true;
-    trained = std::move(stopped);
-  } else {
-    trained = job.status();
+    return stopped;
   }
+  FT_RETURN_IF_ERROR(job.status());
+  util::Log("info", "finetune-worker", "job started",
+            {{"job_id", lease.lease().job_id()}, {"worker_id", options_.worker_id},
+             {"attempt", absl::StrCat(lease.lease().attempt())}});
+  return RunTraining(*job, trainer_options, hooks);
+}
 
+pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, const pb::Lease& lease,
+                              const std::string& job_dir, const TrainerHooks& hooks) {
   pb::JobResult result;
-  if (lease_lost) {
-    done = true;
-  } else if (!trained.ok()) {
+  if (!trained.ok()) {
     result.set_state(pb::FAILED);
     result.set_error(std::string(trained.status().message()));
-  } else if (trained->cancelled) {
-    result.set_state(pb::CANCELLED);
-  } else {
-    // Export and upload.
-    pb::Progress p;
-    p.set_phase("export");
-    hooks.on_progress(p);
-    absl::Status exported = util::MakeDirs(job_dir);
-    const std::string model_path = job_dir + "/model.pt";
-    if (exported.ok()) {
-      try {
-        trained->model.save(model_path);
-      } catch (const std::exception& e) {
-        exported = absl::InternalError(absl::StrCat("cannot save model.pt: ", e.what()));
-      }
-    }
-    std::string model_id;
-    if (exported.ok()) {
-      auto source = transfer::FileSource::Open(model_path);
-      if (!source.ok()) {
-        exported = source.status();
-      } else {
-        grpc::ClientContext ctx;
-        pb::UploadModelResponse up;
-        auto writer = stub_->UploadModel(&ctx, &up);
-        pb::UploadModelChunk header;
-        header.mutable_header()->set_lease_id(lease_id);
-        header.mutable_header()->set_job_id(job_id);
-        header.mutable_header()->set_metadata_json(trained->metadata_json);
-        header.mutable_header()->set_size_bytes((*source)->size());
-        header.mutable_header()->set_sha256((*source)->sha256());
-        // A failed write means the server has answered; Finish() says why.
-        absl::Status sent = absl::UnavailableError("header refused");
-        if (writer->Write(header)) {
-          sent = transfer::SendFile(
-              **source,
-              [&](int64_t, std::string data) {
-                pb::UploadModelChunk c;
-                c.set_data(std::move(data));
-                return writer->Write(c);
-              },
-              "uploading the model");
-        }
-        writer->WritesDone();
-        const absl::Status finished = FromGrpcStatus(writer->Finish(), "uploading the model");
-        // A local read error explains more than the server's size mismatch.
-        exported = !sent.ok() && !absl::IsUnavailable(sent) ? sent : finished;
-        model_id = up.model_id();
-      }
-    }
-    if (exported.ok()) {
-      result.set_state(pb::SUCCEEDED);
-      result.set_model_id(model_id);
-      *result.mutable_metrics() = trained->metrics;
-    } else {
-      result.set_state(pb::FAILED);
-      result.set_error(std::string(exported.message()));
-    }
+    return result;
   }
+  if (trained->cancelled) {
+    result.set_state(pb::CANCELLED);
+    return result;
+  }
+  pb::Progress p;
+  p.set_phase("export");
+  hooks.on_progress(p);
+  const absl::StatusOr<std::string> model_id = ExportModel(stub_.get(), lease, job_dir, *trained);
+  if (model_id.ok()) {
+    result.set_state(pb::SUCCEEDED);
+    result.set_model_id(*model_id);
+    *result.mutable_metrics() = trained->metrics;
+  } else {
+    result.set_state(pb::FAILED);
+    result.set_error(std::string(model_id.status().message()));
+  }
+  return result;
+}
+
+absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
+  const std::string& job_id = lease.lease().job_id();
+  FT_ASSIGN_OR_RETURN(std::unique_ptr<JobSession> session,
+                      JobSession::Start(stub_.get(), lease.lease(), options_.worker_id));
+  const std::string job_dir = absl::StrCat(options_.work_dir, "/", job_id);
+  const TrainerHooks hooks = HooksFor(session.get(), job_dir);
+  const absl::StatusOr<TrainResult> trained = TrainJob(lease, hooks);
+  // With the lease lost there is nothing to report: the server re-queues the job.
+  pb::JobResult result;
+  if (!session->lease_lost()) result = Conclude(trained, lease.lease(), job_dir, hooks);
   util::Log(result.state() == pb::FAILED ? "warning" : "info", "finetune-worker", "job ended",
             {{"job_id", job_id},
-             {"state", lease_lost ? std::string("LEASE_LOST") : pb::JobState_Name(result.state())},
+             {"state", session->lease_lost() ? std::string("LEASE_LOST") : pb::JobState_Name(result.state())},
              {"error", result.error()}});
-  if (result.state() != pb::JOB_STATE_UNSPECIFIED) {
-    pb::WorkerMessage m;
-    *m.mutable_result() = result;
-    send(m);
-  }
-  done = true;
-  {
-    std::lock_guard<std::mutex> lock(write_mu);
-    stream->WritesDone();
-  }
-  heartbeat.join();
-  reader.join();
-  grpc::Status fin = stream->Finish();
+  if (result.state() != pb::JOB_STATE_UNSPECIFIED) session->SendResult(result);
+  const absl::Status finished = session->Finish();
   std::error_code ec;
   std::filesystem::remove_all(job_dir, ec);
-  if (lease_lost && result.state() == pb::JOB_STATE_UNSPECIFIED) {
+  if (session->lease_lost() && result.state() == pb::JOB_STATE_UNSPECIFIED) {
     return absl::AbortedError("lease lost; the server re-queues the job");
   }
-  return FromGrpcStatus(fin, "reporting the result");
+  return finished;
 }
 
 }  // namespace ft::worker

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "finetune/v1/worker.grpc.pb.h"
 #include "worker/agent/dataset_cache.h"
 
@@ -15,7 +16,10 @@ namespace ft::worker {
 
 namespace pb = ::finetune::v1;
 class DeviceMemory;
+class JobSession;
 class WorkerMetrics;
+struct TrainerHooks;
+struct TrainResult;
 
 struct AgentOptions {
   std::string server_address;
@@ -36,9 +40,9 @@ struct AgentOptions {
   std::string fetch_datasets = "auto";
 };
 
-// The worker's lease loop: lease a job, run it while streaming events and
-// heartbeats, upload the model, report the result; repeat. A lost lease or
-// a cancellation stops the job at the next step.
+// The worker's lease loop: lease a job, run it in a JobSession (which
+// streams its events and heartbeats), upload the model, report the result;
+// repeat. A lost lease or a cancellation stops the job at the next step.
 class Agent {
  public:
   explicit Agent(const AgentOptions& options);
@@ -50,7 +54,17 @@ class Agent {
   void Stop() { stopping_ = true; }
 
  private:
+  // One leased job: fetch its dataset, train, export and upload, report.
   absl::Status RunOne(const pb::LeaseJobResponse& lease);
+  // The trainer's hooks: events go to `session` (which must outlive them),
+  // fetched models to `job_dir`.
+  TrainerHooks HooksFor(JobSession* session, const std::string& job_dir);
+  // Makes the dataset readable here, then trains.
+  absl::StatusOr<TrainResult> TrainJob(const pb::LeaseJobResponse& lease, const TrainerHooks& hooks);
+  // The result of a job whose lease held: FAILED with the trainer's reason,
+  // CANCELLED, or, once the model is exported and uploaded, SUCCEEDED.
+  pb::JobResult Conclude(const absl::StatusOr<TrainResult>& trained, const pb::Lease& lease,
+                         const std::string& job_dir, const TrainerHooks& hooks);
   bool ParentGone() const;
 
   AgentOptions options_;

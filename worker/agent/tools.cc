@@ -10,12 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
+#include "common/datasets/layout.h"
+#include "common/spec/spec_options.h"
 #include "common/util/files.h"
 #include "common/util/status.h"
-#include "common/datasets/layout.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
-#include "worker/train/trainer.h"
+#include "worker/train/job_data.h"
 
 namespace ft::worker {
 namespace {
@@ -24,7 +25,6 @@ constexpr int kTimedSteps = 3;
 constexpr size_t kNamedFailures = 5;
 
 double MedianStepSeconds(torch::jit::Module& model, int batch, int size, bool frozen_backbone) {
-  torch::jit::setGraphExecutorOptimize(false);
   std::vector<torch::Tensor> params;
   for (const auto& p : model.parameters()) {
     if (p.requires_grad()) params.push_back(p);
@@ -52,6 +52,7 @@ double MedianStepSeconds(torch::jit::Module& model, int batch, int size, bool fr
 absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job) {
   try {
     const pb::JobSpec& spec = job.spec();
+    FT_ASSIGN_OR_RETURN(const spec::SpecOptions options, spec::ParseSpecOptions(spec));
     pb::ValidationReport report;
     *report.mutable_spec() = spec;
     FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, ScanJobDataset(job));
@@ -98,8 +99,9 @@ absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job)
       report.add_undecodable_examples(set.skipped[i]);
     }
     if (!set.skipped.empty()) {
+      const bool skip = options.on_bad_image == spec::OnBadImage::kSkip;
       report.add_warnings(absl::StrCat(set.skipped.size(), " images cannot be decoded; the job will ",
-                                       spec.on_bad_image() == "skip" ? "skip them" : "fail (use --on-bad-image skip)"));
+                                       skip ? "skip them" : "fail (use --on-bad-image skip)"));
     }
     auto* sizes = report.mutable_image_sizes();
     double sum_w = 0, sum_h = 0;

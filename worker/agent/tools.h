@@ -12,11 +12,13 @@ namespace ft::worker {
 namespace pb = ::finetune::v1;
 
 // One-shot tools the server runs as `finetune-worker --tool=...` for the
-// requests that need LibTorch or OpenCV (the server links neither).
+// requests that need LibTorch or OpenCV (the server links neither). They
+// expect InitTorchProcess() (worker/train/torch_process.h) to have run.
 
 // ValidateJob's report for a resolved job, except the queue position:
 // scans and decodes the data, builds the model at the freeze depth, and
-// times a few training steps. Never throws.
+// times a few training steps. INVALID_ARGUMENT for a string option of the
+// spec that the server would have refused. Never throws.
 absl::StatusOr<pb::ValidationReport> ValidateJobTool(const pb::ResolvedJob& job);
 
 // Runs model.pt (with its metadata.json) from `model_dir` on image files.

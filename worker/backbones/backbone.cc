@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -162,6 +163,14 @@ absl::StatusOr<std::optional<Normalization>> NormalizationFromModule(const torch
   FT_ASSIGN_OR_RETURN(std::vector<double> std, numbers("std"));
   FT_ASSIGN_OR_RETURN(Normalization n, MakeNormalization(mean, std, source));
   return n;
+}
+
+void StoreNormalization(const Normalization& norm, torch::jit::Module& module) {
+  for (const auto& [name, values] : {std::pair<const char*, std::array<float, 3>>{"mean", norm.mean},
+                                     std::pair<const char*, std::array<float, 3>>{"std", norm.std}}) {
+    module.register_attribute(name, c10::ListType::ofFloats(),
+                              c10::List<double>(std::vector<double>(values.begin(), values.end())));
+  }
 }
 
 absl::StatusOr<std::optional<Normalization>> NormalizationFromMetadata(

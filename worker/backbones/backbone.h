@@ -30,6 +30,10 @@ absl::StatusOr<Normalization> MakeNormalization(const std::vector<double>& mean,
 absl::StatusOr<std::optional<Normalization>> NormalizationFromModule(const torch::jit::Module& module,
                                                                      const std::string& source);
 
+// The reverse: gives `module` `mean` and `std` attributes (lists of 3
+// floats), which the exported model carries for model:// jobs and for users.
+void StoreNormalization(const Normalization& norm, torch::jit::Module& module);
+
 // What a weights file's metadata says: "mean" and "std" values such as
 // "[0.5, 0.5, 0.5]" or "0.5,0.5,0.5"; nullopt when it has neither.
 absl::StatusOr<std::optional<Normalization>> NormalizationFromMetadata(

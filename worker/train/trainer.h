@@ -1,32 +1,18 @@
+// A whole training job, from its resolved spec to the model to export.
 #ifndef FT_WORKER_TRAIN_TRAINER_H_
 #define FT_WORKER_TRAIN_TRAINER_H_
 
-#include <functional>
 #include <string>
-#include <vector>
 
 #include <torch/script.h>
 
 #include "absl/status/statusor.h"
 #include "finetune/v1/worker.pb.h"
-#include "common/datasets/layout.h"
+#include "worker/train/hooks.h"
 
 namespace ft::worker {
 
 namespace pb = ::finetune::v1;
-
-// How the trainer reports to its caller. Every hook may be empty.
-struct TrainerHooks {
-  std::function<void(const pb::Progress&)> on_progress;
-  std::function<void(const pb::EpochSummary&)> on_epoch;
-  std::function<void(const std::string& level, const std::string& message)> on_log;
-  // After each optimiser step: its wall time and batch size.
-  std::function<void(double seconds, int64_t images)> on_step;
-  // Polled between steps; true stops training (the result is then CANCELLED).
-  std::function<bool()> cancelled;
-  // Fetches a stored model's model.pt for model:// weights; returns its path.
-  std::function<absl::StatusOr<std::string>(const std::string& model_id)> fetch_model;
-};
 
 struct TrainerOptions {
   torch::Device device = torch::kCPU;
@@ -46,13 +32,11 @@ struct TrainResult {
   std::string metadata_json;  // metadata.json for the export
 };
 
-// The files of the job's dataset, split exactly as the server did at submit
-// (its class subset, per-class caps, val split and seed).
-absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& job);
-
 // Runs a whole job: reads and decodes the data, builds the backbone, loads
-// the weights, freezes, trains, validates each epoch. Never throws: LibTorch
-// and OpenCV errors come back as a Status naming the problem.
+// the weights, freezes, trains, validates each epoch, tests, and describes
+// the model for its export. Expects InitTorchProcess() to have run. Never
+// throws: LibTorch and OpenCV errors come back as a Status naming the
+// problem; an unknown string option in the spec is INVALID_ARGUMENT.
 absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, const TrainerOptions& options,
                                         const TrainerHooks& hooks);
 

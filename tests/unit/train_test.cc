@@ -1,0 +1,499 @@
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include <torch/torch.h>
+
+#include "gtest/gtest.h"
+#include "worker/backbones/backbone.h"
+#include "worker/data/images.h"
+#include "worker/data/loader.h"
+#include "worker/train/evaluation.h"
+#include "worker/train/guards.h"
+#include "worker/train/recipe.h"
+#include "worker/train/torch_process.h"
+#include "worker/train/trainer.h"
+
+namespace ft::worker {
+namespace {
+
+TEST(GuardsTest, PlanBatchesKeepsMergesOrRefuses) {
+  const std::string bn = "backbone.layer4.0.bn1";
+  // No BatchNorm at 1x1: the batches stay as they are, a last one of 1 too.
+  auto plain = PlanBatches(25, 8, "", 32);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->num_batches, 4);
+  EXPECT_EQ(plain->last_batch_size, 1);
+  EXPECT_FALSE(plain->merged_tail);
+  // With one, the last batch of 1 joins the batch before it.
+  auto merged = PlanBatches(25, 8, bn, 32);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->num_batches, 3);
+  EXPECT_EQ(merged->last_batch_size, 9);
+  EXPECT_TRUE(merged->merged_tail);
+  // Two images at batch 1 more than a multiple; nothing to merge.
+  auto even = PlanBatches(24, 8, bn, 32);
+  ASSERT_TRUE(even.ok());
+  EXPECT_EQ(even->num_batches, 3);
+  EXPECT_EQ(even->last_batch_size, 8);
+  EXPECT_FALSE(even->merged_tail);
+  // One image per class of 3 classes at batch 2: 2 + 1 becomes one batch of 3.
+  auto per_class = PlanBatches(3, 2, bn, 32);
+  ASSERT_TRUE(per_class.ok());
+  EXPECT_EQ(per_class->num_batches, 1);
+  EXPECT_EQ(per_class->last_batch_size, 3);
+  // Fewer images than a batch: one batch of them all.
+  auto small = PlanBatches(5, 8, bn, 32);
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(small->num_batches, 1);
+  EXPECT_EQ(small->last_batch_size, 5);
+  // Batch size 1 asked for: refused before training, naming the layer.
+  auto one = PlanBatches(25, 1, bn, 32);
+  EXPECT_TRUE(absl::IsInvalidArgument(one.status())) << one.status();
+  EXPECT_NE(one.status().message().find("backbone.layer4.0.bn1"), std::string::npos) << one.status();
+  EXPECT_NE(one.status().message().find("32 px"), std::string::npos) << one.status();
+  EXPECT_NE(one.status().message().find("--batch-size 2"), std::string::npos) << one.status();
+  // ... but fine where no BatchNorm sees one value.
+  auto one_ok = PlanBatches(25, 1, "", 224);
+  ASSERT_TRUE(one_ok.ok());
+  EXPECT_EQ(one_ok->num_batches, 25);
+  // A training split of a single image cannot be merged anywhere.
+  auto single = PlanBatches(1, 8, bn, 32);
+  EXPECT_TRUE(absl::IsFailedPrecondition(single.status())) << single.status();
+  EXPECT_NE(single.status().message().find("1 image"), std::string::npos) << single.status();
+  EXPECT_NE(single.status().message().find(bn), std::string::npos) << single.status();
+  EXPECT_TRUE(PlanBatches(1, 8, "", 224).ok());
+  EXPECT_FALSE(PlanBatches(0, 8, "", 32).ok());
+  EXPECT_FALSE(PlanBatches(10, 0, "", 32).ok());
+}
+
+TEST(GuardsTest, DivergenceMonitor) {
+  // NaN and infinity at once, naming epoch, step, learning rate and advice.
+  DivergenceMonitor nan(5);
+  ASSERT_TRUE(nan.Observe(1, 1, 1.7, 0.01).ok());
+  auto s = nan.Observe(3, 17, std::nan(""), 10.0);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s));
+  EXPECT_EQ(s.message(), "training diverged at epoch 3, step 17: loss is NaN (learning rate 10; try a lower --lr, or --grad-clip)");
+  EXPECT_NE(DivergenceMonitor(5).Observe(1, 1, INFINITY, 1).message().find("loss is infinite"), std::string::npos);
+  // A loss that explodes: flagged once the last 10 steps average over 1000x the start.
+  DivergenceMonitor boom(10);
+  ASSERT_TRUE(boom.Observe(1, 1, 2.4, 10).ok());
+  EXPECT_DOUBLE_EQ(boom.reference(), 2.4);
+  absl::Status exploded;
+  int flagged_at = 0;
+  for (int step = 2; step <= 20 && exploded.ok(); ++step) {
+    exploded = boom.Observe(1, step, 1e5, 10);
+    flagged_at = step;
+  }
+  EXPECT_FALSE(exploded.ok());
+  EXPECT_EQ(flagged_at, 2);  // (2.4 + 1e5) / 2 is already over 2400
+  EXPECT_NE(exploded.message().find("over 1000x where training started (2.4)"), std::string::npos) << exploded;
+  // A loss that climbs steadily is flagged when its 10-step mean crosses the bar.
+  DivergenceMonitor climb(3);
+  ASSERT_TRUE(climb.Observe(1, 1, 1.3, 1).ok());
+  absl::Status climbed;
+  int climbed_at = 1;
+  for (double loss = 2; climbed.ok() && climbed_at < 100; loss *= 2) climbed = climb.Observe(1, ++climbed_at, loss, 1);
+  EXPECT_FALSE(climbed.ok());
+  EXPECT_GT(climbed_at, 10);
+  EXPECT_LT(climbed_at, 16);
+  // A transient explosion that recovers, as resnet18 from scratch at SGD lr
+  // 0.3 does (spikes to 150x its start), is left alone.
+  DivergenceMonitor spike(3);
+  const std::vector<double> recovering = {1.31, 6.5, 40, 84, 7.3, 76, 56, 35, 9.3, 23, 35, 1.7, 150,
+                                          190, 160, 40, 12, 5, 2, 1.2, 0.9, 0.8};
+  for (size_t i = 0; i < recovering.size(); ++i) {
+    ASSERT_TRUE(spike.Observe(1, static_cast<int64_t>(i + 1), recovering[i], 0.3).ok()) << i;
+  }
+  // A noisy but healthy run, with one spike, is never flagged.
+  DivergenceMonitor healthy(3);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> noise(0.5, 1.5);
+  for (int step = 1; step <= 500; ++step) {
+    double loss = 1.1 * noise(rng) * std::exp(-step / 200.0);
+    if (step == 50) loss = 9.0;  // one bad batch
+    ASSERT_TRUE(healthy.Observe(1 + step / 50, step, loss, 0.01).ok()) << step;
+  }
+  // A start that is already good (a continued model) is held to ln(classes).
+  DivergenceMonitor good(10);
+  ASSERT_TRUE(good.Observe(1, 1, 0.01, 0.001).ok());
+  EXPECT_DOUBLE_EQ(good.reference(), std::log(10.0));
+  for (int step = 2; step <= 10; ++step) ASSERT_TRUE(good.Observe(1, step, 1.5, 0.001).ok());
+}
+
+TEST(GuardsTest, SingleValueBatchNormProbeAndNonFiniteTensors) {
+  torch::manual_seed(1);
+  auto b = BuildBackbone("resnet18");
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto model = BuildClassifier(b->module, b->feature_dim, {"a", "b"});
+  EXPECT_EQ(FirstNonFiniteTensor(model), std::nullopt);
+  std::vector<torch::Tensor> before;
+  for (const auto& t : model.buffers()) before.push_back(t.clone());
+  ApplyFreeze(model, *b, 0);
+  // At 32 px ResNet's layer4 runs at 1x1; at 64 px at 2x2.
+  torch::manual_seed(9);
+  auto probe = SingleValueBatchNorm(model, 32);
+  const torch::Tensor next_random = torch::rand({4});
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  EXPECT_EQ(*probe, "backbone.layer4.0.bn1");
+  // Buffers and the random stream are as they were.
+  size_t i = 0;
+  for (const auto& t : model.buffers()) EXPECT_TRUE(torch::equal(t, before[i++]));
+  torch::manual_seed(9);
+  EXPECT_TRUE(torch::equal(torch::rand({4}), next_random));
+  auto at64 = SingleValueBatchNorm(model, 64);
+  ASSERT_TRUE(at64.ok());
+  EXPECT_EQ(*at64, "");
+  // Frozen stages keep their BatchNorm in eval mode: nothing sees one value.
+  ApplyFreeze(model, *b, -1);
+  EXPECT_EQ(*SingleValueBatchNorm(model, 32), "");
+  ApplyFreeze(model, *b, 4);  // stem..layer3 frozen, layer4 trains
+  EXPECT_EQ(*SingleValueBatchNorm(model, 32), "backbone.layer4.0.bn1");
+  // Another family: MobileNet V2's last stages are 1x1 at 32 px.
+  auto mb = BuildBackbone("mobilenet_v2");
+  ASSERT_TRUE(mb.ok());
+  auto mobile = BuildClassifier(mb->module, mb->feature_dim, {"a", "b"});
+  ApplyFreeze(mobile, *mb, 0);
+  auto mprobe = SingleValueBatchNorm(mobile, 32);
+  ASSERT_TRUE(mprobe.ok()) << mprobe.status();
+  EXPECT_NE(*mprobe, "");
+  EXPECT_EQ(*SingleValueBatchNorm(mobile, 64), "");
+
+  // The first non-finite tensor is named, parameters and buffers alike.
+  torch::NoGradGuard no_grad;
+  auto bb = model.attr("backbone").toModule();
+  bb.attr("layer4").toModule().attr("1").toModule().attr("bn2").toModule().attr("running_var").toTensor()[3] = NAN;
+  EXPECT_EQ(FirstNonFiniteTensor(model), "backbone.layer4.1.bn2.running_var holds NaN");
+  model.attr("head").toModule().attr("weight").toTensor()[0][0] = INFINITY;
+  EXPECT_EQ(FirstNonFiniteTensor(model), "head.weight holds an infinity");
+}
+
+pb::JobSpec BaseSpec() {
+  pb::JobSpec spec;
+  spec.set_backbone("resnet18");
+  spec.set_epochs(10);
+  spec.set_batch_size(4);
+  spec.set_image_size(32);
+  spec.set_learning_rate(0.1f);
+  return spec;
+}
+
+TEST(RecipeTest, ParsesTheOptionsOnceAndRefusesUnknownOnes) {
+  pb::JobSpec spec = BaseSpec();
+  auto defaults = Recipe::Create(spec);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->options().optimizer, spec::Optimizer::kAdam);
+  EXPECT_EQ(defaults->options().lr_schedule, spec::LrSchedule::kConstant);
+  EXPECT_FALSE(defaults->skips_bad_images());
+  EXPECT_FALSE(defaults->exports_last_epoch());
+  spec.set_on_bad_image("skip");
+  spec.set_export_weights("last");
+  auto set = Recipe::Create(spec);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_TRUE(set->skips_bad_images());
+  EXPECT_TRUE(set->exports_last_epoch());
+  spec.set_optimizer("rmsprop");
+  auto bad = Recipe::Create(spec);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  EXPECT_EQ(bad.status().message(), "optimizer: unknown optimizer 'rmsprop'; known: adam, adamw, sgd");
+}
+
+TEST(RecipeTest, OptimizerFromTheEnum) {
+  torch::Tensor w = torch::zeros({2}, torch::requires_grad());
+  pb::JobSpec spec = BaseSpec();
+  spec.set_weight_decay(0.5f);
+  spec.set_momentum(0.8f);
+  spec.set_nesterov(true);
+  for (const char* name : {"sgd", "adamw", "adam", ""}) {
+    SCOPED_TRACE(name);
+    spec.set_optimizer(name);
+    auto recipe = Recipe::Create(spec);
+    ASSERT_TRUE(recipe.ok()) << recipe.status();
+    std::unique_ptr<torch::optim::Optimizer> opt = recipe->MakeOptimizer({w}, 0.25);
+    ASSERT_EQ(opt->param_groups().size(), 1u);
+    EXPECT_DOUBLE_EQ(opt->param_groups()[0].options().get_lr(), 0.25);
+    if (std::string(name) == "sgd") {
+      auto* sgd = dynamic_cast<torch::optim::SGD*>(opt.get());
+      ASSERT_NE(sgd, nullptr);
+      const auto& o = static_cast<const torch::optim::SGDOptions&>(sgd->param_groups()[0].options());
+      EXPECT_FLOAT_EQ(o.momentum(), 0.8f);
+      EXPECT_TRUE(o.nesterov());
+      EXPECT_FLOAT_EQ(o.weight_decay(), 0.5f);
+    } else if (std::string(name) == "adamw") {
+      auto* adamw = dynamic_cast<torch::optim::AdamW*>(opt.get());
+      ASSERT_NE(adamw, nullptr);
+      EXPECT_FLOAT_EQ(static_cast<const torch::optim::AdamWOptions&>(adamw->param_groups()[0].options()).weight_decay(),
+                      0.5f);
+    } else {
+      auto* adam = dynamic_cast<torch::optim::Adam*>(opt.get());
+      ASSERT_NE(adam, nullptr);
+      EXPECT_FLOAT_EQ(static_cast<const torch::optim::AdamOptions&>(adam->param_groups()[0].options()).weight_decay(),
+                      0.5f);
+    }
+  }
+}
+
+TEST(RecipeTest, LearningRateSchedules) {
+  pb::JobSpec spec = BaseSpec();
+  auto constant = Recipe::Create(spec);
+  ASSERT_TRUE(constant.ok());
+  EXPECT_DOUBLE_EQ(constant->LearningRateAt(0, 0.1), 0.1);
+  EXPECT_DOUBLE_EQ(constant->LearningRateAt(7.5, 0.1), 0.1);
+
+  spec.set_lr_schedule("step");
+  spec.set_lr_step_epochs(3);
+  spec.set_lr_gamma(0.5f);
+  auto step = Recipe::Create(spec);
+  ASSERT_TRUE(step.ok());
+  EXPECT_DOUBLE_EQ(step->LearningRateAt(2.99, 0.1), 0.1);
+  EXPECT_DOUBLE_EQ(step->LearningRateAt(3, 0.1), 0.05);
+  EXPECT_DOUBLE_EQ(step->LearningRateAt(6.5, 0.1), 0.025);
+
+  spec.set_lr_schedule("cosine");
+  auto cosine = Recipe::Create(spec);
+  ASSERT_TRUE(cosine.ok());
+  EXPECT_DOUBLE_EQ(cosine->LearningRateAt(0, 0.1), 0.1);
+  EXPECT_NEAR(cosine->LearningRateAt(5, 0.1), 0.05, 1e-12);
+  EXPECT_NEAR(cosine->LearningRateAt(10, 0.1), 0, 1e-12);
+
+  // Linear warm-up first, from 1e-3 of an epoch; the cosine spans the rest.
+  spec.set_warmup_epochs(2);
+  auto warm = Recipe::Create(spec);
+  ASSERT_TRUE(warm.ok());
+  EXPECT_DOUBLE_EQ(warm->LearningRateAt(0, 0.1), 0.1 * 1e-3 / 2);
+  EXPECT_DOUBLE_EQ(warm->LearningRateAt(1, 0.1), 0.05);
+  EXPECT_DOUBLE_EQ(warm->LearningRateAt(2, 0.1), 0.1);
+  EXPECT_NEAR(warm->LearningRateAt(6, 0.1), 0.05, 1e-12);
+}
+
+TEST(RecipeTest, PhasesTransformsAndFeatureCaching) {
+  pb::JobSpec spec = BaseSpec();
+  spec.set_epochs(5);
+  spec.set_freeze_depth(-1);
+  spec.set_unfreeze_at(3);
+  spec.set_finetune_freeze_depth(2);
+  spec.set_finetune_lr_mult(0.1f);
+  auto two = Recipe::Create(spec);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->first_phase().freeze_depth, -1);
+  EXPECT_DOUBLE_EQ(two->first_phase().base_lr, 0.1f);
+  EXPECT_EQ(two->finetune_phase().freeze_depth, 2);
+  EXPECT_DOUBLE_EQ(two->finetune_phase().base_lr, 0.1f * 0.1f);
+  EXPECT_FALSE(two->StartsFineTuning(2));
+  EXPECT_TRUE(two->StartsFineTuning(3));
+  EXPECT_TRUE(two->HasFineTuning());
+  EXPECT_EQ(two->FirstPhaseEpochs(), 2);
+  // A second phase never caches: its stages unfreeze.
+  spec.set_augment("none");
+  EXPECT_FALSE(Recipe::Create(spec)->CachesFeatures(5));
+  spec.set_unfreeze_at(0);
+  EXPECT_EQ(Recipe::Create(spec)->FirstPhaseEpochs(), 5);
+  EXPECT_FALSE(Recipe::Create(spec)->HasFineTuning());
+  EXPECT_TRUE(Recipe::Create(spec)->CachesFeatures(5));
+  spec.set_freeze_depth(5);
+  EXPECT_TRUE(Recipe::Create(spec)->CachesFeatures(5));
+  spec.set_freeze_depth(4);
+  EXPECT_FALSE(Recipe::Create(spec)->CachesFeatures(5));
+  spec.set_freeze_depth(-1);
+  spec.set_cache_features("off");
+  EXPECT_FALSE(Recipe::Create(spec)->CachesFeatures(5));
+  spec.set_cache_features("on");
+  spec.set_augment("light");
+  EXPECT_FALSE(Recipe::Create(spec)->CachesFeatures(5));
+
+  Normalization norm;
+  norm.mean = {0.5f, 0.5f, 0.5f};
+  spec.set_color_jitter(0.25f);
+  const TransformOptions light = Recipe::Create(spec)->TrainTransform(norm);
+  EXPECT_TRUE(light.train);
+  EXPECT_FLOAT_EQ(light.min_scale, 0.5f);
+  EXPECT_FLOAT_EQ(light.color_jitter, 0.25f);
+  EXPECT_EQ(light.image_size, 32);
+  EXPECT_EQ(light.mean, norm.mean);
+  spec.set_augment("standard");
+  EXPECT_FLOAT_EQ(Recipe::Create(spec)->TrainTransform(norm).min_scale, 0.08f);
+  spec.set_augment("none");
+  EXPECT_FALSE(Recipe::Create(spec)->TrainTransform(norm).train);
+}
+
+TEST(RecipeTest, NormalisationAndBalancedClassWeights) {
+  std::vector<std::string> logs;
+  TrainerHooks hooks;
+  hooks.on_log = [&logs](const std::string& level, const std::string& message) {
+    logs.push_back(level + ": " + message);
+  };
+  const Reporter report(hooks);
+  pb::JobSpec spec = BaseSpec();
+  spec.set_label_smoothing(0.1f);
+  auto plain = Recipe::Create(spec);
+  ASSERT_TRUE(plain.ok());
+  auto unweighted = plain->LossOptions({0, 0, 0, 1}, 2, torch::kCPU, report);
+  EXPECT_FALSE(unweighted.weight().defined());
+  EXPECT_FLOAT_EQ(unweighted.label_smoothing(), 0.1f);
+  EXPECT_TRUE(logs.empty());
+  spec.set_class_weights("balanced");
+  auto balanced = Recipe::Create(spec)->LossOptions({0, 0, 0, 1}, 2, torch::kCPU, report);
+  ASSERT_TRUE(balanced.weight().defined());
+  EXPECT_FLOAT_EQ(balanced.weight()[0].item<float>(), 4.0f / 6.0f);
+  EXPECT_FLOAT_EQ(balanced.weight()[1].item<float>(), 2.0f);
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_EQ(logs[0], "info: balanced class weights, from 1 to 3 images per class");
+
+  // The job's mean and std win over the weights', which win over ImageNet's.
+  Normalization from_weights;
+  from_weights.mean = {0.1f, 0.2f, 0.3f};
+  from_weights.source = "the weights";
+  auto norm = plain->ChooseNormalization(from_weights, report);
+  ASSERT_TRUE(norm.ok());
+  EXPECT_EQ(norm->source, "the weights");
+  EXPECT_EQ(plain->ChooseNormalization(std::nullopt, report)->mean, Normalization().mean);
+  for (float v : {0.5f, 0.5f, 0.5f}) spec.add_mean(v);
+  for (float v : {0.25f, 0.25f, 0.25f}) spec.add_std(v);
+  auto own = Recipe::Create(spec)->ChooseNormalization(from_weights, report);
+  ASSERT_TRUE(own.ok());
+  EXPECT_EQ(own->source, "the job's mean and std");
+  EXPECT_FLOAT_EQ(own->std[1], 0.25f);
+  EXPECT_EQ(logs.back(),
+            "info: input normalisation: mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25] (from the job's mean and std)");
+  spec.set_std(1, 0);
+  EXPECT_TRUE(absl::IsFailedPrecondition(Recipe::Create(spec)->ChooseNormalization(from_weights, report).status()));
+}
+
+TEST(EvaluationTest, TopKLossConfusionAndClassMetrics) {
+  // Rows: true 0 -> 0, true 1 -> 2 (1 second), true 2 -> 2, true 0 -> 1.
+  const torch::Tensor logits = torch::tensor({{3.0f, 1.0f, 0.0f},
+                                              {0.0f, 1.0f, 2.0f},
+                                              {0.0f, 0.5f, 4.0f},
+                                              {1.0f, 2.0f, 0.0f}});
+  const torch::Tensor labels = torch::tensor({0, 1, 2, 0}, torch::kInt64);
+  Evaluator eval(3);
+  eval.Add(logits.slice(0, 0, 2), labels.slice(0, 0, 2));
+  eval.Add(logits.slice(0, 2, 4), labels.slice(0, 2, 4));
+  const EvalResult r = eval.Result();
+  EXPECT_DOUBLE_EQ(r.top1, 0.5);
+  EXPECT_DOUBLE_EQ(r.top5, 1.0);  // k is min(5, classes)
+  EXPECT_NEAR(r.loss, torch::nn::functional::cross_entropy(logits, labels).item<double>(), 1e-6);
+  pb::JobMetrics m;
+  FillClassMetrics(r, {"a", "b", "c"}, &m);
+  ASSERT_EQ(m.test_per_class_size(), 3);
+  EXPECT_EQ(m.test_per_class(0).name(), "a");
+  EXPECT_FLOAT_EQ(m.test_per_class(0).precision(), 1.0f);
+  EXPECT_FLOAT_EQ(m.test_per_class(0).recall(), 0.5f);
+  EXPECT_FLOAT_EQ(m.test_per_class(0).f1(), 2.0f / 3.0f);
+  EXPECT_EQ(m.test_per_class(0).support(), 2);
+  EXPECT_FLOAT_EQ(m.test_per_class(1).precision(), 0.0f);
+  EXPECT_FLOAT_EQ(m.test_per_class(1).f1(), 0.0f);
+  EXPECT_FLOAT_EQ(m.test_per_class(2).precision(), 0.5f);
+  EXPECT_FLOAT_EQ(m.test_per_class(2).recall(), 1.0f);
+  EXPECT_EQ(std::vector<int64_t>(m.test_confusion().begin(), m.test_confusion().end()),
+            (std::vector<int64_t>{1, 1, 0, 0, 0, 1, 0, 0, 1}));
+  EXPECT_EQ(Evaluator(2).Result().top1, 0);
+}
+
+// A whole job through RunTraining, on a small ImageFolder of two colours.
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    InitTorchProcess(2);
+    dir_ = ::testing::TempDir() + "/trainer_test";
+    std::filesystem::remove_all(dir_);
+    cv::RNG noise(11);
+    for (const char* split : {"train", "val"}) {
+      for (int c = 0; c < 2; ++c) {
+        const std::string folder = dir_ + "/" + split + "/class" + std::to_string(c);
+        std::filesystem::create_directories(folder);
+        for (int i = 0; i < (std::string(split) == "train" ? 10 : 4); ++i) {
+          cv::Mat img(24, 24, CV_8UC3, c == 0 ? cv::Scalar(200, 40, 40) : cv::Scalar(40, 40, 200));
+          cv::Mat jitter(24, 24, CV_8UC3);
+          noise.fill(jitter, cv::RNG::UNIFORM, 0, 40);
+          img += jitter;
+          ASSERT_TRUE(cv::imwrite(folder + "/" + std::to_string(i) + ".png", img));
+        }
+      }
+    }
+    job_.set_dataset_path(dir_);
+    job_.set_dataset_format("imagefolder");
+    pb::JobSpec* spec = job_.mutable_spec();
+    spec->set_backbone("resnet18");
+    spec->set_freeze_depth(3);
+    spec->set_epochs(2);
+    spec->set_batch_size(4);
+    spec->set_image_size(32);
+    spec->set_learning_rate(0.01f);
+    spec->set_val_split(0.2f);
+    spec->set_seed(5);
+    spec->set_lr_schedule("cosine");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string dir_;
+  pb::ResolvedJob job_;
+};
+
+TEST_F(TrainerTest, TrainsTheSameTwiceAndDescribesTheModel) {
+  std::vector<std::string> phases;
+  int epochs = 0;
+  TrainerHooks hooks;
+  hooks.on_progress = [&phases](const pb::Progress& p) {
+    if (phases.empty() || phases.back() != p.phase()) phases.push_back(p.phase());
+  };
+  hooks.on_epoch = [&epochs](const pb::EpochSummary&) { ++epochs; };
+  TrainerOptions options;
+  options.job_id = "j1";
+  options.loader_threads = 2;
+  auto first = RunTraining(job_, options, hooks);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->cancelled);
+  EXPECT_EQ(phases, (std::vector<std::string>{"load", "train", "validate", "train", "validate"}));
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(first->metrics.epochs_completed(), 2);
+  EXPECT_EQ(first->metrics.trained_images(), 40);
+  EXPECT_NE(first->metadata_json.find("\"job_id\": \"j1\""), std::string::npos) << first->metadata_json;
+  EXPECT_NE(first->metadata_json.find("\"classes\": [\n    \"class0\",\n    \"class1\"\n  ]"), std::string::npos)
+      << first->metadata_json;
+  EXPECT_TRUE(first->model.hasattr("mean"));
+
+  // Data order, augmentation and initialisation are functions of the seed.
+  auto second = RunTraining(job_, options, {});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->metrics.val_loss(), first->metrics.val_loss());
+  EXPECT_EQ(second->metrics.train_loss(), first->metrics.train_loss());
+  EXPECT_EQ(second->metrics.best_epoch(), first->metrics.best_epoch());
+  auto a = first->model.parameters().begin();
+  for (const auto& p : second->model.parameters()) {
+    EXPECT_TRUE(torch::equal(p, *a));
+    ++a;
+  }
+}
+
+TEST_F(TrainerTest, UnknownOptionFailsBeforeAnyWork) {
+  job_.mutable_spec()->set_lr_schedule("linear");
+  int events = 0;
+  TrainerHooks hooks;
+  hooks.on_progress = [&events](const pb::Progress&) { ++events; };
+  auto r = RunTraining(job_, TrainerOptions(), hooks);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  EXPECT_EQ(r.status().message(), "lr_schedule: unknown schedule 'linear'; known: constant, step, cosine");
+  EXPECT_EQ(events, 0);
+}
+
+TEST_F(TrainerTest, CancelledBetweenSteps) {
+  int steps = 0;
+  TrainerHooks hooks;
+  hooks.on_step = [&steps](double, int64_t) { ++steps; };
+  hooks.cancelled = [&steps] { return steps >= 2; };
+  auto r = RunTraining(job_, TrainerOptions(), hooks);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->cancelled);
+  EXPECT_EQ(steps, 2);
+}
+
+
+}  // namespace
+}  // namespace ft::worker

@@ -1,0 +1,33 @@
+#include "worker/export/metadata.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/util/proto_json.h"
+
+namespace ft::worker {
+
+std::string MetadataJson(const ModelMetadata& m) {
+  auto proto = [](const google::protobuf::Message& message) { return nlohmann::json::parse(util::ToJson(message)); };
+  nlohmann::json history = nlohmann::json::array();
+  for (const pb::EpochSummary& summary : m.history) history.push_back(proto(summary));
+  // nlohmann::json keeps keys sorted, so the grouping below is for readers.
+  nlohmann::json meta = {{"format", "finetuned.classifier.v1"}, {"job_id", m.job_id}, {"backbone", m.spec.backbone()},
+                         {"classes", m.classes}, {"num_classes", m.classes.size()}};
+  // What the model takes.
+  meta.update({{"image_size", m.spec.image_size()}, {"resize_size", m.resize_size},
+               {"mean", std::vector<float>(m.mean.begin(), m.mean.end())},
+               {"std", std::vector<float>(m.std.begin(), m.std.end())},
+               {"input", "float32 [N,3,H,W], RGB scaled to [0,1], normalised with mean/std"},
+               {"eval_transform", "resize shorter side to resize_size, centre crop image_size"},
+               {"feature_dim", m.feature_dim}, {"freeze_depth", m.spec.freeze_depth()}, {"stages", m.stages}});
+  // Where it came from and how it trained.
+  meta.update({{"dataset_uri", m.spec.dataset_uri()}, {"weights_uri", m.spec.weights_uri()},
+               {"val_source", m.val_source}, {"augment", m.spec.augment()}, {"train_images", m.train_images},
+               {"val_images", m.val_images}, {"best_epoch", m.best_epoch}, {"spec", proto(m.spec)},
+               {"metrics", proto(m.metrics)}, {"history", history}});
+  if (!m.test_source.empty()) meta["test_source"] = m.test_source;
+  if (m.test_images > 0) meta["test_images"] = m.test_images;
+  return meta.dump(2);
+}
+
+}  // namespace ft::worker

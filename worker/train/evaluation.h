@@ -1,0 +1,74 @@
+// Evaluation, as torchvision's train.py `evaluate`: loss, top-1 and top-5
+// over a whole set, the confusion matrix and per-class metrics, and the
+// backbone features of a set computed once for a frozen backbone.
+#ifndef FT_WORKER_TRAIN_EVALUATION_H_
+#define FT_WORKER_TRAIN_EVALUATION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "common/datasets/layout.h"
+#include "finetune/v1/finetune.pb.h"
+#include "worker/data/images.h"
+#include "worker/data/loader.h"
+#include "worker/train/hooks.h"
+
+namespace ft::worker {
+
+struct EvalResult {
+  double loss = 0;  // mean cross-entropy, unsmoothed and unweighted
+  double top1 = 0;
+  double top5 = 0;
+  torch::Tensor confusion;  // int64 [C, C]: true x predicted
+};
+
+// Accumulates loss, top-1, top-5 and the confusion matrix over batches.
+class Evaluator {
+ public:
+  explicit Evaluator(int64_t classes);
+  // `logits` [N, C] and `labels` [N], on any device.
+  void Add(const torch::Tensor& logits, const torch::Tensor& labels);
+  EvalResult Result() const;
+
+ private:
+  torch::Tensor confusion_;
+  double loss_ = 0;
+  int64_t top1_ = 0, top5_ = 0, n_ = 0;
+};
+
+// The model (a classifier) in eval mode, without gradients, over `set` in
+// order, batched by `options`.
+EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
+                    torch::Device device, int64_t classes);
+
+// The head (in eval mode, without gradients) over features computed once.
+EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& features, const torch::Tensor& labels,
+                            int64_t classes);
+
+// Pooled backbone features (the model's features() method) of a whole set,
+// in eval mode and without gradients, on `device`.
+torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device);
+
+// Per-class precision, recall, F1 and support, and the confusion matrix
+// (row-major, true x predicted), as the metrics' test_* fields.
+void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m);
+
+// The test split: decodes `samples` with `decode`, evaluates the model on
+// them (reported as the "test" phase) and fills the metrics' test figures
+// and per-class metrics. Returns the number of test images.
+// FAILED_PRECONDITION when the test loss is not finite (the model is then
+// not to be stored), and DecodeSamples' errors.
+absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<datasets::Sample>& samples,
+                                  const std::vector<std::string>& classes, const DecodeOptions& decode,
+                                  const LoaderOptions& eval_loader, torch::Device device, const Reporter& report,
+                                  pb::JobMetrics* metrics);
+
+}  // namespace ft::worker
+
+#endif  // FT_WORKER_TRAIN_EVALUATION_H_
