@@ -1,5 +1,6 @@
 #include "client/client.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +8,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -19,6 +21,9 @@ namespace ft::client {
 namespace {
 
 constexpr auto kUnaryTimeout = std::chrono::seconds(60);
+constexpr auto kFirstReconnect = std::chrono::milliseconds(200);
+constexpr auto kMaxReconnect = std::chrono::milliseconds(5000);
+constexpr auto kReconnectFor = std::chrono::minutes(10);
 
 void SetDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
@@ -76,15 +81,37 @@ absl::StatusOr<pb::Job> Client::Cancel(const std::string& job_id) {
 
 absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_sequence,
                                       const std::function<void(const pb::JobEvent&)>& on_event) {
-  grpc::ClientContext ctx;
-  pb::WatchJobRequest req;
-  req.set_job_id(job_id);
-  req.set_from_sequence(from_sequence);
-  auto reader = stub_->WatchJob(&ctx, req);
-  pb::JobEvent event;
-  while (reader->Read(&event)) on_event(event);
-  FT_RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
-  return Get(job_id);
+  // The server may restart under a long watch: once the stream has been up,
+  // a lost server is waited for (with backoff), and the watch goes on from
+  // the next sequence, so that the caller sees every event exactly once.
+  int64_t next = from_sequence;
+  bool connected = false;
+  auto backoff = kFirstReconnect;
+  const auto give_up = std::chrono::steady_clock::now() + kReconnectFor;
+  while (true) {
+    grpc::ClientContext ctx;
+    pb::WatchJobRequest req;
+    req.set_job_id(job_id);
+    req.set_from_sequence(next);
+    auto reader = stub_->WatchJob(&ctx, req);
+    pb::JobEvent event;
+    while (reader->Read(&event)) {
+      connected = true;
+      backoff = kFirstReconnect;
+      next = event.sequence() + 1;
+      on_event(event);
+    }
+    const absl::Status finished = FromGrpcStatus(reader->Finish());
+    if (finished.ok()) break;
+    if (!connected || !absl::IsUnavailable(finished) || std::chrono::steady_clock::now() > give_up) return finished;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, kMaxReconnect);
+  }
+  while (true) {
+    auto job = Get(job_id);
+    if (job.ok() || !absl::IsUnavailable(job.status()) || std::chrono::steady_clock::now() > give_up) return job;
+    std::this_thread::sleep_for(backoff);
+  }
 }
 
 absl::StatusOr<std::vector<pb::Model>> Client::ListModels() {

@@ -25,7 +25,9 @@ class Client {
   absl::StatusOr<std::vector<pb::Job>> List(int limit);
   absl::StatusOr<pb::Job> Cancel(const std::string& job_id);
   // Calls on_event for each event until the stream ends (after the terminal
-  // event), then returns the final job.
+  // event), then returns the final job. A server lost mid-watch is waited
+  // for, up to 10 minutes, and the watch resumes from the next sequence: no
+  // event is missed or repeated.
   absl::StatusOr<pb::Job> Watch(const std::string& job_id, int64_t from_sequence,
                                 const std::function<void(const pb::JobEvent&)>& on_event);
   absl::StatusOr<std::vector<pb::Model>> ListModels();

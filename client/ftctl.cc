@@ -53,6 +53,9 @@ std::vector<FlagSpec> SubmitFlags() {
       {"export", "best|last", "which epoch's weights are exported; best = lowest val loss (default best)"},
       {"color-jitter", "F", "with augment standard|light: ColorJitter(F, F, F) (default 0)"},
       {"rotation", "DEGREES", "with augment standard|light: a random rotation in [-DEGREES, DEGREES] (default 0)"},
+      {"checkpoint-interval", "S",
+       "seconds between mid-epoch checkpoints; every epoch end is checkpointed too; 0 = epoch ends only "
+       "(default 300)"},
       {"mean", "R,G,B", "input normalisation mean (default: from the weights, else ImageNet)"},
       {"std", "R,G,B", "input normalisation std (default: from the weights, else ImageNet)"},
   };

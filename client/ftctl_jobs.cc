@@ -119,7 +119,9 @@ std::optional<int> BuildSpec(Invocation& inv, pb::JobSpec* out) {
       !int_flag("batch-size", [&](int64_t v) { spec.set_batch_size(static_cast<int32_t>(v)); }) ||
       !int_flag("image-size", [&](int64_t v) { spec.set_image_size(static_cast<int32_t>(v)); }) ||
       !int_flag("priority", [&](int64_t v) { spec.set_priority(static_cast<int32_t>(v)); }) ||
-      !int_flag("seed", [&](int64_t v) { spec.set_seed(v); })) {
+      !int_flag("seed", [&](int64_t v) { spec.set_seed(v); }) ||
+      !int_flag("checkpoint-interval",
+                [&](int64_t v) { spec.set_checkpoint_interval_seconds(static_cast<int32_t>(v)); })) {
     return kExitRefused;
   }
   for (const auto& [flag, setter] :

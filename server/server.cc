@@ -39,6 +39,7 @@ struct Server::Parts {
   std::unique_ptr<SqliteJobStore> store;
   std::unique_ptr<FilesystemModelStore> models;
   std::unique_ptr<datasets::DatasetStore> datasets;
+  std::unique_ptr<CheckpointStore> checkpoints;
   EventHub hub;
   std::unique_ptr<JobManager> manager;
   std::unique_ptr<ServerMetrics> metrics;
@@ -96,6 +97,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   dso.extract.max_entries = o.max_dataset_entries;
   dso.clock = p->clock;
   FT_ASSIGN_OR_RETURN(p->datasets, datasets::DatasetStore::Create(dso));
+  CheckpointStoreOptions cso;
+  cso.root = o.data_dir + "/checkpoints";
+  FT_ASSIGN_OR_RETURN(p->checkpoints, CheckpointStore::Create(cso));
 
   JobManagerOptions jm;
   jm.dataset_roots = o.dataset_roots;
@@ -103,6 +107,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   jm.lease_ttl = o.lease_ttl;
   jm.max_attempts = o.max_attempts;
   jm.dataset_store = p->datasets.get();
+  jm.checkpoints = p->checkpoints.get();
   jm.clock = p->clock;
   p->manager = std::make_unique<JobManager>(jm, p->store.get(), &p->hub, p->models.get());
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/transfer/transfer.h"
 #include "server/api/model_files.h"
 #include "common/grpc_status/grpc_status.h"
 
@@ -69,6 +70,9 @@ grpc::Status WorkerGatewayService::RunJob(
       // A worker that stopped because it was asked to reports CANCELLED.
       auto job = manager_->Finish(job_id, lease_id, result);
       return ToGrpcStatus(job.status());
+    } else if (msg.has_release()) {
+      auto job = manager_->ReturnJob(job_id, lease_id, msg.release().reason());
+      return ToGrpcStatus(job.status());
     }
   }
   // The stream broke without a result: the worker is gone.
@@ -119,6 +123,79 @@ grpc::Status WorkerGatewayService::FetchModel(grpc::ServerContext* ctx,
       return grpc::Status(grpc::StatusCode::CANCELLED, "worker went away");
     }
   }
+}
+
+grpc::Status WorkerGatewayService::UploadCheckpoint(grpc::ServerContext* ctx,
+                                                    grpc::ServerReader<pb::UploadCheckpointChunk>* reader,
+                                                    pb::UploadCheckpointResponse* response) {
+  CheckpointStore* store = manager_->checkpoints();
+  if (store == nullptr) return ToGrpcStatus(absl::UnimplementedError("this server keeps no checkpoints"));
+  pb::UploadCheckpointChunk chunk;
+  if (!reader->Read(&chunk) || !chunk.has_header()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("UploadCheckpoint must start with a header"));
+  }
+  const pb::CheckpointHeader h = chunk.header();
+  if (auto s = manager_->CheckLease(h.job_id(), h.lease_id()); !s.ok()) return ToGrpcStatus(s);
+  auto upload = store->BeginUpload(h.job_id(), h.epoch(), h.step(), h.epoch_end(), h.size_bytes(), h.sha256());
+  if (!upload.ok()) return ToGrpcStatus(upload.status());
+  while (reader->Read(&chunk)) {
+    if (!chunk.has_data()) return ToGrpcStatus(absl::InvalidArgumentError("UploadCheckpoint: a second header"));
+    if (auto s = (*upload)->Append(chunk.data()); !s.ok()) return ToGrpcStatus(s);
+  }
+  // The lease may have been lost while the bytes came: store nothing then.
+  if (auto s = manager_->CheckLease(h.job_id(), h.lease_id()); !s.ok()) return ToGrpcStatus(s);
+  auto stored = store->Commit(*std::move(upload));
+  if (!stored.ok()) return ToGrpcStatus(stored.status());
+  response->set_number(stored->number);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::FetchCheckpoint(grpc::ServerContext* ctx,
+                                                   const pb::FetchCheckpointRequest* request,
+                                                   grpc::ServerWriter<pb::CheckpointChunk>* writer) {
+  CheckpointStore* store = manager_->checkpoints();
+  if (store == nullptr) return ToGrpcStatus(absl::UnimplementedError("this server keeps no checkpoints"));
+  if (auto s = manager_->CheckLease(request->job_id(), request->lease_id()); !s.ok()) return ToGrpcStatus(s);
+  // A damaged checkpoint is passed over for the one before, and said so in
+  // the job's events.
+  auto newest = store->Newest(
+      request->job_id(),
+      [&](const CheckpointInfo& c, const std::string& why) {
+        pb::JobEvent warning;
+        warning.mutable_log()->set_level("warning");
+        warning.mutable_log()->set_message(absl::StrCat("checkpoint ", c.number, " (epoch ", c.epoch, ", step ",
+                                                        c.step, ") is damaged: ", why,
+                                                        "; resuming from the one before"));
+        manager_->RecordEvent(request->job_id(), request->lease_id(), std::move(warning)).IgnoreError();
+      },
+      request->before());
+  if (!newest.ok()) return ToGrpcStatus(newest.status());
+  auto source = transfer::FileSource::Open(newest->path, newest->sha256);
+  if (!source.ok()) return ToGrpcStatus(source.status());
+  pb::CheckpointHeader header;
+  header.set_job_id(request->job_id());
+  header.set_epoch(newest->epoch);
+  header.set_step(newest->step);
+  header.set_epoch_end(newest->epoch_end);
+  header.set_size_bytes(newest->size_bytes);
+  header.set_sha256(newest->sha256);
+  header.set_number(newest->number);
+  const absl::Status sent = transfer::SendFile(
+      **source,
+      [&](int64_t offset, std::string data) {
+        pb::CheckpointChunk c;
+        c.set_offset(offset);
+        if (offset == 0) {
+          c.set_total_size((*source)->size());
+          c.set_sha256((*source)->sha256());
+          *c.mutable_header() = header;
+        }
+        c.set_data(std::move(data));
+        return !ctx->IsCancelled() && writer->Write(c);
+      },
+      absl::StrCat("checkpoint of job ", request->job_id()));
+  if (absl::IsUnavailable(sent)) return grpc::Status(grpc::StatusCode::CANCELLED, "worker went away");
+  return ToGrpcStatus(sent);
 }
 
 }  // namespace ft::server

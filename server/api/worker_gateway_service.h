@@ -21,6 +21,10 @@ class WorkerGatewayService final : public pb::WorkerGateway::Service {
                            pb::UploadModelResponse* response) override;
   grpc::Status FetchModel(grpc::ServerContext* ctx, const pb::FetchModelRequest* request,
                           grpc::ServerWriter<pb::ModelChunk>* writer) override;
+  grpc::Status UploadCheckpoint(grpc::ServerContext* ctx, grpc::ServerReader<pb::UploadCheckpointChunk>* reader,
+                                pb::UploadCheckpointResponse* response) override;
+  grpc::Status FetchCheckpoint(grpc::ServerContext* ctx, const pb::FetchCheckpointRequest* request,
+                               grpc::ServerWriter<pb::CheckpointChunk>* writer) override;
   // In dataset_rpcs.cc.
   grpc::Status FetchDataset(grpc::ServerContext* ctx, const pb::FetchDatasetRequest* request,
                             grpc::ServerWriter<pb::DatasetChunk>* writer) override;

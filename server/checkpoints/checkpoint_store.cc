@@ -152,13 +152,15 @@ std::vector<CheckpointInfo> CheckpointStore::List(const std::string& job_id) {
 }
 
 absl::StatusOr<CheckpointInfo> CheckpointStore::Newest(
-    const std::string& job_id, const std::function<void(const CheckpointInfo&, const std::string&)>& skipped) {
+    const std::string& job_id, const std::function<void(const CheckpointInfo&, const std::string&)>& skipped,
+    int64_t before) {
   std::vector<CheckpointInfo> all;
   {
     absl::MutexLock lock(&mu_);
     all = List(job_id);
   }
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (before > 0 && it->number >= before) continue;
     auto digest = util::Sha256File(it->path);
     std::string why;
     if (!digest.ok()) {

@@ -66,12 +66,13 @@ class CheckpointStore {
   // it as the job's newest and deletes all but the newest `keep`.
   absl::StatusOr<CheckpointInfo> Commit(std::unique_ptr<Upload> upload);
 
-  // The newest checkpoint whose file still matches its sha256; NOT_FOUND
-  // when there is none. Each one passed over is reported to `skipped` with
-  // the reason, newest first.
+  // The newest checkpoint (numbered below `before`, when it is positive)
+  // whose file still matches its sha256; NOT_FOUND when there is none. Each
+  // one passed over is reported to `skipped` with the reason, newest first.
   absl::StatusOr<CheckpointInfo> Newest(const std::string& job_id,
                                         const std::function<void(const CheckpointInfo&, const std::string& why)>&
-                                            skipped = nullptr);
+                                            skipped = nullptr,
+                                        int64_t before = 0);
   // The job's checkpoints, oldest first (records only; files not checked).
   std::vector<CheckpointInfo> List(const std::string& job_id);
   // Deletes the job's checkpoints (the job ended).

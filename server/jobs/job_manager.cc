@@ -184,7 +184,17 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
       if (stopping_) return std::optional<LeasedJob>();
       generation = queue_generation_;
     }
-    FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased, store_->LeaseNext(worker, options_.lease_ttl));
+    FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased,
+                        store_->LeaseNext(worker, options_.lease_ttl, [this](const std::string& job_id) {
+                          JobStore::ResumePoint point;
+                          if (options_.checkpoints == nullptr) return point;
+                          const auto stored = options_.checkpoints->List(job_id);
+                          if (!stored.empty()) {
+                            point.epoch = stored.back().epoch;
+                            point.step = stored.back().step;
+                          }
+                          return point;
+                        }));
     SeenWorker(worker.worker_id());
     if (leased.has_value()) {
       if (observer_ && leased->lease.attempt() == 1) {
@@ -244,6 +254,7 @@ JobManager::WorkerCounts JobManager::Workers() {
 }
 
 void JobManager::ReportFinished(const pb::Job& job) {
+  if (options_.checkpoints != nullptr && IsTerminal(job.state())) options_.checkpoints->DeleteJob(job.id());
   util::Log(job.state() == pb::FAILED ? "warning" : "info", "finetuned", "job finished",
             {{"job_id", job.id()}, {"state", pb::JobState_Name(job.state())}, {"model_id", job.model_id()},
              {"error", job.error()}});
@@ -274,6 +285,17 @@ absl::StatusOr<pb::Job> JobManager::Finish(const std::string& job_id, const std:
   return job;
 }
 
+absl::StatusOr<pb::Job> JobManager::ReturnJob(const std::string& job_id, const std::string& lease_id,
+                                              const std::string& reason) {
+  FT_ASSIGN_OR_RETURN(pb::Job job, store_->ReturnJob(job_id, lease_id, reason));
+  util::Log("info", "finetuned", "job returned", {{"job_id", job_id}, {"reason", reason},
+                                                   {"state", pb::JobState_Name(job.state())}});
+  if (IsTerminal(job.state())) ReportFinished(job);
+  hub_->Notify(job_id);
+  WakeLeasers();
+  return job;
+}
+
 void JobManager::ReleaseLease(const std::string& job_id, const std::string& lease_id) {
   if (store_->ReleaseLease(job_id, lease_id).ok()) Sweep();
 }
@@ -289,11 +311,9 @@ void JobManager::Sweep() {
   for (const auto& e : *expired) {
     util::Log("warning", "finetuned", "lease expired",
               {{"job_id", e.job_id}, {"now", pb::JobState_Name(e.new_state)}});
-    if (observer_) {
-      observer_->OnLeaseExpired();
-      if (IsTerminal(e.new_state)) {
-        if (auto job = store_->GetJob(e.job_id); job.ok()) ReportFinished(*job);
-      }
+    if (observer_) observer_->OnLeaseExpired();
+    if (IsTerminal(e.new_state)) {
+      if (auto job = store_->GetJob(e.job_id); job.ok()) ReportFinished(*job);
     }
     hub_->Notify(e.job_id);
     requeued |= e.new_state == pb::QUEUED;

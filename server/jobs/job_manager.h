@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/util/clock.h"
+#include "server/checkpoints/checkpoint_store.h"
 #include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_store.h"
@@ -36,6 +37,9 @@ struct JobManagerOptions {
   absl::Duration sweep_interval = absl::Seconds(1);
   // Not owned; the real clock when null. The store should share it.
   util::Clock* clock = nullptr;
+  // The running jobs' checkpoints. Not owned; null keeps none (workers then
+  // start every attempt from the beginning).
+  CheckpointStore* checkpoints = nullptr;
 };
 
 // Told of job lifecycle moments, for metrics. Implementations are
@@ -88,6 +92,11 @@ class JobManager {
   // The worker's stream ended without a result: the job goes back to the
   // queue now rather than when the lease would have expired.
   void ReleaseLease(const std::string& job_id, const std::string& lease_id);
+  // The worker gave the job back unfinished (preempted): QUEUED at once,
+  // without using up an attempt; the next attempt resumes from the newest
+  // checkpoint.
+  absl::StatusOr<pb::Job> ReturnJob(const std::string& job_id, const std::string& lease_id,
+                                    const std::string& reason);
   absl::Status CheckLease(const std::string& job_id, const std::string& lease_id);
 
   // Not owned; set before Start(), or null.
@@ -106,11 +115,13 @@ class JobManager {
   EventHub* hub() { return hub_; }
   FilesystemModelStore* models() { return models_; }
   datasets::DatasetStore* dataset_store() { return options_.dataset_store; }
+  CheckpointStore* checkpoints() { return options_.checkpoints; }
 
  private:
   void SweepLoop();
   void WakeLeasers();
   void SeenWorker(const std::string& worker_id);
+  // Logs, tells the observer, and frees what only a running job needs.
   void ReportFinished(const pb::Job& job);
 
   JobManagerOptions options_;

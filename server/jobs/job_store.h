@@ -2,6 +2,7 @@
 #define FT_SERVER_JOBS_JOB_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,9 +52,19 @@ class JobStore {
   virtual absl::StatusOr<int> QueuePosition(const std::string& job_id) = 0;
   virtual absl::StatusOr<int> CountInState(pb::JobState state) = 0;
 
-  // Leases the next queued job, if any, until now + ttl.
-  virtual absl::StatusOr<std::optional<LeasedJob>> LeaseNext(
-      const pb::WorkerInfo& worker, absl::Duration ttl) = 0;
+  // Where a job resumes: the epoch and step of its newest checkpoint, 0 and
+  // 0 when it has none. Called inside LeaseNext's transaction: must be quick
+  // and must not call back into the store.
+  struct ResumePoint {
+    int32_t epoch = 0;
+    int64_t step = 0;
+  };
+  using ResumePointFn = std::function<ResumePoint(const std::string& job_id)>;
+
+  // Leases the next queued job, if any, until now + ttl. Its RUNNING event
+  // carries `resume_point(job)` when given.
+  virtual absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
+                                                             const ResumePointFn& resume_point = nullptr) = 0;
   // Extends a valid lease to now + ttl. Returns the job (for cancel_requested).
   virtual absl::StatusOr<pb::Job> RenewLease(const std::string& job_id,
                                              const std::string& lease_id,
@@ -71,6 +82,11 @@ class JobStore {
   // Makes a valid lease expire at once (its worker's stream broke); the next
   // ExpireLeases() re-queues the job.
   virtual absl::Status ReleaseLease(const std::string& job_id, const std::string& lease_id) = 0;
+  // The worker gave a leased job back unfinished (it was preempted): QUEUED
+  // again at once, and this attempt does not count against max_attempts. A
+  // job whose cancel was asked ends CANCELLED instead.
+  virtual absl::StatusOr<pb::Job> ReturnJob(const std::string& job_id, const std::string& lease_id,
+                                            const std::string& reason) = 0;
   // Validates that `lease_id` currently holds `job_id`.
   virtual absl::Status CheckLease(const std::string& job_id, const std::string& lease_id) = 0;
 

@@ -25,6 +25,8 @@ constexpr int kMinImageSize = 16;
 constexpr int kMaxImageSize = 1024;
 constexpr float kDefaultLearningRate = 1e-3f;
 constexpr float kDefaultValSplit = 0.2f;
+constexpr int kDefaultCheckpointSeconds = 300;
+constexpr int kMaxCheckpointSeconds = 7 * 24 * 3600;
 
 }  // namespace
 
@@ -137,6 +139,12 @@ absl::Status ValidateSpec(pb::JobSpec* spec, const catalog::BackboneInfo** backb
   if (options.cache_features == spec::CacheFeatures::kOn &&
       (spec->freeze_depth() != -1 || !no_augment || spec->unfreeze_at() > 0)) {
     return Invalid("cache_features", "on needs --freeze-depth all, --augment none and no --unfreeze-at");
+  }
+  if (!spec->has_checkpoint_interval_seconds()) spec->set_checkpoint_interval_seconds(kDefaultCheckpointSeconds);
+  if (spec->checkpoint_interval_seconds() < 0 || spec->checkpoint_interval_seconds() > kMaxCheckpointSeconds) {
+    return Invalid("checkpoint_interval_seconds",
+                   absl::StrCat("must be between 0 (epoch ends only) and ", kMaxCheckpointSeconds, ", got ",
+                                spec->checkpoint_interval_seconds()));
   }
   if (spec->name().size() > 256) return Invalid("name", "is longer than 256 characters");
   if (spec->weights_uri().empty()) spec->set_weights_uri("none");

@@ -231,7 +231,8 @@ absl::StatusOr<pb::JobEvent> SqliteJobStore::AppendEventLocked(const std::string
 absl::Status SqliteJobStore::AppendStateLocked(const std::string& job_id, pb::JobState state,
                                                const std::string& message, int attempt,
                                                const std::string& worker_id,
-                                               const std::string& model_id) {
+                                               const std::string& model_id, int32_t resumed_epoch,
+                                               int64_t resumed_step) {
   pb::JobEvent event;
   auto* sc = event.mutable_state_changed();
   sc->set_state(state);
@@ -239,6 +240,8 @@ absl::Status SqliteJobStore::AppendStateLocked(const std::string& job_id, pb::Jo
   sc->set_attempt(attempt);
   sc->set_worker_id(worker_id);
   sc->set_model_id(model_id);
+  sc->set_resumed_epoch(resumed_epoch);
+  sc->set_resumed_step(resumed_step);
   return AppendEventLocked(job_id, std::move(event)).status();
 }
 
@@ -317,7 +320,8 @@ absl::StatusOr<int> SqliteJobStore::CountInState(pb::JobState state) {
 }
 
 absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::WorkerInfo& worker,
-                                                                   absl::Duration ttl) {
+                                                                   absl::Duration ttl,
+                                                                   const ResumePointFn& resume_point) {
   absl::MutexLock lock(&mu_);
   return InTransaction<std::optional<LeasedJob>>(
       [&]() -> absl::StatusOr<std::optional<LeasedJob>> {
@@ -347,10 +351,11 @@ absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::Wor
             .Bind(6, now + absl::ToInt64Microseconds(ttl))
             .Bind(7, id);
         FT_RETURN_IF_ERROR(u.Run());
-        FT_RETURN_IF_ERROR(AppendStateLocked(
-            id, pb::RUNNING,
-            absl::StrCat("running on ", worker.worker_id(), " (", worker.device(), ")"), attempt,
-            worker.worker_id(), ""));
+        const ResumePoint resume = resume_point ? resume_point(id) : ResumePoint();
+        std::string message = absl::StrCat("running on ", worker.worker_id(), " (", worker.device(), ")");
+        if (resume.epoch > 0) absl::StrAppend(&message, ", resuming at epoch ", resume.epoch, ", step ", resume.step);
+        FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::RUNNING, message, attempt, worker.worker_id(), "",
+                                             resume.epoch, resume.step));
         leased.lease.set_lease_id(lease_id);
         leased.lease.set_job_id(id);
         leased.lease.set_ttl_seconds(static_cast<int32_t>(absl::ToInt64Seconds(ttl)));
@@ -384,6 +389,35 @@ absl::Status SqliteJobStore::ReleaseLease(const std::string& job_id,
   Stmt u(db_, "UPDATE jobs SET lease_expires_us = 0 WHERE id = ?");
   u.Bind(1, job_id);
   return u.Run();
+}
+
+absl::StatusOr<pb::Job> SqliteJobStore::ReturnJob(const std::string& job_id, const std::string& lease_id,
+                                                  const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<pb::Job>([&]() -> absl::StatusOr<pb::Job> {
+    FT_RETURN_IF_ERROR(CheckLeaseLocked(job_id, lease_id));
+    FT_ASSIGN_OR_RETURN(pb::Job job, LoadJobLocked(job_id));
+    const int64_t now = ToMicros(clock_->Now());
+    if (job.cancel_requested()) {
+      Stmt u(db_, "UPDATE jobs SET state = ?, lease_id = '', lease_expires_us = 0, end_us = ? WHERE id = ?");
+      u.Bind(1, pb::CANCELLED).Bind(2, now).Bind(3, job_id);
+      FT_RETURN_IF_ERROR(u.Run());
+      FT_RETURN_IF_ERROR(AppendStateLocked(job_id, pb::CANCELLED, absl::StrCat("cancelled (", reason, ")"),
+                                           job.attempts(), job.worker_id(), ""));
+      return LoadJobLocked(job_id);
+    }
+    // Not a failure: the attempt is given back, so that preemptions never
+    // use up --max-attempts.
+    const int attempts = std::max(0, job.attempts() - 1);
+    Stmt u(db_, "UPDATE jobs SET state = ?, attempts = ?, lease_id = '', lease_expires_us = 0 WHERE id = ?");
+    u.Bind(1, pb::QUEUED).Bind(2, attempts).Bind(3, job_id);
+    FT_RETURN_IF_ERROR(u.Run());
+    FT_RETURN_IF_ERROR(AppendStateLocked(
+        job_id, pb::QUEUED,
+        absl::StrCat("worker ", job.worker_id(), " gave the job back (", reason, "); re-queued to resume"),
+        job.attempts(), job.worker_id(), ""));
+    return LoadJobLocked(job_id);
+  });
 }
 
 absl::StatusOr<pb::Job> SqliteJobStore::RenewLease(const std::string& job_id,

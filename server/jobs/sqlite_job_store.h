@@ -35,8 +35,8 @@ class SqliteJobStore final : public JobStore {
                                                 int limit) override;
   absl::StatusOr<int> QueuePosition(const std::string& job_id) override;
   absl::StatusOr<int> CountInState(pb::JobState state) override;
-  absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker,
-                                                     absl::Duration ttl) override;
+  absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
+                                                     const ResumePointFn& resume_point = nullptr) override;
   absl::StatusOr<pb::Job> RenewLease(const std::string& job_id, const std::string& lease_id,
                                      absl::Duration ttl) override;
   absl::StatusOr<pb::Job> FinishJob(const std::string& job_id, const std::string& lease_id,
@@ -44,6 +44,8 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<pb::Job> RequestCancel(const std::string& job_id) override;
   absl::StatusOr<std::vector<ExpiredLease>> ExpireLeases(int max_attempts) override;
   absl::Status ReleaseLease(const std::string& job_id, const std::string& lease_id) override;
+  absl::StatusOr<pb::Job> ReturnJob(const std::string& job_id, const std::string& lease_id,
+                                    const std::string& reason) override;
   absl::Status CheckLease(const std::string& job_id, const std::string& lease_id) override;
   absl::StatusOr<pb::JobEvent> AppendEvent(const std::string& job_id,
                                            const std::string& lease_id,
@@ -67,8 +69,8 @@ class SqliteJobStore final : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AppendStateLocked(const std::string& job_id, pb::JobState state,
                                  const std::string& message, int attempt,
-                                 const std::string& worker_id, const std::string& model_id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                 const std::string& worker_id, const std::string& model_id, int32_t resumed_epoch = 0,
+                                 int64_t resumed_step = 0) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs `body` in a transaction, committing on OK and rolling back on error.
   template <typename T, typename F>
   absl::StatusOr<T> InTransaction(F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -74,11 +74,18 @@ void LocalWorkerPool::MonitorLoop() {
                        {"how", WIFSIGNALED(status) ? absl::StrCat("signal ", WTERMSIG(status))
                                                    : absl::StrCat("exit ", WEXITSTATUS(status))}});
             slot.pid = -1;
-            ++slot.failures;
             ++restarts_;
-            absl::Duration backoff = options_.min_backoff;
-            for (int f = 1; f < slot.failures && backoff < options_.max_backoff; ++f) backoff *= 2;
-            slot.next_start = now + std::min(backoff, options_.max_backoff);
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+              // A clean exit (preempted by SIGTERM, after its checkpoint):
+              // back at once, so that its job resumes here.
+              slot.failures = 0;
+              slot.next_start = now;
+            } else {
+              ++slot.failures;
+              absl::Duration backoff = options_.min_backoff;
+              for (int f = 1; f < slot.failures && backoff < options_.max_backoff; ++f) backoff *= 2;
+              slot.next_start = now + std::min(backoff, options_.max_backoff);
+            }
           }
         }
         if (slot.pid <= 0 && now >= slot.next_start) {

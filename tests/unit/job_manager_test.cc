@@ -11,6 +11,8 @@
 #include "server/events/event_hub.h"
 #include "server/jobs/job_manager.h"
 #include "server/jobs/sqlite_job_store.h"
+#include "common/util/sha256.h"
+#include "server/checkpoints/checkpoint_store.h"
 #include "server/models/model_store.h"
 #include "tests/unit/test_dirs.h"
 
@@ -29,7 +31,11 @@ class JobManagerTest : public testing::TempDirTest {
     auto models = FilesystemModelStore::Create({(dir_ / "models").string(), &clock_});
     ASSERT_TRUE(models.ok()) << models.status();
     models_ = *std::move(models);
+    auto checkpoints = CheckpointStore::Create({(dir_ / "checkpoints").string()});
+    ASSERT_TRUE(checkpoints.ok()) << checkpoints.status();
+    checkpoints_ = *std::move(checkpoints);
     JobManagerOptions o;
+    o.checkpoints = checkpoints_.get();
     o.dataset_roots = {(dir_ / "data").string()};
     o.lease_ttl = absl::Seconds(30);
     o.max_attempts = 2;
@@ -62,6 +68,7 @@ class JobManagerTest : public testing::TempDirTest {
   EventHub hub_;
   std::unique_ptr<SqliteJobStore> store_;
   std::unique_ptr<FilesystemModelStore> models_;
+  std::unique_ptr<CheckpointStore> checkpoints_;
   std::unique_ptr<JobManager> manager_;
 };
 
@@ -109,6 +116,61 @@ TEST_F(JobManagerTest, FailsAfterMaxAttempts) {
   EXPECT_EQ(failed.state(), pb::FAILED);
   EXPECT_NE(failed.error().find("worker was lost on each of 2 attempts"), std::string::npos) << failed.error();
   EXPECT_FALSE(Lease().has_value());
+}
+
+// Stores a checkpoint of `job` at (epoch, step) through its lease.
+void StoreCheckpoint(CheckpointStore* store, const std::string& job, int epoch, int64_t step) {
+  const std::string bytes = "checkpoint " + std::to_string(epoch) + "/" + std::to_string(step);
+  auto up = store->BeginUpload(job, epoch, step, false, static_cast<int64_t>(bytes.size()), util::Sha256Hex(bytes));
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_TRUE((*up)->Append(bytes).ok());
+  ASSERT_TRUE(store->Commit(*std::move(up)).ok());
+}
+
+TEST_F(JobManagerTest, APreemptedJobIsQueuedAtOnceWithoutUsingAnAttempt) {
+  const pb::Job job = Submit(0);
+  // Three preemptions with max_attempts 2: never a failure.
+  for (int round = 0; round < 3; ++round) {
+    auto leased = Lease();
+    ASSERT_TRUE(leased.has_value()) << round;
+    EXPECT_EQ(leased->lease.attempt(), 1) << round;
+    StoreCheckpoint(checkpoints_.get(), job.id(), 1, 10 * (round + 1));
+    auto back = manager_->ReturnJob(job.id(), leased->lease.lease_id(), "preempted");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->state(), pb::QUEUED);
+  }
+  // The next attempt's RUNNING event says where it resumes.
+  auto leased = Lease();
+  ASSERT_TRUE(leased.has_value());
+  auto events = store_->ReadEvents(job.id(), 1, 1000);
+  ASSERT_TRUE(events.ok());
+  const pb::StateChanged& running = events->back().state_changed();
+  EXPECT_EQ(running.state(), pb::RUNNING);
+  EXPECT_EQ(running.resumed_epoch(), 1);
+  EXPECT_EQ(running.resumed_step(), 30);
+  bool said_preempted = false;
+  for (const auto& e : *events) said_preempted |= e.state_changed().message().find("(preempted)") != std::string::npos;
+  EXPECT_TRUE(said_preempted);
+  // A returned job whose cancel was asked ends CANCELLED, and its
+  // checkpoints go.
+  ASSERT_TRUE(manager_->Cancel(job.id()).ok());
+  auto cancelled = manager_->ReturnJob(job.id(), leased->lease.lease_id(), "preempted");
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state(), pb::CANCELLED);
+  EXPECT_TRUE(checkpoints_->List(job.id()).empty());
+}
+
+TEST_F(JobManagerTest, AJobThatEndsLosesItsCheckpoints) {
+  const pb::Job job = Submit(0);
+  auto leased = Lease();
+  ASSERT_TRUE(leased.has_value());
+  StoreCheckpoint(checkpoints_.get(), job.id(), 1, 5);
+  EXPECT_EQ(checkpoints_->List(job.id()).size(), 1u);
+  pb::JobResult result;
+  result.set_state(pb::FAILED);
+  result.set_error("test");
+  ASSERT_TRUE(manager_->Finish(job.id(), leased->lease.lease_id(), result).ok());
+  EXPECT_TRUE(checkpoints_->List(job.id()).empty());
 }
 
 TEST_F(JobManagerTest, WorkersSeenByTheClock) {

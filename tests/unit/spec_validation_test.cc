@@ -102,6 +102,9 @@ TEST(SpecValidationTest, EveryFieldAndCombination) {
        kOk, ""},
       {"export", [](pb::JobSpec* s) { s->set_export_weights("first"); }, kBad, "export_weights"},
       {"on bad image", [](pb::JobSpec* s) { s->set_on_bad_image("ignore"); }, kBad, "on_bad_image"},
+      {"checkpoint interval negative", [](pb::JobSpec* s) { s->set_checkpoint_interval_seconds(-1); }, kBad,
+       "checkpoint_interval_seconds"},
+      {"checkpoint at epoch ends only", [](pb::JobSpec* s) { s->set_checkpoint_interval_seconds(0); }, kOk, ""},
       {"name too long", [](pb::JobSpec* s) { s->set_name(std::string(257, 'x')); }, kBad, "name"},
       {"torchscript any depth",
        [](pb::JobSpec* s) {
@@ -141,6 +144,7 @@ TEST(SpecValidationTest, DefaultsAreWrittenBack) {
   EXPECT_EQ(spec.export_weights(), "best");
   EXPECT_EQ(spec.on_bad_image(), "fail");
   EXPECT_EQ(spec.weights_uri(), "none");
+  EXPECT_EQ(spec.checkpoint_interval_seconds(), 300);
   // What is stored parses back to the same options.
   auto parsed = spec::ParseSpecOptions(spec);
   ASSERT_TRUE(parsed.ok());
