@@ -83,8 +83,15 @@ int RunTool(const std::string& tool) {
   return std::cout ? 0 : 1;
 }
 
-void OnSignal(int) {
-  if (g_agent) g_agent->Stop();
+// SIGTERM is a preemption (Kubernetes, the local pool stopping): the job
+// finishes its step, checkpoints, and is given back. SIGINT cancels it.
+void OnSignal(int sig) {
+  if (g_agent == nullptr) return;
+  if (sig == SIGTERM) {
+    g_agent->Preempt();
+  } else {
+    g_agent->Stop();
+  }
 }
 
 }  // namespace

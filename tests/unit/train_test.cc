@@ -1,19 +1,26 @@
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <opencv2/imgcodecs.hpp>
 
 #include <torch/torch.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/util/clock.h"
 #include "gtest/gtest.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
+#include "worker/train/checkpoint.h"
 #include "worker/train/evaluation.h"
 #include "worker/train/guards.h"
 #include "worker/train/recipe.h"
@@ -125,6 +132,25 @@ TEST(GuardsTest, DivergenceMonitor) {
   ASSERT_TRUE(good.Observe(1, 1, 0.01, 0.001).ok());
   EXPECT_DOUBLE_EQ(good.reference(), std::log(10.0));
   for (int step = 2; step <= 10; ++step) ASSERT_TRUE(good.Observe(1, step, 1.5, 0.001).ok());
+}
+
+TEST(GuardsTest, DivergenceMonitorStateCarriesOver) {
+  // A monitor given another's state (a resumed job) decides as that one
+  // would: the same reference and the same 10-step window.
+  DivergenceMonitor first(3);
+  for (int step = 1; step <= 12; ++step) ASSERT_TRUE(first.Observe(1, step, 1.0 + step * 0.1, 0.1).ok());
+  DivergenceMonitor resumed(3);
+  resumed.set_state(first.state());
+  EXPECT_EQ(resumed.reference(), first.reference());
+  EXPECT_EQ(resumed.state().window, first.state().window);
+  EXPECT_EQ(resumed.state().window_sum, first.state().window_sum);
+  // Over 1000x the start (1.1) in the mean of the last 10 steps; a fresh
+  // monitor would take it for its start and let it pass.
+  const double jump = 11000;
+  const absl::Status a = first.Observe(1, 13, jump, 0.1);
+  EXPECT_FALSE(a.ok());
+  EXPECT_EQ(resumed.Observe(1, 13, jump, 0.1), a);
+  EXPECT_TRUE(DivergenceMonitor(3).Observe(1, 1, jump, 0.1).ok());
 }
 
 TEST(GuardsTest, SingleValueBatchNormProbeAndNonFiniteTensors) {
@@ -494,6 +520,414 @@ TEST_F(TrainerTest, CancelledBetweenSteps) {
   EXPECT_EQ(steps, 2);
 }
 
+
+// A small ImageFolder of two colours at `dir`: 10 training and 4
+// validation images per class. With `swap_val`, the validation images of
+// each class have the other class's colour, so that the validation loss
+// grows as training succeeds (and early stopping stops).
+void WriteTwoColours(const std::string& dir, bool swap_val) {
+  std::filesystem::remove_all(dir);
+  cv::RNG noise(11);
+  for (const char* split : {"train", "val"}) {
+    const bool val = std::string(split) == "val";
+    for (int c = 0; c < 2; ++c) {
+      const std::string folder = dir + "/" + split + "/class" + std::to_string(c);
+      std::filesystem::create_directories(folder);
+      const bool red = (c == 0) != (val && swap_val);
+      for (int i = 0; i < (val ? 4 : 10); ++i) {
+        cv::Mat img(24, 24, CV_8UC3, red ? cv::Scalar(200, 40, 40) : cv::Scalar(40, 40, 200));
+        cv::Mat jitter(24, 24, CV_8UC3);
+        noise.fill(jitter, cv::RNG::UNIFORM, 0, 40);
+        img += jitter;
+        ASSERT_TRUE(cv::imwrite(folder + "/" + std::to_string(i) + ".png", img));
+      }
+    }
+  }
+}
+
+// Checkpoints and resume: a job stopped at any step boundary and resumed
+// from its checkpoint in a new trainer, any number of times, ends
+// bit-identical to the same job run in one go.
+class ResumeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    InitTorchProcess(2);
+    dir_ = ::testing::TempDir() + "/resume_test";
+    WriteTwoColours(dir_, /*swap_val=*/false);
+    job_.set_dataset_path(dir_);
+    job_.set_dataset_format("imagefolder");
+    pb::JobSpec* spec = job_.mutable_spec();
+    spec->set_backbone("resnet18");
+    spec->set_freeze_depth(3);
+    spec->set_epochs(3);
+    spec->set_batch_size(4);  // 20 training images: 5 steps an epoch
+    spec->set_image_size(32);
+    spec->set_learning_rate(0.01f);
+    spec->set_seed(5);
+    spec->set_lr_schedule("cosine");
+    options_.job_id = "j1";
+    options_.loader_threads = 2;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  struct Stored {
+    CheckpointPosition at;
+    std::string bytes;  // when kept
+  };
+  struct Outcome {
+    absl::StatusOr<TrainResult> result = absl::UnknownError("not run");
+    // Over all attempts: the epoch summaries as sent, the checkpoints as stored, the logs.
+    std::vector<pb::EpochSummary> epochs;
+    std::vector<Stored> checkpoints;
+    std::vector<std::string> logs;
+    int attempts = 0;
+  };
+
+  // Runs the job to its end. Once the job has done each of `preempt_at`
+  // steps (counted over the whole run), it is preempted and resumed from its
+  // newest checkpoint by a new RunTraining. `keep` says which checkpoints'
+  // bytes to keep in the outcome; `on_step` runs after each step.
+  Outcome Train(const std::vector<int64_t>& preempt_at, TrainerOptions options,
+                const std::function<bool(const CheckpointPosition&)>& keep = nullptr,
+                const std::function<void()>& on_step = nullptr) {
+    Outcome out;
+    int64_t steps = 0;
+    size_t next = 0;
+    std::string newest = options.resume;
+    TrainerHooks hooks;
+    hooks.on_step = [&](double, int64_t) {
+      ++steps;
+      if (on_step) on_step();
+    };
+    hooks.on_epoch = [&](const pb::EpochSummary& s) { out.epochs.push_back(s); };
+    hooks.on_log = [&](const std::string& level, const std::string& m) { out.logs.push_back(level + ": " + m); };
+    hooks.preempted = [&] { return next < preempt_at.size() && steps >= preempt_at[next]; };
+    hooks.save_checkpoint = [&](const CheckpointPosition& at, const std::string& bytes) {
+      out.checkpoints.push_back({at, keep && keep(at) ? bytes : ""});
+      newest = bytes;
+      return absl::OkStatus();
+    };
+    while (out.attempts < 20) {
+      ++out.attempts;
+      options.resume = newest;
+      absl::StatusOr<TrainResult> r = RunTraining(job_, options, hooks);
+      if (r.ok() && r->preempted) {
+        EXPECT_EQ(steps, preempt_at[next]) << "a preemption stops at the step boundary it is asked at";
+        ++next;
+        continue;
+      }
+      out.result = std::move(r);
+      break;
+    }
+    EXPECT_EQ(next, preempt_at.size()) << "every preemption happened";
+    return out;
+  }
+
+  bool Logged(const Outcome& out, const std::string& line) {
+    return std::find(out.logs.begin(), out.logs.end(), line) != out.logs.end();
+  }
+
+  std::string dir_;
+  pb::ResolvedJob job_;
+  TrainerOptions options_;
+};
+
+// Every parameter and buffer equal, the metrics equal, and the epochs'
+// summaries equal but for their timings.
+void ExpectSameJob(const TrainResult& got, const TrainResult& want) {
+  auto names = [](const torch::jit::Module& m) {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (const auto& p : m.named_parameters(true)) out.emplace_back(p.name, p.value);
+    for (const auto& b : m.named_buffers(true)) out.emplace_back(b.name, b.value);
+    return out;
+  };
+  const auto g = names(got.model);
+  const auto w = names(want.model);
+  ASSERT_EQ(g.size(), w.size());
+  int differ = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    EXPECT_EQ(g[i].first, w[i].first);
+    if (!torch::equal(g[i].second, w[i].second)) {
+      ADD_FAILURE() << g[i].first << " differs";
+      if (++differ > 3) break;
+    }
+  }
+  EXPECT_EQ(got.metrics.SerializeAsString(), want.metrics.SerializeAsString())
+      << got.metrics.DebugString() << "\nvs\n" << want.metrics.DebugString();
+}
+
+void ExpectSameEpochs(const std::vector<pb::EpochSummary>& got, const std::vector<pb::EpochSummary>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    pb::EpochSummary a = got[i], b = want[i];
+    for (pb::EpochSummary* s : {&a, &b}) {
+      s->clear_images_per_second();
+      s->clear_epoch_seconds();
+      s->clear_loader_wait_seconds();
+    }
+    EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString()) << a.DebugString() << "\nvs\n" << b.DebugString();
+    EXPECT_EQ(got[i].epoch(), static_cast<int>(i) + 1) << "each epoch's summary once, in order";
+  }
+}
+
+TEST_F(ResumeTest, AdamStoppedMidEpochAtAnEpochEndAndAgain) {
+  const Outcome once = Train({}, options_);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  EXPECT_EQ(once.attempts, 1);
+  // Each epoch end, and nothing else at the default interval of 300 s.
+  ASSERT_EQ(once.checkpoints.size(), 3u);
+  for (int e = 0; e < 3; ++e) {
+    EXPECT_EQ(once.checkpoints[e].at.epoch, e + 1);
+    EXPECT_EQ(once.checkpoints[e].at.step, 5);
+    EXPECT_TRUE(once.checkpoints[e].at.epoch_end);
+  }
+  // Checkpointing changes nothing that is trained.
+  auto plain = RunTraining(job_, options_, {});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ExpectSameJob(*plain, *once.result);
+
+  // Mid-epoch (step 3 of epoch 1), at the end of epoch 1 (step 5: it stops
+  // before epoch 2's first step), mid-epoch 2, and mid-epoch 3.
+  const Outcome stopped = Train({3, 5, 7, 13}, options_);
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  EXPECT_EQ(stopped.attempts, 5);
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 1, step 3"));
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 1, step 5"));
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 2, step 2"));
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 3, step 3"));
+  // The preemption at an epoch end needs no checkpoint of its own.
+  std::vector<std::string> where;
+  for (const Stored& c : stopped.checkpoints) {
+    where.push_back(absl::StrCat(c.at.epoch, ":", c.at.step, c.at.epoch_end ? "e" : ""));
+  }
+  EXPECT_EQ(where, (std::vector<std::string>{"1:3", "1:5e", "2:2", "2:5e", "3:3", "3:5e"}));
+  EXPECT_EQ(stopped.result->metadata_json.find("\"resume"), std::string::npos);
+}
+
+TEST_F(ResumeTest, SgdWithMomentumAcrossTheFineTuningPhase) {
+  pb::JobSpec* spec = job_.mutable_spec();
+  spec->set_optimizer("sgd");
+  spec->set_momentum(0.9f);
+  spec->set_nesterov(true);
+  spec->set_weight_decay(1e-4f);
+  spec->set_freeze_depth(-1);
+  spec->set_unfreeze_at(2);
+  spec->set_finetune_freeze_depth(3);
+  spec->set_finetune_lr_mult(0.1f);
+  spec->set_grad_clip_norm(5.0f);
+  const Outcome once = Train({}, options_);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  // At the end of the first phase (its optimiser is not carried into the
+  // second), mid-way through the second phase's first epoch, and in its last.
+  const Outcome stopped = Train({5, 7, 11, 14}, options_);
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
+  ASSERT_EQ(stopped.epochs.size(), 3u);
+  EXPECT_EQ(stopped.epochs[0].freeze_depth(), -1);
+  EXPECT_EQ(stopped.epochs[1].freeze_depth(), 3);
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 2, step 2"));
+}
+
+TEST_F(ResumeTest, DropoutAndColourJitter) {
+  // MobileNet V3's hidden classifier layer has dropout, which draws from
+  // the torch generator at every step; the crops, flips, rotations and
+  // jitter are drawn per image.
+  pb::JobSpec* spec = job_.mutable_spec();
+  spec->set_backbone("mobilenet_v3_small");
+  spec->set_freeze_depth(0);
+  spec->set_epochs(2);
+  spec->set_optimizer("adamw");
+  spec->set_augment("standard");
+  spec->set_color_jitter(0.4f);
+  spec->set_rotation_degrees(15);
+  spec->set_label_smoothing(0.1f);
+  const Outcome once = Train({}, options_);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  const Outcome stopped = Train({2, 4, 6, 9}, options_);
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
+}
+
+TEST_F(ResumeTest, CachedFeatures) {
+  pb::JobSpec* spec = job_.mutable_spec();
+  spec->set_freeze_depth(-1);
+  spec->set_augment("none");
+  const Outcome once = Train({}, options_);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  ASSERT_FALSE(once.epochs.empty());
+  EXPECT_TRUE(once.epochs[0].features_cached());
+  const Outcome stopped = Train({1, 5, 9, 14}, options_);
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
+  EXPECT_TRUE(Logged(stopped, "info: resumed from checkpoint at epoch 3, step 4"));
+}
+
+TEST_F(ResumeTest, ExportBestWithEarlyStopping) {
+  WriteTwoColours(dir_, /*swap_val=*/true);
+  pb::JobSpec* spec = job_.mutable_spec();
+  spec->set_epochs(8);
+  spec->set_early_stopping_patience(2);
+  spec->set_learning_rate(0.003f);
+  spec->set_lr_schedule("constant");
+  const Outcome once = Train({}, options_, [](const CheckpointPosition& at) { return at.epoch_end; });
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  // The validation loss worsens as training learns the colours: the job
+  // stops early and exports an earlier epoch than its last.
+  const pb::JobMetrics& m = once.result->metrics;
+  ASSERT_LT(m.epochs_completed(), 8);
+  ASSERT_LT(m.best_epoch(), m.epochs_completed());
+  const Outcome stopped = Train({2, 5, 8, 11}, options_);
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
+  // Resumed from the last epoch end (after which it stopped early), it
+  // trains nothing and exports the best epoch's weights, kept in the checkpoint.
+  ASSERT_FALSE(once.checkpoints.empty());
+  const Stored& final_checkpoint = once.checkpoints.back();
+  EXPECT_TRUE(final_checkpoint.at.epoch_end);
+  EXPECT_EQ(final_checkpoint.at.epoch, m.epochs_completed());
+  TrainerOptions from_last = options_;
+  from_last.resume = final_checkpoint.bytes;
+  const Outcome tail = Train({}, from_last);
+  ASSERT_TRUE(tail.result.ok()) << tail.result.status();
+  EXPECT_TRUE(tail.epochs.empty());
+  EXPECT_TRUE(tail.checkpoints.empty());
+  ExpectSameJob(*tail.result, *once.result);
+}
+
+TEST_F(ResumeTest, IntervalCheckpointsAndAKillAfterThem) {
+  // A clock that moves one second a step: with an interval of 2 s, a
+  // checkpoint every second step within an epoch.
+  util::FakeClock clock;
+  TrainerOptions options = options_;
+  options.clock = &clock;
+  job_.mutable_spec()->set_checkpoint_interval_seconds(2);
+  job_.mutable_spec()->set_epochs(2);
+  auto tick = [&clock] { clock.Advance(absl::Seconds(1)); };
+  auto mid = [](const CheckpointPosition& at) { return !at.epoch_end; };
+  const Outcome once = Train({}, options, mid, tick);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  std::vector<std::string> where;
+  for (const Stored& c : once.checkpoints) where.push_back(absl::StrCat(c.at.epoch, ":", c.at.step, c.at.epoch_end ? "e" : ""));
+  EXPECT_EQ(where, (std::vector<std::string>{"1:2", "1:4", "1:5e", "2:2", "2:4", "2:5e"}));
+  // Killed any time after a checkpoint: the next attempt resumes from it and
+  // trains the steps after it again, to the same end.
+  for (const Stored& c : once.checkpoints) {
+    if (c.bytes.empty()) continue;
+    SCOPED_TRACE(absl::StrCat("from epoch ", c.at.epoch, ", step ", c.at.step));
+    TrainerOptions from = options;
+    from.resume = c.bytes;
+    const Outcome resumed = Train({}, from, nullptr, tick);
+    ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+    ExpectSameJob(*resumed.result, *once.result);
+    ASSERT_FALSE(resumed.epochs.empty());
+    EXPECT_EQ(resumed.epochs.front().epoch(), c.at.epoch);
+  }
+  // Without an interval (0), epoch ends only.
+  job_.mutable_spec()->set_checkpoint_interval_seconds(0);
+  const Outcome ends = Train({}, options, nullptr, tick);
+  ASSERT_TRUE(ends.result.ok());
+  EXPECT_EQ(ends.checkpoints.size(), 2u);
+  ExpectSameJob(*ends.result, *once.result);
+}
+
+TEST_F(ResumeTest, RefusesAnotherJobsCheckpointAndDamagedBytes) {
+  job_.mutable_spec()->set_epochs(1);
+  const Outcome once = Train({}, options_, [](const CheckpointPosition&) { return true; });
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  ASSERT_EQ(once.checkpoints.size(), 1u);
+  const std::string bytes = once.checkpoints[0].bytes;
+  RecordProperty("resnet18_32px_adam_checkpoint_bytes", std::to_string(bytes.size()));
+  auto info = InspectCheckpoint(bytes);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->format, kCheckpointFormat);
+  EXPECT_EQ(info->position.epoch, 1);
+  EXPECT_EQ(info->position.step, 5);
+  EXPECT_TRUE(info->position.epoch_end);
+
+  // Another spec (a seed), another job id, other data: refused before training.
+  auto refused = [&](const pb::ResolvedJob& job, const TrainerOptions& options) {
+    TrainerOptions with = options;
+    with.resume = bytes;
+    int epochs = 0;
+    TrainerHooks hooks;
+    hooks.on_epoch = [&epochs](const pb::EpochSummary&) { ++epochs; };
+    auto r = RunTraining(job, with, hooks);
+    EXPECT_EQ(epochs, 0);
+    return r.status();
+  };
+  pb::ResolvedJob other_seed = job_;
+  other_seed.mutable_spec()->set_seed(6);
+  const absl::Status seed = refused(other_seed, options_);
+  EXPECT_TRUE(absl::IsFailedPrecondition(seed)) << seed;
+  EXPECT_NE(seed.message().find("another job, spec or dataset"), std::string::npos) << seed;
+  TrainerOptions other_job = options_;
+  other_job.job_id = "j2";
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused(job_, other_job)));
+  pb::ResolvedJob same_but_interval = job_;
+  same_but_interval.mutable_spec()->set_checkpoint_interval_seconds(60);
+  EXPECT_TRUE(refused(same_but_interval, options_).ok()) << "the interval changes nothing trained";
+  std::filesystem::remove(dir_ + "/train/class0/3.png");
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused(job_, options_)));
+  WriteTwoColours(dir_, /*swap_val=*/false);
+
+  // Truncated, damaged or not a checkpoint at all: DATA_LOSS, naming it.
+  for (const std::string& bad : {bytes.substr(0, bytes.size() / 2), bytes.substr(0, 100), std::string("hello"),
+                                 std::string()}) {
+    const absl::Status inspected = InspectCheckpoint(bad).status();
+    EXPECT_TRUE(absl::IsDataLoss(inspected)) << inspected;
+    EXPECT_NE(inspected.message().find("the checkpoint does not parse"), std::string::npos) << inspected;
+    TrainerOptions with = options_;
+    with.resume = bad;
+    if (bad.empty()) continue;  // empty means: start afresh
+    const absl::Status trained = RunTraining(job_, with, {}).status();
+    EXPECT_TRUE(absl::IsDataLoss(trained)) << trained;
+  }
+}
+
+TEST_F(ResumeTest, AnEpochWhoseCheckpointIsNotStoredIsNeverReported) {
+  util::FakeClock clock;
+  TrainerOptions options = options_;
+  options.clock = &clock;
+  job_.mutable_spec()->set_checkpoint_interval_seconds(2);
+  int epochs = 0;
+  std::vector<std::string> warnings;
+  TrainerHooks hooks;
+  hooks.on_step = [&clock](double, int64_t) { clock.Advance(absl::Seconds(1)); };
+  hooks.on_epoch = [&epochs](const pb::EpochSummary&) { ++epochs; };
+  hooks.on_log = [&warnings](const std::string& level, const std::string& m) {
+    if (level == "warning") warnings.push_back(m);
+  };
+  // Mid-epoch failures are warnings; an epoch end's fails the job before its summary.
+  hooks.save_checkpoint = [](const CheckpointPosition& at, const std::string&) {
+    return absl::ResourceExhaustedError(at.epoch_end ? "no space left on device (/var/checkpoints)" : "busy");
+  };
+  auto r = RunTraining(job_, options, hooks);
+  EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+  EXPECT_EQ(r.status().message(),
+            "the checkpoint of epoch 1 could not be stored: no space left on device (/var/checkpoints)");
+  EXPECT_EQ(epochs, 0);
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_EQ(warnings[0], "the checkpoint at epoch 1, step 2 could not be stored; training goes on: busy");
+
+  // Preempted before the first step: nothing to store, nothing trained.
+  int saved = 0;
+  TrainerHooks early;
+  early.preempted = [] { return true; };
+  early.save_checkpoint = [&saved](const CheckpointPosition&, const std::string&) {
+    ++saved;
+    return absl::OkStatus();
+  };
+  auto stopped = RunTraining(job_, options_, early);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_TRUE(stopped->preempted);
+  EXPECT_EQ(saved, 0);
+}
 
 }  // namespace
 }  // namespace ft::worker

@@ -187,5 +187,58 @@ TEST(LoaderTest, MergesASingleTail) {
   EXPECT_EQ(sizes(true), (std::vector<int64_t>{8, 8, 9}));
 }
 
+// A resumed epoch: a pass from batch k gives exactly the batches k... of a
+// pass from the start (augmentation included), and never makes the ones
+// before it.
+TEST(LoaderTest, StartsAtABatchWithoutMakingTheOnesBefore) {
+  ImageSet set;
+  cv::RNG noise(3);
+  for (int i = 0; i < 22; ++i) {
+    cv::Mat img(12, 10, CV_8UC3);
+    noise.fill(img, cv::RNG::UNIFORM, 0, 255);
+    set.images.push_back(img);
+    set.labels.push_back(i % 3);
+    set.paths.push_back("");
+  }
+  std::vector<int64_t> order(22);
+  for (int i = 0; i < 22; ++i) order[static_cast<size_t>(i)] = (i * 7) % 22;
+  LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.transform.image_size = 8;
+  lo.transform.train = true;
+  lo.transform.color_jitter = 0.4f;
+  lo.threads = 3;
+  lo.seed = 11;
+  lo.merge_single_tail = true;
+  auto pass = [&](int64_t first) {
+    lo.first_batch = first;
+    BatchLoader loader(&set, order, lo);
+    std::vector<Batch> out;
+    while (auto b = loader.Next()) out.push_back(*std::move(b));
+    return out;
+  };
+  const std::vector<Batch> whole = pass(0);
+  ASSERT_EQ(whole.size(), 6u);  // 22 = 5 x 4 + 2
+  for (int64_t first : {1, 4, 5}) {
+    SCOPED_TRACE(first);
+    const std::vector<Batch> rest = pass(first);
+    ASSERT_EQ(static_cast<int64_t>(rest.size()), 6 - first);
+    for (size_t i = 0; i < rest.size(); ++i) {
+      EXPECT_TRUE(torch::equal(rest[i].images, whole[static_cast<size_t>(first) + i].images));
+      EXPECT_TRUE(torch::equal(rest[i].labels, whole[static_cast<size_t>(first) + i].labels));
+    }
+  }
+  EXPECT_TRUE(pass(6).empty());
+  // The skipped batches are not made: their images may be gone.
+  ImageSet holes = set;
+  holes.images[static_cast<size_t>(order[0])] = cv::Mat();
+  holes.paths[static_cast<size_t>(order[0])] = "/nonexistent/skipped.png";
+  lo.first_batch = 1;
+  BatchLoader loader(&holes, order, lo);
+  int64_t batches = 0;
+  while (loader.Next()) ++batches;
+  EXPECT_EQ(batches, 5);
+}
+
 }  // namespace
 }  // namespace ft::worker

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <optional>
@@ -14,17 +16,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/grpc_status/grpc_status.h"
 #include "common/transfer/transfer.h"
 #include "grpcpp/grpcpp.h"
 #include "common/util/files.h"
 #include "common/util/log.h"
+#include "common/util/sha256.h"
 #include "common/util/status.h"
 #include "worker/agent/device_memory.h"
 #include "worker/agent/job_session.h"
 #include "worker/agent/worker_metrics.h"
 #include "worker/export/torchscript.h"
+#include "worker/train/checkpoint.h"
+#include "worker/train/torch_process.h"
 #include "worker/train/trainer.h"
 
 namespace ft::worker {
@@ -33,6 +39,17 @@ namespace {
 constexpr int kLeaseWaitSeconds = 5;
 // NVML answers a memory query in well under a millisecond.
 constexpr absl::Duration kDeviceMemoryInterval = absl::Seconds(5);
+// A mid-epoch checkpoint that cannot be stored is skipped (the next one
+// follows); training waits for it this long at most.
+constexpr absl::Duration kMidEpochRetryFor = absl::Seconds(30);
+// A preempted worker is killed soon (the local pool waits 10 s): its
+// checkpoint and release wait this long for an unreachable server.
+constexpr absl::Duration kPreemptedRetryFor = absl::Seconds(4);
+// Failures that may pass but are not the server being away (a full disk,
+// a corrupted transfer): tries in all.
+constexpr int kTriesOnFailure = 3;
+// Checkpoints that do not parse, passed over before starting afresh.
+constexpr int kMaxCheckpointsTried = 8;
 
 // Calls `tick` at once and then every `interval`, on its own thread, until
 // destroyed.
@@ -56,6 +73,68 @@ class Ticker {
   std::thread thread_;
 };
 
+// The server is away (down, restarting, overloaded): the same call may
+// succeed later.
+bool ServerAway(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsAborted(s) || absl::IsCancelled(s);
+}
+
+// A failure that may pass on another try: a full disk, a corrupted transfer.
+bool MayPass(const absl::Status& s) {
+  return absl::IsResourceExhausted(s) || absl::IsInternal(s) || absl::IsDataLoss(s) || absl::IsUnknown(s);
+}
+
+// A call to the server, retried with backoff: while the server is away,
+// until `away_for` has passed; other failures that may pass, kTriesOnFailure
+// times in all; never once `stop` says so. The last status.
+absl::Status WithRetries(const std::function<absl::Status()>& call, absl::Duration away_for,
+                         const std::function<bool()>& stop, const std::string& what) {
+  const absl::Time give_up = absl::Now() + away_for;
+  absl::Duration backoff = absl::Milliseconds(500);
+  int failures = 0;
+  while (true) {
+    const absl::Status s = call();
+    if (s.ok()) return s;
+    const bool away = ServerAway(s);
+    if (!away && !(MayPass(s) && ++failures < kTriesOnFailure)) return s;
+    if (away && absl::Now() + backoff > give_up) return s;
+    if (stop && stop()) return s;
+    util::Log("warning", "finetune-worker", absl::StrCat(what, " failed; trying again"),
+              {{"error", std::string(s.message())}, {"in", absl::FormatDuration(backoff)}});
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+// Streams one file from the server into `path` through `reader` (whose
+// call runs in `ctx`), checked against the size and sha256 of its first
+// chunk; `first` sees that chunk.
+template <typename Chunk>
+absl::Status ReceiveInto(grpc::ClientContext& ctx, grpc::ClientReader<Chunk>& reader, const std::string& path,
+                         const std::string& what, const std::function<void(const Chunk&)>& first = nullptr) {
+  FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(path, what));
+  return transfer::ReceiveFile<Chunk>(
+      *sink,
+      [&](Chunk* c) {
+        if (!reader.Read(c)) return false;
+        if (first && c->offset() == 0) first(*c);
+        return true;
+      },
+      [&] { ctx.TryCancel(); }, [&] { return FromGrpcStatus(reader.Finish(), absl::StrCat("fetching ", what)); });
+}
+
+// Sends `header` and then the file of `source` through the client stream
+// that `start` opens (UploadModel, UploadCheckpoint).
+template <typename Chunk, typename Response, typename Start>
+absl::Status SendWithHeader(const Start& start, const Chunk& header, transfer::FileSource& source,
+                            const std::string& what, Response* response) {
+  grpc::ClientContext ctx;
+  auto writer = start(&ctx, response);
+  // A failed write means the server has answered; Finish() says why.
+  const absl::Status sent = transfer::UploadFile(*writer, header, source, what);
+  return transfer::UploadOutcome(sent, FromGrpcStatus(writer->Finish(), what));
+}
+
 // Fetches stored model `model_id`'s model.pt into `job_dir`; returns its path.
 absl::StatusOr<std::string> FetchModel(pb::WorkerGateway::Stub* stub, const std::string& job_dir,
                                        const std::string& model_id) {
@@ -65,13 +144,7 @@ absl::StatusOr<std::string> FetchModel(pb::WorkerGateway::Stub* stub, const std:
   pb::FetchModelRequest req;
   req.set_model_id(model_id);
   auto reader = stub->FetchModel(&ctx, req);
-  FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(path, absl::StrCat("model ", model_id)));
-  FT_RETURN_IF_ERROR(transfer::ReceiveFile<pb::ModelChunk>(
-      *sink, [&](pb::ModelChunk* c) { return reader->Read(c); },
-      [&] { ctx.TryCancel(); },
-      [&] {
-        return FromGrpcStatus(reader->Finish(), absl::StrCat("fetching model ", model_id));
-      }));
+  FT_RETURN_IF_ERROR(ReceiveInto<pb::ModelChunk>(ctx, *reader, path, absl::StrCat("model ", model_id)));
   return path;
 }
 
@@ -80,29 +153,79 @@ absl::StatusOr<std::string> FetchModel(pb::WorkerGateway::Stub* stub, const std:
 absl::StatusOr<std::string> UploadModel(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
                                         const std::string& model_path, const std::string& metadata_json) {
   FT_ASSIGN_OR_RETURN(auto source, transfer::FileSource::Open(model_path));
-  grpc::ClientContext ctx;
-  pb::UploadModelResponse up;
-  auto writer = stub->UploadModel(&ctx, &up);
   pb::UploadModelChunk header;
   header.mutable_header()->set_lease_id(lease.lease_id());
   header.mutable_header()->set_job_id(lease.job_id());
   header.mutable_header()->set_metadata_json(metadata_json);
   header.mutable_header()->set_size_bytes(source->size());
   header.mutable_header()->set_sha256(source->sha256());
-  // A failed write means the server has answered; Finish() says why.
-  const absl::Status sent = transfer::UploadFile(*writer, header, *source, "uploading the model");
-  FT_RETURN_IF_ERROR(transfer::UploadOutcome(sent, FromGrpcStatus(writer->Finish(), "uploading the model")));
+  pb::UploadModelResponse up;
+  FT_RETURN_IF_ERROR(SendWithHeader(
+      [stub](grpc::ClientContext* ctx, pb::UploadModelResponse* r) { return stub->UploadModel(ctx, r); }, header,
+      *source, "uploading the model", &up));
   return up.model_id();
 }
 
-// Saves the trained model as <job_dir>/model.pt and uploads it; returns the
-// stored model's id.
-absl::StatusOr<std::string> ExportModel(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
-                                        const std::string& job_dir, const TrainResult& trained) {
+// Uploads the checkpoint file at `path` (of digest `sha256`), at `at`, for
+// `lease`; returns its number in the job.
+absl::StatusOr<int64_t> UploadCheckpoint(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
+                                         const std::string& path, const std::string& sha256,
+                                         const CheckpointPosition& at) {
+  FT_ASSIGN_OR_RETURN(auto source, transfer::FileSource::Open(path, sha256));
+  pb::UploadCheckpointChunk chunk;
+  pb::CheckpointHeader* header = chunk.mutable_header();
+  header->set_lease_id(lease.lease_id());
+  header->set_job_id(lease.job_id());
+  header->set_epoch(at.epoch);
+  header->set_step(at.step);
+  header->set_epoch_end(at.epoch_end);
+  header->set_size_bytes(source->size());
+  header->set_sha256(source->sha256());
+  pb::UploadCheckpointResponse stored;
+  FT_RETURN_IF_ERROR(SendWithHeader(
+      [stub](grpc::ClientContext* ctx, pb::UploadCheckpointResponse* r) { return stub->UploadCheckpoint(ctx, r); },
+      chunk, *source, "uploading the checkpoint", &stored));
+  return stored.number();
+}
+
+struct FetchedCheckpoint {
+  pb::CheckpointHeader header;  // number, epoch, step (from its first chunk)
+  std::string bytes;
+};
+
+// The job's newest usable checkpoint numbered below `before` (any, when 0),
+// through <job_dir>/checkpoint, into `fetched`; its header is set as soon
+// as its first chunk arrives, also when the transfer then fails. NOT_FOUND
+// when there is none.
+absl::Status FetchCheckpoint(pb::WorkerGateway::Stub* stub, const pb::Lease& lease, const std::string& job_dir,
+                             int64_t before, FetchedCheckpoint* fetched) {
   FT_RETURN_IF_ERROR(util::MakeDirs(job_dir));
-  const std::string model_path = job_dir + "/model.pt";
-  FT_RETURN_IF_ERROR(SaveTorchScript(trained.model, model_path));
-  return UploadModel(stub, lease, model_path, trained.metadata_json);
+  const std::string path = job_dir + "/checkpoint";
+  grpc::ClientContext ctx;
+  pb::FetchCheckpointRequest req;
+  req.set_lease_id(lease.lease_id());
+  req.set_job_id(lease.job_id());
+  req.set_before(before);
+  auto reader = stub->FetchCheckpoint(&ctx, req);
+  FT_RETURN_IF_ERROR(ReceiveInto<pb::CheckpointChunk>(
+      ctx, *reader, path, absl::StrCat("the checkpoint of job ", lease.job_id()),
+      [fetched](const pb::CheckpointChunk& c) { fetched->header = c.header(); }));
+  FT_ASSIGN_OR_RETURN(fetched->bytes, util::ReadFile(path));
+  std::remove(path.c_str());
+  return absl::OkStatus();
+}
+
+// Scratch bytes for an upload: no fsync, as the file lives only until sent.
+absl::Status WriteScratchFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path, " (", bytes.size(), " bytes)"));
+  return absl::OkStatus();
+}
+
+std::string Describe(const pb::CheckpointHeader& h) {
+  return absl::StrCat("checkpoint ", h.number(), " (epoch ", h.epoch(), ", step ", h.step(), ")");
 }
 
 }  // namespace
@@ -162,7 +285,7 @@ absl::Status Agent::Run() {
   }
   int jobs = 0;
   int failures = 0;
-  while (!stopping_ && !ParentGone()) {
+  while (!stopping_ && !preempting_ && !ParentGone()) {
     pb::LeaseJobRequest request;
     request.mutable_worker()->set_worker_id(options_.worker_id);
     request.mutable_worker()->set_device(options_.device.str());
@@ -195,7 +318,23 @@ absl::Status Agent::Run() {
   return absl::OkStatus();
 }
 
-TrainerHooks Agent::HooksFor(JobSession* session, const std::string& job_dir) {
+struct Agent::RunningJob {
+  JobSession* session;  // not owned
+  pb::Lease lease;
+  std::string dir;
+  // The server answered UNIMPLEMENTED: it keeps no checkpoints.
+  bool no_checkpoints = false;
+  // A checkpoint was still on its way when the worker was preempted, and was
+  // given up: the job is released, not failed.
+  bool abandoned_for_preemption = false;
+};
+
+bool Agent::Abandoned(const RunningJob& job) const {
+  return job.session->lease_lost() || stopping_ || ParentGone();
+}
+
+TrainerHooks Agent::HooksFor(RunningJob* job) {
+  JobSession* session = job->session;
   TrainerHooks hooks;
   hooks.on_progress = [session](const pb::Progress& p) {
     pb::JobEvent e;
@@ -218,35 +357,122 @@ TrainerHooks Agent::HooksFor(JobSession* session, const std::string& job_dir) {
     session->SendEvent(std::move(e));
   };
   hooks.cancelled = [this, session] { return session->cancelled() || stopping_ || ParentGone(); };
-  hooks.fetch_model = [this, job_dir](const std::string& model_id) {
-    return FetchModel(stub_.get(), job_dir, model_id);
+  hooks.preempted = [this] { return preempting_.load(); };
+  hooks.save_checkpoint = [this, job](const CheckpointPosition& at, const std::string& bytes) {
+    return StoreCheckpoint(job, at, bytes);
+  };
+  hooks.fetch_model = [this, dir = job->dir](const std::string& model_id) {
+    return FetchModel(stub_.get(), dir, model_id);
   };
   return hooks;
 }
 
-absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, const TrainerHooks& hooks) {
+absl::Status Agent::StoreCheckpoint(RunningJob* job, const CheckpointPosition& at, const std::string& bytes) {
+  if (job->no_checkpoints) return absl::OkStatus();
+  FT_RETURN_IF_ERROR(util::MakeDirs(job->dir));
+  const std::string path = job->dir + "/checkpoint.upload";
+  FT_RETURN_IF_ERROR(WriteScratchFile(path, bytes));
+  const std::string sha256 = util::Sha256Hex(bytes);
+  const bool for_preemption = preempting_;
+  const absl::Duration away_for = for_preemption ? kPreemptedRetryFor
+                                  : at.epoch_end ? options_.retry_for
+                                                 : kMidEpochRetryFor;
+  int64_t number = 0;
+  const absl::Status stored = WithRetries(
+      [&] {
+        auto n = UploadCheckpoint(stub_.get(), job->lease, path, sha256, at);
+        if (n.ok()) number = *n;
+        return n.status();
+      },
+      away_for, [this, job, for_preemption] { return Abandoned(*job) || (preempting_ && !for_preemption); },
+      "uploading the checkpoint");
+  std::remove(path.c_str());
+  if (!stored.ok() && preempting_) job->abandoned_for_preemption = true;
+  if (absl::IsUnimplemented(stored)) {
+    // An older server: the job runs as before, without resume.
+    job->no_checkpoints = true;
+    pb::JobEvent e;
+    e.mutable_log()->set_level("warning");
+    e.mutable_log()->set_message(absl::StrCat("the server stores no checkpoints (", stored.message(),
+                                              "): this job starts again from the beginning if interrupted"));
+    job->session->SendEvent(std::move(e));
+    return absl::OkStatus();
+  }
+  if (absl::IsFailedPrecondition(stored) || absl::IsNotFound(stored)) job->session->MarkLeaseLost();
+  if (!stored.ok()) return stored;
+  util::Log("info", "finetune-worker", "checkpoint stored",
+            {{"job_id", job->lease.job_id()}, {"number", absl::StrCat(number)}, {"epoch", absl::StrCat(at.epoch)},
+             {"step", absl::StrCat(at.step)}, {"epoch_end", at.epoch_end ? "true" : "false"},
+             {"bytes", absl::StrCat(bytes.size())}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Agent::LatestCheckpoint(RunningJob* job, const TrainerHooks& hooks) {
+  int64_t before = 0;
+  for (int tried = 0; tried < kMaxCheckpointsTried; ++tried) {
+    FetchedCheckpoint fetched;
+    const absl::Status got = WithRetries(
+        [&] {
+          fetched = FetchedCheckpoint();
+          return FetchCheckpoint(stub_.get(), job->lease, job->dir, before, &fetched);
+        },
+        options_.retry_for, [&hooks] { return hooks.cancelled() || hooks.preempted(); }, "fetching the checkpoint");
+    // None (before `before`), or a server that keeps none.
+    if (absl::IsNotFound(got) || absl::IsUnimplemented(got)) break;
+    if (absl::IsFailedPrecondition(got)) job->session->MarkLeaseLost();
+    std::string why;
+    if (got.ok()) {
+      const absl::StatusOr<CheckpointInfo> info = InspectCheckpoint(fetched.bytes);
+      if (info.ok()) return std::move(fetched.bytes);
+      why = std::string(info.status().message());
+    } else if (absl::IsDataLoss(got) && fetched.header.number() > 0) {
+      // It kept arriving damaged.
+      why = std::string(got.message());
+    } else {
+      return got;
+    }
+    const int64_t number = fetched.header.number();
+    hooks.on_log("warning", absl::StrCat(Describe(fetched.header), " cannot be used: ", why,
+                                         number > 1 ? "; trying the one before" : ""));
+    if (number <= 1) break;
+    before = number;
+  }
+  if (before > 0) hooks.on_log("warning", "no usable checkpoint: the job starts from the beginning");
+  return std::string();
+}
+
+absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, RunningJob* job,
+                                            const TrainerHooks& hooks) {
   TrainerOptions trainer_options;
   trainer_options.device = options_.device;
   trainer_options.job_id = lease.lease().job_id();
   trainer_options.loader_threads = std::max(1, options_.threads / 2);
   trainer_options.decode_cache_bytes = options_.decode_cache_bytes;
+  auto stopped = [&hooks] {
+    TrainResult result;
+    result.cancelled = hooks.cancelled();
+    result.preempted = !result.cancelled;
+    return result;
+  };
+  const auto stop = [&hooks] { return hooks.cancelled() || hooks.preempted(); };
   // Uploaded and archived datasets are fetched (or found cached) first.
-  auto job = datasets_->Prepare(
-      lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, hooks.cancelled);
-  if (absl::IsCancelled(job.status())) {
-    TrainResult stopped;
-    stopped.cancelled = true;
-    return stopped;
-  }
-  FT_RETURN_IF_ERROR(job.status());
+  auto prepared = datasets_->Prepare(
+      lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, stop);
+  if (absl::IsCancelled(prepared.status())) return stopped();
+  FT_RETURN_IF_ERROR(prepared.status());
+  absl::StatusOr<std::string> resume = LatestCheckpoint(job, hooks);
+  if (stop()) return stopped();
+  FT_RETURN_IF_ERROR(resume.status());
+  trainer_options.resume = *std::move(resume);
   util::Log("info", "finetune-worker", "job started",
             {{"job_id", lease.lease().job_id()}, {"worker_id", options_.worker_id},
-             {"attempt", absl::StrCat(lease.lease().attempt())}});
-  return RunTraining(*job, trainer_options, hooks);
+             {"attempt", absl::StrCat(lease.lease().attempt())},
+             {"resumed", trainer_options.resume.empty() ? "false" : "true"}});
+  return RunTraining(*prepared, std::move(trainer_options), hooks);
 }
 
-pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, const pb::Lease& lease,
-                              const std::string& job_dir, const TrainerHooks& hooks) {
+pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, RunningJob* job,
+                              const TrainerHooks& hooks) {
   pb::JobResult result;
   if (!trained.ok()) {
     result.set_state(pb::FAILED);
@@ -260,7 +486,24 @@ pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, const 
   pb::Progress p;
   p.set_phase("export");
   hooks.on_progress(p);
-  const absl::StatusOr<std::string> model_id = ExportModel(stub_.get(), lease, job_dir, *trained);
+  std::string model_path = job->dir + "/model.pt";
+  absl::Status saved = util::MakeDirs(job->dir);
+  if (saved.ok()) saved = SaveTorchScript(trained->model, model_path);
+  absl::StatusOr<std::string> model_id = std::string();
+  if (!saved.ok()) model_id = saved;
+  if (saved.ok()) {
+    const absl::Status uploaded = WithRetries(
+        [&] {
+          model_id = UploadModel(stub_.get(), job->lease, model_path, trained->metadata_json);
+          return model_id.status();
+        },
+        options_.retry_for, [this, job] { return Abandoned(*job); }, "uploading the model");
+    if (absl::IsFailedPrecondition(uploaded) || absl::IsNotFound(uploaded)) {
+      // The lease went while the model was on its way: nothing to report.
+      job->session->MarkLeaseLost();
+      return pb::JobResult();
+    }
+  }
   if (model_id.ok()) {
     result.set_state(pb::SUCCEEDED);
     result.set_model_id(*model_id);
@@ -275,21 +518,36 @@ pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, const 
 absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   const std::string& job_id = lease.lease().job_id();
   FT_ASSIGN_OR_RETURN(std::unique_ptr<JobSession> session,
-                      JobSession::Start(stub_.get(), lease.lease(), options_.worker_id));
-  const std::string job_dir = absl::StrCat(options_.work_dir, "/", job_id);
-  const TrainerHooks hooks = HooksFor(session.get(), job_dir);
-  const absl::StatusOr<TrainResult> trained = TrainJob(lease, hooks);
-  // With the lease lost there is nothing to report: the server re-queues the job.
+                      JobSession::Start(stub_.get(), lease.lease(), options_.worker_id, options_.session));
+  RunningJob job{session.get(), lease.lease(), absl::StrCat(options_.work_dir, "/", job_id)};
   pb::JobResult result;
-  if (!session->lease_lost()) result = Conclude(trained, lease.lease(), job_dir, hooks);
+  bool preempted = false;
+  {
+    // What the job holds (its model, data, loaders and their threads) lives
+    // in this scope, and is gone before the next job.
+    const TrainerHooks hooks = HooksFor(&job);
+    const absl::StatusOr<TrainResult> trained = TrainJob(lease, &job, hooks);
+    preempted = trained.ok() ? trained->preempted : job.abandoned_for_preemption;
+    // With the lease lost there is nothing to report: the server re-queues the job.
+    if (!session->lease_lost() && !preempted) result = Conclude(trained, &job, hooks);
+  }
+  ReleaseCachedMemory(options_.device);
+  std::string state = pb::JobState_Name(result.state());
+  if (session->lease_lost()) {
+    state = "LEASE_LOST";
+  } else if (preempted) {
+    // Given back: the server queues it again, to resume from its checkpoint.
+    state = session->SendRelease("preempted", kPreemptedRetryFor) ? "RELEASED" : "RELEASE_NOT_SENT";
+  }
   util::Log(result.state() == pb::FAILED ? "warning" : "info", "finetune-worker", "job ended",
-            {{"job_id", job_id},
-             {"state", session->lease_lost() ? std::string("LEASE_LOST") : pb::JobState_Name(result.state())},
-             {"error", result.error()}});
-  if (result.state() != pb::JOB_STATE_UNSPECIFIED) session->SendResult(result);
+            {{"job_id", job_id}, {"state", state}, {"error", result.error()}});
+  if (result.state() != pb::JOB_STATE_UNSPECIFIED && !session->lease_lost()) {
+    // A local worker whose server is gone does not wait for it.
+    session->SendResult(result, ParentGone() ? absl::ZeroDuration() : options_.retry_for);
+  }
   const absl::Status finished = session->Finish();
   std::error_code ec;
-  std::filesystem::remove_all(job_dir, ec);
+  std::filesystem::remove_all(job.dir, ec);
   if (session->lease_lost() && result.state() == pb::JOB_STATE_UNSPECIFIED) {
     return absl::AbortedError("lease lost; the server re-queues the job");
   }

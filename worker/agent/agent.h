@@ -9,15 +9,17 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "finetune/v1/worker.grpc.pb.h"
 #include "worker/agent/dataset_cache.h"
+#include "worker/agent/job_session.h"
 
 namespace ft::worker {
 
 namespace pb = ::finetune::v1;
 class DeviceMemory;
-class JobSession;
 class WorkerMetrics;
+struct CheckpointPosition;
 struct TrainerHooks;
 struct TrainResult;
 
@@ -38,34 +40,66 @@ struct AgentOptions {
   // Datasets with a digest: auto (the server's copy when readable here, else
   // fetch into <work_dir>/datasets) or always (fetch); see DatasetCache.
   std::string fetch_datasets = "auto";
+  // The job's stream: heartbeats, and reconnecting while the server is down.
+  JobSessionOptions session;
+  // How long an upload or fetch is retried while the server is unreachable
+  // (UNAVAILABLE): an epoch end's checkpoint and the model, and the
+  // checkpoint a job resumes from. Mid-epoch checkpoints wait less, and a
+  // preempted worker's much less.
+  absl::Duration retry_for = absl::Minutes(10);
 };
 
 // The worker's lease loop: lease a job, run it in a JobSession (which
-// streams its events and heartbeats), upload the model, report the result;
-// repeat. A lost lease or a cancellation stops the job at the next step.
+// streams its events and heartbeats), resume it from its newest usable
+// checkpoint, upload its checkpoints and then the model, report the result;
+// repeat. A lost lease or a cancellation stops the job at the next step; a
+// preemption checkpoints it there and gives it back.
 class Agent {
  public:
   explicit Agent(const AgentOptions& options);
   ~Agent();
-  // Runs until Stop() or the parent exits. Returns an error only when the
-  // server is unusable (e.g. the address is malformed).
+  // Runs until Stop(), Preempt() or the parent exits. Returns an error only
+  // when the server is unusable (e.g. the address is malformed).
   absl::Status Run();
-  // Thread-safe; the current job stops at its next step.
+  // The current job stops at its next step as CANCELLED (SIGINT).
+  // Async-signal-safe.
   void Stop() { stopping_ = true; }
+  // SIGTERM: the current job finishes its step, checkpoints, uploads that
+  // checkpoint and is released as "preempted" (the server queues it again);
+  // then Run() returns. Async-signal-safe.
+  void Preempt() { preempting_ = true; }
 
  private:
-  // One leased job: fetch its dataset, train, export and upload, report.
+  // A leased job, as its hooks see it.
+  struct RunningJob;
+
+  // One leased job: fetch its dataset and newest checkpoint, train, export
+  // and upload, report (or release).
   absl::Status RunOne(const pb::LeaseJobResponse& lease);
-  // The trainer's hooks: events go to `session` (which must outlive them),
-  // fetched models to `job_dir`.
-  TrainerHooks HooksFor(JobSession* session, const std::string& job_dir);
-  // Makes the dataset readable here, then trains.
-  absl::StatusOr<TrainResult> TrainJob(const pb::LeaseJobResponse& lease, const TrainerHooks& hooks);
+  // The trainer's hooks: events go to the job's session, fetched models to
+  // its folder, checkpoints to the server. `job` must outlive them.
+  TrainerHooks HooksFor(RunningJob* job);
+  // Makes the dataset readable here, fetches the checkpoint to resume from,
+  // then trains.
+  absl::StatusOr<TrainResult> TrainJob(const pb::LeaseJobResponse& lease, RunningJob* job,
+                                       const TrainerHooks& hooks);
+  // The bytes of the job's newest checkpoint that parses ("" when it has
+  // none, or the server keeps none): each one that does not is named in a
+  // warning event and the one before it is fetched. FAILED_PRECONDITION
+  // when the lease is gone; the server's errors that do not pass.
+  absl::StatusOr<std::string> LatestCheckpoint(RunningJob* job, const TrainerHooks& hooks);
+  // TrainerHooks::save_checkpoint: uploads `bytes`, retried with backoff.
+  // OK with one warning event when the server keeps no checkpoints
+  // (UNIMPLEMENTED: an older server).
+  absl::Status StoreCheckpoint(RunningJob* job, const CheckpointPosition& at, const std::string& bytes);
   // The result of a job whose lease held: FAILED with the trainer's reason,
-  // CANCELLED, or, once the model is exported and uploaded, SUCCEEDED.
-  pb::JobResult Conclude(const absl::StatusOr<TrainResult>& trained, const pb::Lease& lease,
-                         const std::string& job_dir, const TrainerHooks& hooks);
+  // CANCELLED, or, once the model is exported and uploaded, SUCCEEDED;
+  // nothing (JOB_STATE_UNSPECIFIED) when the upload finds the lease gone.
+  pb::JobResult Conclude(const absl::StatusOr<TrainResult>& trained, RunningJob* job, const TrainerHooks& hooks);
   bool ParentGone() const;
+  // Retrying a call for `job` is pointless: its lease is lost, the job is
+  // being cancelled, or the server that spawned this worker is gone.
+  bool Abandoned(const RunningJob& job) const;
 
   AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -74,6 +108,7 @@ class Agent {
   // Set with a CUDA device, metrics and a usable NVML; read by Run()'s sampler.
   std::unique_ptr<DeviceMemory> device_memory_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> preempting_{false};
 };
 
 }  // namespace ft::worker

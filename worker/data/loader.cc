@@ -13,7 +13,9 @@ BatchLoader::BatchLoader(const ImageSet* images, std::vector<int64_t> order,
     : images_(images),
       order_(std::move(order)),
       options_(options),
-      num_batches_(CountBatches(static_cast<int64_t>(order_.size()), options)) {
+      num_batches_(CountBatches(static_cast<int64_t>(order_.size()), options)),
+      next_to_make_(std::clamp<int64_t>(options.first_batch, 0, num_batches_)),
+      next_to_take_(next_to_make_) {
   const int threads = std::max(1, options.threads);
   for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { Work(); });
 }

@@ -34,6 +34,10 @@ struct LoaderOptions {
   // A last batch of one image joins the batch before it (see PlanBatches:
   // a train-mode BatchNorm cannot learn from one value per channel).
   bool merge_single_tail = false;
+  // The pass starts at this batch of `order` (a resumed epoch): the batches
+  // before it are neither decoded nor returned, and every later batch is
+  // exactly what it is in a pass from the start.
+  int64_t first_batch = 0;
 };
 
 // Transforms one pass over `order` into batches on background threads, in
@@ -48,7 +52,7 @@ class BatchLoader {
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
 
-  // The next batch in order; nullopt after the last. Throws
+  // The next batch in order (from options.first_batch); nullopt after the last. Throws
   // std::runtime_error when a batch could not be made.
   std::optional<Batch> Next();
   int64_t num_batches() const { return num_batches_; }
@@ -66,8 +70,8 @@ class BatchLoader {
   double wait_seconds_ = 0;
 
   absl::Mutex mu_;
-  int64_t next_to_make_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t next_to_take_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t next_to_make_ ABSL_GUARDED_BY(mu_);
+  int64_t next_to_take_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::map<int64_t, Batch> ready_ ABSL_GUARDED_BY(mu_);
   // The first failure of a worker (an image that no longer decodes).

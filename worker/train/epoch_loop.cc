@@ -3,13 +3,19 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/util/clock.h"
+#include "common/util/log.h"
 #include "common/util/status.h"
 
 namespace ft::worker {
@@ -50,6 +56,30 @@ void Restore(torch::jit::Module& model, const std::vector<torch::Tensor>& snapsh
   size_t i = 0;
   for (const auto& p : model.parameters()) p.copy_(snapshot[i++]);
   for (const auto& b : model.buffers()) b.copy_(snapshot[i++]);
+}
+
+// Before each backward pass: no gradient left from the step before
+// (PyTorch's zero_grad(set_to_none=True)).
+void ClearGradients(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) p.mutable_grad().reset();
+  }
+}
+
+torch::Tensor GeneratorState(at::Generator generator) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return generator.get_state();
+}
+
+void SetGeneratorState(at::Generator generator, const torch::Tensor& state) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state.to(torch::kCPU));
+}
+
+std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+std::string ShapeOf(const torch::Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "] ", std::string(c10::toString(t.scalar_type())));
 }
 
 absl::Status Diverged(int epoch, const std::string& what, double lr) {
@@ -130,13 +160,31 @@ EpochLoop::EpochLoop(const Recipe& recipe, const EpochLoopOptions& options, torc
       num_classes_(num_classes),
       report_(report),
       divergence_(num_classes),
-      order_rng_(static_cast<uint64_t>(recipe.spec().seed()) ^ kOrderSeedMix) {
+      order_rng_(static_cast<uint64_t>(recipe.spec().seed()) ^ kOrderSeedMix),
+      epoch_order_rng_(order_rng_),
+      best_loss_(std::numeric_limits<double>::infinity()) {
   const int first_phase_epochs = recipe.FirstPhaseEpochs();
   total_steps_ = plans.first.num_batches * first_phase_epochs +
                  plans.finetune.num_batches * (recipe.spec().epochs() - first_phase_epochs);
 }
 
-void EpochLoop::EnterPhase(const TrainingPhase& phase, const BatchPlan& plan) {
+absl::Time EpochLoop::Now() const { return options_.clock != nullptr ? options_.clock->Now() : absl::Now(); }
+
+bool EpochLoop::FineTunes(int epoch) const {
+  const int unfreeze_at = recipe_.spec().unfreeze_at();
+  return unfreeze_at > 0 && epoch >= unfreeze_at;
+}
+
+bool EpochLoop::StopsEarly(int epoch) const {
+  const pb::JobSpec& spec = recipe_.spec();
+  return spec.early_stopping_patience() > 0 && since_best_ >= spec.early_stopping_patience() &&
+         epoch < spec.epochs();
+}
+
+void EpochLoop::EnterPhase(bool finetune) {
+  const TrainingPhase phase = finetune ? recipe_.finetune_phase() : recipe_.first_phase();
+  const BatchPlan& plan = finetune ? plans_.finetune : plans_.first;
+  finetune_ = finetune;
   freeze_depth_ = phase.freeze_depth;
   base_lr_ = phase.base_lr;
   ApplyFreeze(model_, backbone_, freeze_depth_);
@@ -155,8 +203,9 @@ void EpochLoop::LogTrainable() const {
                                trainable, total, freeze_depth_, base_lr_));
 }
 
-absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch) {
+absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_t first_step, EpochStats stats) {
   const pb::JobSpec& spec = recipe_.spec();
+  epoch_order_rng_ = order_rng_;
   std::vector<int64_t> order(data_.train->images.size());
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), order_rng_);
@@ -167,14 +216,36 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch) {
     order_tensor = torch::tensor(order).to(options_.device);
   } else {
     data_.train_loader.seed = static_cast<uint64_t>(spec.seed()) * kEpochSeedStride + static_cast<uint64_t>(epoch);
+    // A resumed epoch starts at its step; the batches before it are not made.
+    data_.train_loader.first_batch = first_step;
     loader = std::make_unique<BatchLoader>(data_.train, order, data_.train_loader);
   }
-  EpochStats stats;
   stats.start = Clock::now();
+  stats.seconds_before = stats.train_seconds;
   stats.lr = base_lr_;
+  const double wait_before = stats.loader_wait_seconds;
+  // The partial sums' clocks, as a checkpoint keeps them.
+  auto bring_up_to_date = [&] {
+    stats.train_seconds = stats.seconds_before + Seconds(stats.start);
+    stats.loader_wait_seconds = wait_before + (loader ? loader->wait_seconds() : 0.0);
+  };
+  const double interval = report_.SavesCheckpoints() ? options_.checkpoint_interval_seconds : 0;
   auto last_report = Clock::now();
-  int64_t step = 0;
+  int64_t step = first_step;
   while (true) {
+    // Preempted: stop at this step boundary, once its state is stored.
+    if (step < steps_per_epoch_ && report_.Preempted()) {
+      stats.preempted = true;
+      bring_up_to_date();
+      if (!checkpointed_) {
+        const absl::Status saved = SaveCheckpoint({epoch, step, /*epoch_end=*/false}, stats);
+        if (!saved.ok()) {
+          report_.Log("warning", absl::StrCat("preempted at epoch ", epoch, ", step ", step,
+                                              ": its checkpoint could not be stored: ", saved.message()));
+        }
+      }
+      return stats;
+    }
     torch::Tensor x, y;
     if (data_.cached) {
       if (step >= steps_per_epoch_) break;
@@ -196,12 +267,15 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch) {
     SetLearningRate(*optimizer_, stats.lr);
     auto logits = data_.cached ? head_.forward({x}).toTensor() : model_.forward({x}).toTensor();
     auto loss = torch::nn::functional::cross_entropy(logits, y, loss_);
-    optimizer_->zero_grad();
+    // Gradients start undefined at every step, as after a resume: nothing
+    // carries over from one step to the next but the optimiser's state.
+    ClearGradients(*optimizer_);
     loss.backward();
     if (spec.grad_clip_norm() > 0) {
       torch::nn::utils::clip_grad_norm_(TrainableParameters(model_), spec.grad_clip_norm());
     }
     optimizer_->step();
+    checkpointed_ = false;
     ++step;
     ++steps_done_;
     const int64_t n = y.size(0);
@@ -213,7 +287,7 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch) {
     report_.Step(Seconds(step_start), n);
     if (Seconds(last_report) >= options_.progress_interval_seconds || step == steps_per_epoch_) {
       last_report = Clock::now();
-      const double elapsed = train_seconds_ + Seconds(stats.start);
+      const double elapsed = train_seconds_ + stats.seconds_before + Seconds(stats.start);
       pb::Progress p;
       p.set_phase("train");
       p.set_epoch(epoch);
@@ -221,14 +295,22 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch) {
       p.set_step(step);
       p.set_steps_per_epoch(steps_per_epoch_);
       p.set_loss(static_cast<float>(stats.loss_sum / stats.seen));
-      p.set_images_per_second(static_cast<float>(stats.seen / std::max(1e-9, Seconds(stats.start))));
+      p.set_images_per_second(static_cast<float>(stats.seen / std::max(1e-9, stats.seconds_before + Seconds(stats.start))));
       p.set_eta_seconds(static_cast<float>(elapsed / steps_done_ * (total_steps_ - steps_done_)));
       report_.Progress(p);
     }
+    // Mid-epoch checkpoints; the epoch's end has its own, after validation.
+    if (interval > 0 && step < steps_per_epoch_ && Now() - last_checkpoint_ >= absl::Seconds(interval)) {
+      bring_up_to_date();
+      const absl::Status saved = SaveCheckpoint({epoch, step, /*epoch_end=*/false}, stats);
+      if (!saved.ok()) {
+        report_.Log("warning", absl::StrCat("the checkpoint at epoch ", epoch, ", step ", step,
+                                            " could not be stored; training goes on: ", saved.message()));
+      }
+    }
   }
-  stats.train_seconds = Seconds(stats.start);
+  bring_up_to_date();
   train_seconds_ += stats.train_seconds;
-  stats.loader_wait_seconds = loader ? loader->wait_seconds() : 0.0;
   return stats;
 }
 
@@ -245,24 +327,245 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_);
 }
 
+// What a checkpoint holds, and so everything that decides the rest of the
+// run (the keys are listed in README.md, "Checkpoints and resume").
+std::string EpochLoop::Checkpoint(const CheckpointPosition& position, const EpochStats& stats) const {
+  CheckpointWriter w(options_.fingerprint, position);
+  // Every parameter and buffer, BatchNorm statistics included, by name.
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> tensors;
+  for (const auto& p : model_.named_parameters(/*recurse=*/true)) {
+    names.push_back(p.name);
+    tensors.push_back(p.value);
+  }
+  for (const auto& b : model_.named_buffers(/*recurse=*/true)) {
+    names.push_back(b.name);
+    tensors.push_back(b.value);
+  }
+  w.Text("model/names", absl::StrJoin(names, "\n"));
+  w.Tensors("model/tensors", tensors);
+  // The phase, and its optimiser: Adam's moments and step counts, SGD's momentum.
+  w.Int("phase/finetune", finetune_ ? 1 : 0);
+  torch::serialize::OutputArchive optimizer(w.archive().compilation_unit());
+  optimizer_->save(optimizer);
+  w.archive().write("optimizer", optimizer);
+  // The random streams: dropout's (the default generators) and the order's,
+  // as the current epoch began unless it is complete.
+  w.Tensors("rng/cpu", {GeneratorState(at::detail::getDefaultCPUGenerator())});
+  if (options_.device.is_cuda()) {
+    w.Tensors("rng/cuda", {GeneratorState(at::globalContext().defaultGenerator(options_.device))});
+  }
+  std::ostringstream order_rng;
+  order_rng << (position.epoch_end ? order_rng_ : epoch_order_rng_);
+  w.Text("rng/order", order_rng.str());
+  // The loop, and the epoch's partial sums (its train_loss is a mean over all of it).
+  w.Int("loop/steps_done", steps_done_);
+  w.Double("loop/train_seconds", train_seconds_);
+  w.Double("epoch/loss_sum", stats.loss_sum);
+  w.Int("epoch/correct", stats.correct);
+  w.Int("epoch/seen", stats.seen);
+  w.Double("epoch/train_seconds", stats.train_seconds);
+  w.Double("epoch/loader_wait_seconds", stats.loader_wait_seconds);
+  const DivergenceMonitor::State divergence = divergence_.state();
+  w.Double("divergence/reference", divergence.reference);
+  w.Tensors("divergence/window", {torch::tensor(divergence.window, torch::kFloat64)});
+  w.Double("divergence/window_sum", divergence.window_sum);
+  // The best epoch behind --export best, and early stopping. Its weights are
+  // the model's own at the end of the best epoch, and not needed for --export last.
+  const bool best_is_model = position.epoch_end && result_.best_epoch == position.epoch;
+  w.Double("best/loss", best_loss_);
+  w.Int("best/epoch", result_.best_epoch);
+  w.Int("best/since", since_best_);
+  w.Bytes("best/summary", result_.best_summary.SerializeAsString());
+  w.Int("best/is_model", best_is_model ? 1 : 0);
+  w.Tensors("best/weights", best_is_model || recipe_.exports_last_epoch() ? std::vector<torch::Tensor>()
+                                                                          : result_.best_weights);
+  // What the events and metadata.json report.
+  w.Bytes("history/last", result_.last_summary.SerializeAsString());
+  w.Int("history/size", static_cast<int64_t>(result_.history.size()));
+  for (size_t i = 0; i < result_.history.size(); ++i) {
+    w.Bytes(absl::StrCat("history/", i), result_.history[i].SerializeAsString());
+  }
+  w.Int("metrics/trained_images", metrics_->trained_images());
+  w.Int("metrics/epochs_completed", metrics_->epochs_completed());
+  return w.Finish();
+}
+
+absl::Status EpochLoop::SaveCheckpoint(const CheckpointPosition& position, const EpochStats& stats) {
+  if (!report_.SavesCheckpoints()) return absl::OkStatus();
+  std::string bytes;
+  const auto start = Clock::now();
+  try {
+    bytes = Checkpoint(position, stats);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("writing the checkpoint: LibTorch: ", e.what_without_backtrace()));
+  }
+  const double serialise_seconds = Seconds(start);
+  const absl::Status saved = report_.SaveCheckpoint(position, bytes);
+  // A store that fails is not asked again at every step.
+  last_checkpoint_ = Now();
+  if (saved.ok()) checkpointed_ = true;
+  // What training waited for (bench/checkpoint_overhead.py reads it).
+  util::Log("info", "finetune-worker", "checkpoint written",
+            {{"epoch", absl::StrCat(position.epoch)}, {"step", absl::StrCat(position.step)},
+             {"bytes", absl::StrCat(bytes.size())}, {"serialise_seconds", absl::StrFormat("%.3f", serialise_seconds)},
+             {"store_seconds", absl::StrFormat("%.3f", Seconds(start) - serialise_seconds)},
+             {"ok", saved.ok() ? "true" : "false"}});
+  return saved;
+}
+
+absl::Status EpochLoop::Restore(std::string bytes) {
+  try {
+    auto reader = CheckpointReader::Open(bytes, options_.fingerprint, options_.device);
+    // Its tensors are read: the bytes are no longer needed.
+    std::string().swap(bytes);
+    if (!reader.ok()) return reader.status();
+    return RestoreFrom(**reader);
+  } catch (const c10::Error& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the checkpoint does not fit this job: LibTorch: ", FirstLine(e.what_without_backtrace())));
+  }
+}
+
+absl::Status EpochLoop::RestoreFrom(CheckpointReader& reader) {
+  const pb::JobSpec& spec = recipe_.spec();
+  const CheckpointPosition at = reader.info().position;
+  if (at.epoch < 1 || at.epoch > spec.epochs() || at.step < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("the checkpoint is at epoch ", at.epoch, ", step ", at.step,
+                                                      ", outside this job's ", spec.epochs(), " epochs"));
+  }
+  // The model, tensor by tensor, in named_parameters then named_buffers order.
+  const std::vector<std::string> names = absl::StrSplit(reader.Text("model/names"), '\n');
+  const std::vector<torch::Tensor> saved = reader.Tensors("model/tensors");
+  std::vector<std::pair<std::string, torch::Tensor>> current;
+  for (const auto& p : model_.named_parameters(/*recurse=*/true)) current.emplace_back(p.name, p.value);
+  for (const auto& b : model_.named_buffers(/*recurse=*/true)) current.emplace_back(b.name, b.value);
+  if (names.size() != current.size() || saved.size() != current.size()) {
+    return absl::FailedPreconditionError(absl::StrCat("the checkpoint holds ", saved.size(), " tensors, this model ",
+                                                      current.size()));
+  }
+  for (size_t i = 0; i < current.size(); ++i) {
+    const torch::Tensor& t = saved[i];
+    if (names[i] != current[i].first || t.sizes() != current[i].second.sizes() ||
+        t.scalar_type() != current[i].second.scalar_type()) {
+      return absl::FailedPreconditionError(absl::StrCat("the checkpoint's tensor ", i, " is ", names[i], " ",
+                                                        ShapeOf(t), ", this model's ", current[i].first, " ",
+                                                        ShapeOf(current[i].second)));
+    }
+  }
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < current.size(); ++i) current[i].second.copy_(saved[i]);
+  }
+
+  // Where the loop stands: the epoch after a complete one, or the step within one.
+  Resume resume;
+  resume.epoch = at.epoch_end ? at.epoch + 1 : at.epoch;
+  resume.step = at.epoch_end ? 0 : at.step;
+  if (!at.epoch_end) {
+    resume.stats.loss_sum = reader.Double("epoch/loss_sum");
+    resume.stats.correct = reader.Int("epoch/correct");
+    resume.stats.seen = reader.Int("epoch/seen");
+    resume.stats.train_seconds = reader.Double("epoch/train_seconds");
+    resume.stats.loader_wait_seconds = reader.Double("epoch/loader_wait_seconds");
+  }
+  resume.trained_images = reader.Int("metrics/trained_images");
+  resume.epochs_completed = static_cast<int>(reader.Int("metrics/epochs_completed"));
+  steps_done_ = reader.Int("loop/steps_done");
+  train_seconds_ = reader.Double("loop/train_seconds");
+  DivergenceMonitor::State divergence;
+  divergence.reference = reader.Double("divergence/reference");
+  const torch::Tensor window = reader.Tensors("divergence/window").at(0).to(torch::kCPU).contiguous();
+  divergence.window.assign(window.data_ptr<double>(), window.data_ptr<double>() + window.numel());
+  divergence.window_sum = reader.Double("divergence/window_sum");
+  divergence_.set_state(divergence);
+  std::istringstream order_rng(reader.Text("rng/order"));
+  order_rng >> order_rng_;
+  if (order_rng.fail()) return absl::FailedPreconditionError("the checkpoint's order stream (rng/order) does not parse");
+  epoch_order_rng_ = order_rng_;
+
+  // The best epoch, early stopping, and the history.
+  best_loss_ = reader.Double("best/loss");
+  result_.best_epoch = static_cast<int>(reader.Int("best/epoch"));
+  since_best_ = static_cast<int>(reader.Int("best/since"));
+  if (!result_.best_summary.ParseFromString(reader.Bytes("best/summary")) ||
+      !result_.last_summary.ParseFromString(reader.Bytes("history/last"))) {
+    return absl::FailedPreconditionError("the checkpoint's epoch summaries do not parse");
+  }
+  const int64_t history = reader.Int("history/size");
+  for (int64_t i = 0; i < history; ++i) {
+    if (!result_.history.emplace_back().ParseFromString(reader.Bytes(absl::StrCat("history/", i)))) {
+      return absl::FailedPreconditionError(absl::StrCat("the checkpoint's summary of epoch ", i + 1, " does not parse"));
+    }
+  }
+  if (!recipe_.exports_last_epoch()) {
+    if (reader.Int("best/is_model") != 0) {
+      result_.best_weights = Snapshot(model_);
+    } else {
+      result_.best_weights = reader.Tensors("best/weights");
+      if (!result_.best_weights.empty() && result_.best_weights.size() != current.size()) {
+        return absl::FailedPreconditionError(absl::StrCat("the checkpoint's best weights hold ",
+                                                          result_.best_weights.size(), " tensors, this model ",
+                                                          current.size()));
+      }
+    }
+  }
+
+  // The phase of the next step, and its optimiser unless that phase starts afresh there.
+  resume.stopped_early = at.epoch_end && StopsEarly(at.epoch);
+  const bool more = resume.epoch <= spec.epochs() && !resume.stopped_early;
+  if (more) {
+    EnterPhase(FineTunes(resume.epoch));
+    if (resume.step >= steps_per_epoch_) {
+      return absl::FailedPreconditionError(absl::StrCat("the checkpoint is at step ", resume.step, " of epoch ",
+                                                        resume.epoch, ", which has ", steps_per_epoch_, " steps"));
+    }
+    if ((reader.Int("phase/finetune") != 0) == finetune_) {
+      torch::serialize::InputArchive optimizer;
+      reader.archive().read("optimizer", optimizer);
+      optimizer_->load(optimizer);
+    }
+  }
+  // The random streams last, after everything that could draw from them.
+  SetGeneratorState(at::detail::getDefaultCPUGenerator(), reader.Tensors("rng/cpu").at(0));
+  if (options_.device.is_cuda() && reader.Has("rng/cuda/size")) {
+    SetGeneratorState(at::globalContext().defaultGenerator(options_.device), reader.Tensors("rng/cuda").at(0));
+  }
+  resume_ = resume;
+  checkpointed_ = true;
+  report_.Info(absl::StrCat("resumed from checkpoint at epoch ", at.epoch, ", step ", at.step));
+  if (more) LogTrainable();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
   const pb::JobSpec& spec = recipe_.spec();
-  EnterPhase(recipe_.first_phase(), plans_.first);
-  LogTrainable();
-  EpochsResult result;
-  double best_loss = std::numeric_limits<double>::infinity();
-  int since_best = 0;
-  for (int epoch = 1; epoch <= spec.epochs(); ++epoch) {
-    if (recipe_.StartsFineTuning(epoch)) {
+  metrics_ = metrics;
+  int first_epoch = 1;
+  if (resume_) {
+    first_epoch = resume_->epoch;
+    metrics->set_trained_images(resume_->trained_images);
+    metrics->set_epochs_completed(resume_->epochs_completed);
+  } else {
+    EnterPhase(/*finetune=*/false);
+    LogTrainable();
+  }
+  last_checkpoint_ = Now();
+  const bool stopped_early = resume_ && resume_->stopped_early;
+  for (int epoch = first_epoch; epoch <= spec.epochs() && !stopped_early; ++epoch) {
+    const bool resumed_here = resume_ && epoch == first_epoch;
+    if (recipe_.StartsFineTuning(epoch) && !resumed_here) {
       // The classic second phase: unfreeze deeper stages, lower learning rate, fresh optimiser.
-      EnterPhase(recipe_.finetune_phase(), plans_.finetune);
+      EnterPhase(/*finetune=*/true);
       report_.Info(absl::StrCat("epoch ", epoch, ": fine-tuning phase"));
       LogTrainable();
     }
-    FT_ASSIGN_OR_RETURN(const EpochStats stats, TrainOneEpoch(epoch));
-    if (stats.cancelled) {
-      result.cancelled = true;
-      return result;
+    FT_ASSIGN_OR_RETURN(const EpochStats stats, TrainOneEpoch(epoch, resumed_here ? resume_->step : 0,
+                                                              resumed_here ? resume_->stats : EpochStats()));
+    if (stats.cancelled || stats.preempted) {
+      result_.cancelled = stats.cancelled;
+      result_.preempted = stats.preempted;
+      return std::move(result_);
     }
     const EvalResult val = Validate(epoch, stats);
     // Nothing non-finite survives an epoch: not a weight, not the val loss.
@@ -281,35 +584,41 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     summary.set_val_top5_accuracy(static_cast<float>(val.top5));
     summary.set_learning_rate(static_cast<float>(stats.lr));
     summary.set_images_per_second(static_cast<float>(stats.seen / std::max(1e-9, stats.train_seconds)));
-    summary.set_epoch_seconds(static_cast<float>(Seconds(stats.start)));
+    summary.set_epoch_seconds(static_cast<float>(stats.seconds_before + Seconds(stats.start)));
     summary.set_loader_wait_seconds(static_cast<float>(stats.loader_wait_seconds));
     summary.set_freeze_depth(freeze_depth_);
     summary.set_features_cached(data_.cached);
     metrics->set_trained_images(metrics->trained_images() + stats.seen);
     metrics->set_epochs_completed(epoch);
     // Never a NaN epoch, even if one got this far.
-    const bool improved = std::isfinite(val.loss) && val.loss < best_loss;
+    const bool improved = std::isfinite(val.loss) && val.loss < best_loss_;
     if (improved) {
-      best_loss = val.loss;
-      result.best_epoch = epoch;
-      since_best = 0;
-      result.best_weights = Snapshot(model_);
-      result.best_summary = summary;
+      best_loss_ = val.loss;
+      result_.best_epoch = epoch;
+      since_best_ = 0;
+      result_.best_weights = Snapshot(model_);
+      result_.best_summary = summary;
     } else {
-      ++since_best;
+      ++since_best_;
     }
     summary.set_best(improved);
-    result.last_summary = summary;
+    result_.last_summary = summary;
+    result_.history.push_back(summary);
+    // The epoch's checkpoint before its summary: an epoch a user saw finish
+    // is never trained again.
+    const absl::Status saved = SaveCheckpoint({epoch, steps_per_epoch_, /*epoch_end=*/true}, stats);
+    if (!saved.ok()) {
+      return absl::Status(saved.code(),
+                          absl::StrCat("the checkpoint of epoch ", epoch, " could not be stored: ", saved.message()));
+    }
     report_.Epoch(summary);
-    result.history.push_back(summary);
-    if (spec.early_stopping_patience() > 0 && since_best >= spec.early_stopping_patience() &&
-        epoch < spec.epochs()) {
-      report_.Info(absl::StrCat("early stopping after epoch ", epoch, ": val loss has not improved for ", since_best,
-                                " epochs; exporting epoch ", result.best_epoch));
+    if (StopsEarly(epoch)) {
+      report_.Info(absl::StrCat("early stopping after epoch ", epoch, ": val loss has not improved for ", since_best_,
+                                " epochs; exporting epoch ", result_.best_epoch));
       break;
     }
   }
-  return result;
+  return std::move(result_);
 }
 
 void SelectExportedEpoch(const Recipe& recipe, torch::jit::Module& model, EpochsResult* epochs,

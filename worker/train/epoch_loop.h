@@ -1,28 +1,37 @@
 // The epochs of a job, as torchvision's train.py runs them: its main loop
 // over epochs (the two phases, validation, the best epoch, early stopping)
 // and `train_one_epoch` (the steps, with their progress events and the
-// divergence monitor of guards.h).
+// divergence monitor of guards.h), with its checkpoints and resume.
 #ifndef FT_WORKER_TRAIN_EPOCH_LOOP_H_
 #define FT_WORKER_TRAIN_EPOCH_LOOP_H_
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "finetune/v1/worker.pb.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
+#include "worker/train/checkpoint.h"
 #include "worker/train/evaluation.h"
 #include "worker/train/guards.h"
 #include "worker/train/hooks.h"
 #include "worker/train/recipe.h"
+
+namespace ft::util {
+class Clock;
+}  // namespace ft::util
 
 namespace ft::worker {
 
@@ -66,12 +75,23 @@ struct EpochLoopOptions {
   torch::Device device = torch::kCPU;
   // Seconds between progress events within an epoch.
   double progress_interval_seconds = 2.0;
+  // Seconds between mid-epoch checkpoints, each at a step boundary; 0 (or
+  // less): epoch ends only. Only with Reporter::SavesCheckpoints().
+  double checkpoint_interval_seconds = 300;
+  // Measures that interval; not owned; null: the real clock.
+  util::Clock* clock = nullptr;
+  // Written into every checkpoint and required of one to restore
+  // (TrainingFingerprint).
+  std::string fingerprint;
 };
 
 // What the epochs leave.
 struct EpochsResult {
   // Stopped by Reporter::Cancelled() before a step; the rest is partial.
   bool cancelled = false;
+  // Stopped by Reporter::Preempted() at a step boundary, once that step's
+  // checkpoint went to Reporter::SaveCheckpoint; the rest is partial.
+  bool preempted = false;
   // The epoch with the lowest validation loss, its summary and its weights
   // (empty when no epoch improved on infinity), and the last epoch's summary.
   int best_epoch = 0;
@@ -84,6 +104,11 @@ struct EpochsResult {
 
 // Runs a job's epochs. The arguments are not owned and must outlive the
 // loop; `model` is trained in place. One thread.
+//
+// Checkpoints hold everything that decides the rest of the run (see
+// Checkpoint in epoch_loop.cc), so that a loop restored from one, in a new
+// process with the same thread count, trains exactly what the loop that
+// wrote it would have trained, bit for bit.
 class EpochLoop {
  public:
   EpochLoop(const Recipe& recipe, const EpochLoopOptions& options, torch::jit::Module& model,
@@ -92,32 +117,70 @@ class EpochLoop {
   EpochLoop(const EpochLoop&) = delete;
   EpochLoop& operator=(const EpochLoop&) = delete;
 
-  // Trains epochs 1..spec.epochs (fewer with early stopping), each followed
-  // by validation and a summary through Reporter::Epoch, and counts the
-  // trained images and the completed epochs in `metrics`. Call once.
+  // Puts the loop where checkpoint `bytes` (consumed) stands: the model's
+  // parameters and buffers, the phase and its optimiser, the random
+  // streams, the epoch and step, the partial epoch, the best epoch, the
+  // history and the counters; Run then continues from there. Says
+  // "resumed from checkpoint at epoch E, step S". Call before Run, at most
+  // once. DATA_LOSS when the bytes do not parse; FAILED_PRECONDITION when
+  // they are of another job, spec or dataset (the fingerprint), or do not
+  // fit this model (naming the tensor). Never throws.
+  absl::Status Restore(std::string bytes);
+
+  // Trains epochs 1..spec.epochs (fewer with early stopping; from where
+  // Restore left it), each followed by validation, its checkpoint, and a
+  // summary through Reporter::Epoch, and counts the trained images and the
+  // completed epochs in `metrics`. Call once.
   // FAILED_PRECONDITION "training diverged at epoch E..." when a step's
   // loss, a weight or the validation loss is not finite, or the loss
-  // explodes. Throws what LibTorch and the loader throw.
+  // explodes; an epoch end's checkpoint that cannot be stored fails with
+  // SaveCheckpoint's code and "the checkpoint of epoch E could not be
+  // stored: ...". Throws what LibTorch and the loader throw.
   absl::StatusOr<EpochsResult> Run(pb::JobMetrics* metrics);
 
  private:
   struct EpochStats {
     bool cancelled = false;
+    bool preempted = false;
     std::chrono::steady_clock::time_point start;
-    double train_seconds = 0;  // the steps only, without validation
-    double loss_sum = 0;       // per-image loss, summed
+    // The steps only, without validation, including those before a resume.
+    double train_seconds = 0;
+    double seconds_before = 0;  // of train_seconds, before the resume
+    double loss_sum = 0;        // per-image loss, summed
     int64_t correct = 0;
     int64_t seen = 0;
     double lr = 0;  // at the last step
     double loader_wait_seconds = 0;
   };
+  // Where Restore left the loop.
+  struct Resume {
+    int epoch = 1;           // the first epoch Run trains
+    int64_t step = 0;        // steps of it already done
+    EpochStats stats;        // its partial sums
+    int64_t trained_images = 0;
+    int epochs_completed = 0;
+    bool stopped_early = false;  // after the checkpoint's epoch
+  };
 
-  // A fresh optimiser at `phase`'s freeze depth and rate, for `plan`'s batches.
-  void EnterPhase(const TrainingPhase& phase, const BatchPlan& plan);
+  // The first phase, or the fine-tuning one: its freeze depth, rate and
+  // batches, and a fresh optimiser.
+  void EnterPhase(bool finetune);
+  // The phase that epoch `epoch` trains in.
+  bool FineTunes(int epoch) const;
+  // Early stopping ends the job after epoch `epoch`.
+  bool StopsEarly(int epoch) const;
   void LogTrainable() const;
-  // One pass over the shuffled training set, as train.py's train_one_epoch.
-  absl::StatusOr<EpochStats> TrainOneEpoch(int epoch);
+  // One pass over the shuffled training set, as train.py's train_one_epoch,
+  // from step `first_step` on with the partial sums `stats`.
+  absl::StatusOr<EpochStats> TrainOneEpoch(int epoch, int64_t first_step, EpochStats stats);
   EvalResult Validate(int epoch, const EpochStats& stats);
+  // The state at `position` as checkpoint bytes, `stats` being the current
+  // epoch's partial sums (mid-epoch).
+  std::string Checkpoint(const CheckpointPosition& position, const EpochStats& stats) const;
+  // Makes a checkpoint and hands it to Reporter::SaveCheckpoint.
+  absl::Status SaveCheckpoint(const CheckpointPosition& position, const EpochStats& stats);
+  absl::Status RestoreFrom(CheckpointReader& reader);
+  absl::Time Now() const;
 
   const Recipe& recipe_;
   const EpochLoopOptions options_;
@@ -133,14 +196,27 @@ class EpochLoop {
   DivergenceMonitor divergence_;
   // Draws every epoch's order; seeded by the job's seed alone.
   std::mt19937_64 order_rng_;
+  // order_rng_ as the current epoch began, before it drew the order.
+  std::mt19937_64 epoch_order_rng_;
   int64_t total_steps_ = 0;
   int64_t steps_done_ = 0;
   double train_seconds_ = 0;
   // The current phase.
+  bool finetune_ = false;
   int freeze_depth_ = 0;
   double base_lr_ = 0;
   int64_t steps_per_epoch_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+
+  // What the epochs so far leave, the best among them, and early stopping.
+  EpochsResult result_;
+  double best_loss_;
+  int since_best_ = 0;
+  pb::JobMetrics* metrics_ = nullptr;  // Run's
+  std::optional<Resume> resume_;
+  // The state is the newest checkpoint's: no step since it was made.
+  bool checkpointed_ = false;
+  absl::Time last_checkpoint_;
 };
 
 // Leaves in `model` the weights export_weights asks for: the best epoch's

@@ -8,6 +8,7 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <torch/script.h>
 
@@ -62,6 +63,20 @@ class DivergenceMonitor {
 
   // Where training started (0 before the first step).
   double reference() const { return reference_; }
+
+  // All that the monitor has seen, as a checkpoint keeps it: a monitor
+  // given another's state decides exactly as that one would.
+  struct State {
+    double reference = 0;
+    std::vector<double> window;  // oldest first
+    double window_sum = 0;
+  };
+  State state() const { return {reference_, {window_.begin(), window_.end()}, window_sum_}; }
+  void set_state(const State& state) {
+    reference_ = state.reference;
+    window_.assign(state.window.begin(), state.window.end());
+    window_sum_ = state.window_sum;
+  }
 
  private:
   const double uniform_loss_;

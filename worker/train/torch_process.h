@@ -1,7 +1,9 @@
 // LibTorch's process-wide settings, made once when a worker process starts
-// rather than by each job or tool.
+// rather than by each job or tool, and what a finished job leaves cached.
 #ifndef FT_WORKER_TRAIN_TORCH_PROCESS_H_
 #define FT_WORKER_TRAIN_TORCH_PROCESS_H_
+
+#include <torch/types.h>
 
 namespace ft::worker {
 
@@ -12,6 +14,12 @@ namespace ft::worker {
 // unfreeze, while plain interpretation runs the same ATen kernels. Call
 // once, from main(), before any job or tool runs; not thread-safe.
 void InitTorchProcess(int threads);
+
+// Gives back the memory a finished job's tensors left cached, once they are
+// destroyed: on a CUDA `device`, LibTorch's caching allocator's blocks
+// (emptyCache, in builds linked with libc10_cuda), and the heap pages that
+// glibc keeps. Call between jobs, with no tensor of the job left.
+void ReleaseCachedMemory(torch::Device device);
 
 }  // namespace ft::worker
 

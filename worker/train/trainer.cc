@@ -11,6 +11,7 @@
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
 #include "worker/export/metadata.h"
+#include "worker/train/checkpoint.h"
 #include "worker/train/epoch_loop.h"
 #include "worker/train/evaluation.h"
 #include "worker/train/guards.h"
@@ -23,8 +24,7 @@ namespace {
 
 // The job, in the order of torchvision's train.py: data, model, recipe,
 // epochs, then the exported epoch's test and description.
-absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptions& options,
-                                  const TrainerHooks& hooks) {
+absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& options, const TrainerHooks& hooks) {
   FT_ASSIGN_OR_RETURN(const Recipe recipe, Recipe::Create(job.spec()));
   const pb::JobSpec& spec = recipe.spec();
   const Reporter report(hooks);
@@ -37,7 +37,13 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   FT_ASSIGN_OR_RETURN(JobData data, LoadJobData(job, recipe, options.decode_cache_bytes, report));
   TrainResult result;
   result.metrics.set_skipped_images(data.skipped_images);
-  if (report.Cancelled()) return TrainResult{true, {}, {}, {}};
+  if (report.Cancelled() || report.Preempted()) {
+    // Nothing trained yet: nothing to checkpoint.
+    TrainResult stopped;
+    stopped.cancelled = report.Cancelled();
+    stopped.preempted = !stopped.cancelled;
+    return stopped;
+  }
 
   // Model: its new head (and a backbone without weights) drawn from the job's seed.
   torch::manual_seed(static_cast<uint64_t>(spec.seed()));
@@ -69,11 +75,19 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
   EpochLoopOptions loop_options;
   loop_options.device = options.device;
   loop_options.progress_interval_seconds = options.progress_interval_seconds;
+  loop_options.checkpoint_interval_seconds = spec.has_checkpoint_interval_seconds()
+                                                 ? spec.checkpoint_interval_seconds()
+                                                 : kDefaultCheckpointIntervalSeconds;
+  loop_options.clock = options.clock;
+  loop_options.fingerprint =
+      TrainingFingerprint(options.job_id, spec, data.layout.classes, data.train.labels, data.val.labels);
   EpochLoop loop(recipe, loop_options, model, backbone, epoch_data, std::move(loss), plans, data.num_classes(),
                  report);
+  if (!options.resume.empty()) FT_RETURN_IF_ERROR(loop.Restore(std::move(options.resume)));
   FT_ASSIGN_OR_RETURN(EpochsResult epochs, loop.Run(&result.metrics));
-  if (epochs.cancelled) {
-    result.cancelled = true;
+  if (epochs.cancelled || epochs.preempted) {
+    result.cancelled = epochs.cancelled;
+    result.preempted = epochs.preempted;
     return result;
   }
 
@@ -115,7 +129,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, const TrainerOptio
 
 }  // namespace
 
-absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, const TrainerOptions& options,
+absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptions options,
                                         const TrainerHooks& hooks) {
   try {
     return Train(job, options, hooks);

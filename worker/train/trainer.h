@@ -10,9 +10,16 @@
 #include "finetune/v1/worker.pb.h"
 #include "worker/train/hooks.h"
 
+namespace ft::util {
+class Clock;
+}  // namespace ft::util
+
 namespace ft::worker {
 
 namespace pb = ::finetune::v1;
+
+// Mid-epoch checkpoints when the spec leaves checkpoint_interval_seconds unset.
+inline constexpr int kDefaultCheckpointIntervalSeconds = 300;
 
 struct TrainerOptions {
   torch::Device device = torch::kCPU;
@@ -23,21 +30,34 @@ struct TrainerOptions {
   // Decoded training and validation images kept in memory, at most; the
   // rest are decoded again every epoch. Negative: no limit.
   int64_t decode_cache_bytes = -1;
+  // A checkpoint to resume from (the bytes a save_checkpoint hook was
+  // given, for this job), or empty to start afresh. Released once restored.
+  std::string resume;
+  // Measures checkpoint_interval_seconds; not owned; null: the real clock.
+  util::Clock* clock = nullptr;
 };
 
 struct TrainResult {
   bool cancelled = false;
+  // Stopped by TrainerHooks::preempted; its last checkpoint went to
+  // save_checkpoint (unless it stopped before training began). The rest is
+  // unset.
+  bool preempted = false;
   torch::jit::Module model;  // FineTunedClassifier, in eval mode, on CPU
   pb::JobMetrics metrics;
   std::string metadata_json;  // metadata.json for the export
 };
 
 // Runs a whole job: reads and decodes the data, builds the backbone, loads
-// the weights, freezes, trains, validates each epoch, tests, and describes
-// the model for its export. Expects InitTorchProcess() to have run. Never
-// throws: LibTorch and OpenCV errors come back as a Status naming the
-// problem; an unknown string option in the spec is INVALID_ARGUMENT.
-absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, const TrainerOptions& options,
+// the weights, freezes, trains (from options.resume when set), validates
+// and checkpoints each epoch, tests, and describes the model for its
+// export. Expects InitTorchProcess() to have run. Never throws: LibTorch
+// and OpenCV errors come back as a Status naming the problem; an unknown
+// string option in the spec is INVALID_ARGUMENT; a checkpoint that does
+// not parse is DATA_LOSS, and one of another job, spec or dataset
+// FAILED_PRECONDITION (EpochLoop::Restore). `options` is taken by value so
+// that a caller can move the checkpoint's bytes in.
+absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptions options,
                                         const TrainerHooks& hooks);
 
 }  // namespace ft::worker
