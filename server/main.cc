@@ -57,6 +57,9 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A write past RLIMIT_FSIZE fails with EFBIG (reported, like a full disk)
+  // instead of killing the server.
+  signal(SIGXFSZ, SIG_IGN);
 
   ft::server::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
