@@ -186,10 +186,12 @@ void AppendRow(std::string* out, absl::string_view left, absl::string_view right
   AppendWrapped(out, right, column);
 }
 
+// Only the flags every invocation thinks about; the transport and token
+// flags are listed under "Global flags" and would drown the command.
 std::string GlobalSynopsis() {
   std::string out = "ftctl";
   for (const FlagSpec& f : GlobalFlags()) {
-    if (!f.value.empty()) absl::StrAppend(&out, " [", FlagText(f), "]");
+    if (f.name == "server" || f.name == "output") absl::StrAppend(&out, " [", FlagText(f), "]");
   }
   return out;
 }

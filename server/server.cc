@@ -137,6 +137,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   p->options = in;
   ServerOptions& o = p->options;
   p->clock = o.clock != nullptr ? o.clock : &p->real_clock;
+  // Before anything is created: a refused exposure leaves no trace.
+  FT_RETURN_IF_ERROR(CheckExposure(o));
   o.data_dir = fs::absolute(o.data_dir).lexically_normal().string();
   FT_RETURN_IF_ERROR(util::MakeDirs(o.data_dir));
   if (o.dataset_roots.empty()) {
@@ -151,7 +153,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
                                      " not found (set --worker-binary, or --local-workers=0)"));
   }
 
-  FT_RETURN_IF_ERROR(CheckExposure(o));
   FT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                       auth::MakeServerCredentials({o.tls_cert, o.tls_key, o.tls_client_ca}));
   auth::AuthenticatorOptions ao;

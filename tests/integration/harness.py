@@ -138,6 +138,17 @@ class Server:
         return r, events, job
 
 
+def wait_for(predicate, timeout, interval=0.2):
+    """predicate()'s first truthy value within `timeout` seconds, else None."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

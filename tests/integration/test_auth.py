@@ -25,14 +25,7 @@ PROTO_DIR = os.path.join(ROOT, "proto")
 ROLES = ("admin", "user", "viewer", "worker")
 
 
-def wait_for(predicate, timeout, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
+wait_for = harness.wait_for
 
 
 def openssl(*args, cwd):
