@@ -22,6 +22,7 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
+  openssl python3-grpcio python3-protobuf
 )
 # Installed only when the command is missing: some machines carry their own
 # kubectl or Node.js, and Debian's packages would clash with them.

@@ -38,6 +38,9 @@ Client::Client(const std::string& address) {
   stub_ = pb::FineTune::NewStub(channel_);
 }
 
+Client::Client(std::shared_ptr<grpc::Channel> channel)
+    : channel_(std::move(channel)), stub_(pb::FineTune::NewStub(channel_)) {}
+
 absl::StatusOr<pb::Job> Client::Submit(const pb::JobSpec& spec, const std::string& request_id) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);

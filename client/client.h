@@ -18,7 +18,10 @@ namespace pb = ::finetune::v1;
 // Thread-compatible.
 class Client {
  public:
+  // Plaintext, no token.
   explicit Client(const std::string& address);
+  // Over `channel` (common/channel: TLS and a token).
+  explicit Client(std::shared_ptr<grpc::Channel> channel);
 
   absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id);
   absl::StatusOr<pb::Job> Get(const std::string& job_id);

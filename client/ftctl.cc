@@ -103,6 +103,15 @@ const std::vector<Command>& Commands() {
        "Name, sha256, layout, classes, images, size and creation time.", &ListDatasets},
       {"datasets delete", "Datasets", {{"NAME", "a dataset name"}}, {}, "delete an uploaded dataset",
        "Refused while a queued or running job names it.", &DeleteDataset},
+      {"auth new-token", "Auth", {},
+       {{"name", "NAME", "the identity's name, shown in logs and the audit log", true},
+        {"tenant", "TENANT", "its tenant", true},
+        {"role", "admin|user|viewer|worker", "what it may do (docs/operations.md has the table)", true}},
+       "mint a token and its --auth-file entry",
+       "Prints a fresh random token (32 bytes from /dev/urandom, base64url) on the first line and, on the "
+       "second, the identity to add to finetuned's --auth-file, which keeps only the token's SHA-256. Nothing is "
+       "sent to the server: add the line, then send finetuned SIGHUP.",
+       &NewToken},
       {"health", "Other", {}, {}, "check the server (grpc.health.v1)", "Prints SERVING.", &Health},
       {"help", "Other", {{"[COMMAND...]", "a command, such as submit or models download"}}, {},
        "this text, or a command's arguments and flags", "", &Help},

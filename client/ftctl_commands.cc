@@ -30,6 +30,13 @@ constexpr size_t kMaxInlineFlags = 3;  // more optional flags than this show as 
 const std::vector<FlagSpec>& GlobalFlags() {
   static const auto* kFlags = new std::vector<FlagSpec>{
       {"server", "ADDR", "the finetuned to talk to (default: $FTCTL_SERVER, then 127.0.0.1:50051)"},
+      {"token", "TOKEN", "bearer token (default: --token-file, then $FTCTL_TOKEN); visible in ps, prefer those"},
+      {"token-file", "FILE", "read the bearer token from the first line of FILE"},
+      {"tls", "", "TLS, verifying the server against the system's roots"},
+      {"tls-ca", "FILE", "TLS, verifying the server against this PEM CA"},
+      {"tls-cert", "FILE", "PEM client certificate, for a server that requires one (with --tls-key)"},
+      {"tls-key", "FILE", "PEM key of --tls-cert"},
+      {"tls-server-name", "NAME", "the name the server's certificate must carry, if not the host of --server"},
       {"output", "text|json",
        "text for people (default), or json: the protobuf JSON mapping with proto field names; with "
        "--follow one event per line and the final job last"},
@@ -179,10 +186,12 @@ void AppendRow(std::string* out, absl::string_view left, absl::string_view right
   AppendWrapped(out, right, column);
 }
 
+// Only the flags every invocation thinks about; the transport and token
+// flags are listed under "Global flags" and would drown the command.
 std::string GlobalSynopsis() {
   std::string out = "ftctl";
   for (const FlagSpec& f : GlobalFlags()) {
-    if (!f.value.empty()) absl::StrAppend(&out, " [", FlagText(f), "]");
+    if (f.name == "server" || f.name == "output") absl::StrAppend(&out, " [", FlagText(f), "]");
   }
   return out;
 }
@@ -293,13 +302,15 @@ std::optional<int> CheckArgsAndFlags(const Command& c, const std::vector<std::st
 }  // namespace
 
 Invocation::Invocation(const std::vector<Command>& commands, const Command& command, std::vector<std::string> args,
-                       std::map<std::string, std::string> flags, bool json, std::string server)
+                       std::map<std::string, std::string> flags, bool json,
+                       channel::ChannelOptions channel_options, std::shared_ptr<grpc::Channel> channel)
     : commands_(commands),
       command_(command),
       args_(std::move(args)),
       flags_(std::move(flags)),
       json_(json),
-      server_(std::move(server)) {}
+      channel_options_(std::move(channel_options)),
+      channel_(std::move(channel)) {}
 
 std::string Invocation::Flag(const std::string& flag, const std::string& fallback) const {
   auto it = flags_.find(flag);
@@ -307,7 +318,7 @@ std::string Invocation::Flag(const std::string& flag, const std::string& fallbac
 }
 
 Client& Invocation::client() {
-  if (client_ == nullptr) client_ = std::make_unique<Client>(server_);
+  if (client_ == nullptr) client_ = std::make_unique<Client>(channel_);
   return *client_;
 }
 
@@ -325,7 +336,11 @@ void Invocation::PrintJson(const google::protobuf::Message& message) const {
 
 int Invocation::Fail(const absl::Status& status) const {
   if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
-    std::cerr << "ftctl: cannot reach finetuned at " << server_ << ": " << status.message() << std::endl;
+    std::cerr << "ftctl: cannot reach finetuned at " << channel_options_.address << ": " << status.message()
+              << std::endl;
+    if (const std::string hint = channel::UnreachableHint(channel_options_); !hint.empty()) {
+      std::cerr << "ftctl: hint: " << hint << std::endl;
+    }
     return kExitUnreachable;
   }
   std::cerr << "ftctl: " << absl::StatusCodeToString(status.code()) << ": " << status.message() << std::endl;
@@ -363,8 +378,20 @@ int Run(const std::vector<Command>& commands, int argc, char** argv) {
   std::vector<std::string> args(line->words.begin() + static_cast<std::ptrdiff_t>(used), line->words.end());
   if (auto rc = CheckArgsAndFlags(*command, args, line->flags)) return *rc;
   const char* env = std::getenv("FTCTL_SERVER");
-  std::string server = flag("server", env != nullptr && *env != '\0' ? env : kDefaultServer);
-  Invocation inv(commands, *command, std::move(args), std::move(line->flags), output == "json", std::move(server));
+  channel::ChannelOptions channel_options;
+  channel_options.address = flag("server", env != nullptr && *env != '\0' ? env : kDefaultServer);
+  channel_options.tls = line->flags.count("tls") > 0;
+  channel_options.tls_ca = flag("tls-ca", "");
+  channel_options.tls_cert = flag("tls-cert", "");
+  channel_options.tls_key = flag("tls-key", "");
+  channel_options.tls_server_name = flag("tls-server-name", "");
+  auto token = channel::ResolveToken(flag("token", ""), flag("token-file", ""), "FTCTL_TOKEN");
+  if (!token.ok()) return Refuse(token.status().message());
+  channel_options.token = *std::move(token);
+  auto channel = channel::MakeChannel(channel_options);
+  if (!channel.ok()) return Refuse(channel.status().message());
+  Invocation inv(commands, *command, std::move(args), std::move(line->flags), output == "json",
+                 std::move(channel_options), *std::move(channel));
   return command->handler(inv);
 }
 

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
+#include "common/channel/channel.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/timestamp.pb.h"
 
@@ -61,7 +62,8 @@ struct Command {
 class Invocation {
  public:
   Invocation(const std::vector<Command>& commands, const Command& command, std::vector<std::string> args,
-             std::map<std::string, std::string> flags, bool json, std::string server);
+             std::map<std::string, std::string> flags, bool json, channel::ChannelOptions channel_options,
+             std::shared_ptr<grpc::Channel> channel);
 
   const Command& command() const { return command_; }
   // The whole table, for `ftctl help`.
@@ -71,7 +73,7 @@ class Invocation {
   bool Has(const std::string& flag) const { return flags_.count(flag) > 0; }
   std::string Flag(const std::string& flag, const std::string& fallback = "") const;
   bool json() const { return json_; }
-  // Created on first use.
+  // Created on first use, over the channel Run() made from the global flags.
   Client& client();
 
   // Writes "ftctl: MESSAGE" to stderr; returns kExitRefused.
@@ -100,7 +102,8 @@ class Invocation {
   std::vector<std::string> args_;
   std::map<std::string, std::string> flags_;
   bool json_;
-  std::string server_;
+  channel::ChannelOptions channel_options_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Client> client_;
 };
 

@@ -31,6 +31,9 @@ int UploadDataset(Invocation& inv);
 int ListDatasets(Invocation& inv);
 int DeleteDataset(Invocation& inv);
 
+// client/ftctl_auth.cc. Talks to no server.
+int NewToken(Invocation& inv);
+
 }  // namespace ft::client::ftctl
 
 #endif  // FT_CLIENT_FTCTL_HANDLERS_H_

@@ -15,6 +15,7 @@
 #include "common/util/files.h"
 #include "common/util/flag_names.h"
 #include "common/util/log.h"
+#include "server/auth/rpc_table.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
@@ -45,6 +46,15 @@ ABSL_FLAG(int, max_queued_tools, 8,
 ABSL_FLAG(int, drain_seconds, 0,
           "on SIGTERM, report NOT_SERVING for this long while still serving, before shutting down");
 ABSL_FLAG(int, slow_threads, 4, "threads for slow calls (submit's dataset scan, upload commits)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed (mTLS)");
+ABSL_FLAG(std::string, auth_file, "",
+          "JSON identities with token hashes and roles (docs/operations.md); re-read on SIGHUP. Empty: no "
+          "authentication, loopback only unless --insecure");
+ABSL_FLAG(std::string, audit_log, "", "append one JSON line per state-changing call to this file");
+ABSL_FLAG(bool, insecure, false, "allow a non-loopback --listen without --auth-file and TLS");
+ABSL_FLAG(bool, print_auth_table, false, "print which roles may call each RPC, then exit");
 
 namespace {
 
@@ -55,6 +65,7 @@ int Run() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // A write past RLIMIT_FSIZE fails with EFBIG (reported, like a full disk)
@@ -81,6 +92,12 @@ int Run() {
   o.max_tool_processes = absl::GetFlag(FLAGS_max_tool_processes);
   o.max_queued_tools = absl::GetFlag(FLAGS_max_queued_tools);
   o.slow_threads = absl::GetFlag(FLAGS_slow_threads);
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  o.auth_file = absl::GetFlag(FLAGS_auth_file);
+  o.audit_log = absl::GetFlag(FLAGS_audit_log);
+  o.insecure = absl::GetFlag(FLAGS_insecure);
   if (o.max_tool_processes < 1 || o.max_queued_tools < 0 || o.slow_threads < 1) {
     std::cerr << "finetuned: --max-tool-processes and --slow-threads must be >= 1, --max-queued-tools >= 0"
               << std::endl;
@@ -100,7 +117,14 @@ int Run() {
     }
   }
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP re-reads the auth file (a revoked token stops working at once);
+  // a bad file is logged and the identities in use stay.
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    if (auto s = (*server)->ReloadAuth(); !s.ok()) {
+      ft::util::Log("error", "finetuned", "auth file not reloaded; keeping the identities in use",
+                    {{"error", std::string(s.message())}});
+    }
+  }
   ft::util::Log("info", "finetuned", "shutting down", {{"signal", absl::StrCat(sig)}});
   // NOT_SERVING first; a load balancer that polls readiness stops sending
   // calls during the grace, and the calls in flight still finish.
@@ -124,5 +148,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   ft::util::SetLogFormat(format);
+  if (absl::GetFlag(FLAGS_print_auth_table)) {
+    std::cout << ft::server::auth::RpcTableText();
+    return 0;
+  }
   return Run();
 }

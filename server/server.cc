@@ -3,16 +3,23 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/executor.h"
 #include "common/util/files.h"
 #include "common/util/log.h"
+#include "common/util/random_token.h"
+#include "common/util/sha256.h"
 #include "common/util/status.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/api/finetune_service.h"
 #include "server/api/worker_gateway_service.h"
+#include "server/auth/audit_log.h"
+#include "server/auth/authenticator.h"
+#include "server/auth/call_guard.h"
+#include "server/auth/tls.h"
 #include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_manager.h"
@@ -43,6 +50,9 @@ struct Server::Parts {
   EventHub hub;
   std::unique_ptr<JobManager> manager;
   std::unique_ptr<ServerMetrics> metrics;
+  std::unique_ptr<auth::Authenticator> authenticator;
+  std::unique_ptr<auth::AuditLog> audit;
+  std::unique_ptr<auth::CallGuard> guard;
   std::unique_ptr<WorkerTool> worker_tool;
   ToolRunner* tools = nullptr;
   std::unique_ptr<util::Executor> slow, tool_queue, watch;
@@ -66,6 +76,60 @@ std::unique_ptr<util::Executor> MakeExecutor(const std::string& name, int thread
   return std::make_unique<util::Executor>(o);
 }
 
+// Whether only this machine can reach `listen`: 127.x, localhost, [::1] or
+// a unix socket.
+bool IsLoopback(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) host = host.substr(1, host.size() - 2);
+  return absl::StartsWith(host, "127.") || host == "localhost" || host == "::1";
+}
+
+absl::Status CheckExposure(const ServerOptions& o) {
+  if (o.insecure || IsLoopback(o.listen)) return absl::OkStatus();
+  if (o.auth_file.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve ", o.listen, " without --auth-file: anyone who can reach it could submit, read and "
+        "delete every job and model (TLS alone authenticates no one). Give --auth-file FILE (and --tls-cert/"
+        "--tls-key), or pass --insecure to serve it anyway"));
+  }
+  if (o.tls_cert.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve ", o.listen, " with --auth-file but without TLS: tokens would cross the network in "
+        "the clear. Give --tls-cert and --tls-key, or pass --insecure to serve it anyway"));
+  }
+  return absl::OkStatus();
+}
+
+// The local workers' own credential, through their environment: a token
+// minted for this run (an in-memory identity with role worker) and, with
+// TLS, the server's certificate as their CA and the name to expect on it.
+absl::Status LocalWorkerCredentials(const ServerOptions& o, auth::AuthenticatorOptions* auth,
+                                    std::vector<std::string>* env) {
+  if (!o.auth_file.empty() && o.local_workers > 0) {
+    FT_ASSIGN_OR_RETURN(std::string token, util::NewRandomToken());
+    auth::Identity worker;
+    worker.name = "local-workers";
+    worker.tenant = "default";
+    worker.role = auth::Role::kWorker;
+    worker.token_sha256 = util::Sha256Hex(token);
+    auth->builtin.push_back(worker);
+    env->push_back(absl::StrCat("FINETUNE_TOKEN=", token));
+  }
+  if (!o.tls_cert.empty()) {
+    env->push_back(absl::StrCat("FINETUNE_TLS_CA=", fs::absolute(o.tls_cert).string()));
+    FT_ASSIGN_OR_RETURN(std::string name, auth::LoopbackServerName(o.tls_cert));
+    if (!name.empty()) env->push_back(absl::StrCat("FINETUNE_TLS_SERVER_NAME=", name));
+    if (!o.tls_client_ca.empty()) {
+      // The server's own pair as the workers' client certificate: sign it
+      // with the client CA too (docs/operations.md).
+      env->push_back(absl::StrCat("FINETUNE_TLS_CERT=", fs::absolute(o.tls_cert).string()));
+      env->push_back(absl::StrCat("FINETUNE_TLS_KEY=", fs::absolute(o.tls_key).string()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) {
@@ -73,6 +137,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   p->options = in;
   ServerOptions& o = p->options;
   p->clock = o.clock != nullptr ? o.clock : &p->real_clock;
+  // Before anything is created: a refused exposure leaves no trace.
+  FT_RETURN_IF_ERROR(CheckExposure(o));
   o.data_dir = fs::absolute(o.data_dir).lexically_normal().string();
   FT_RETURN_IF_ERROR(util::MakeDirs(o.data_dir));
   if (o.dataset_roots.empty()) {
@@ -85,6 +151,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   if (o.local_workers > 0 && !fs::exists(o.worker_binary)) {
     return Precondition(absl::StrCat("worker binary ", o.worker_binary,
                                      " not found (set --worker-binary, or --local-workers=0)"));
+  }
+
+  FT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                      auth::MakeServerCredentials({o.tls_cert, o.tls_key, o.tls_client_ca}));
+  auth::AuthenticatorOptions ao;
+  ao.auth_file = o.auth_file;
+  std::vector<std::string> worker_env;
+  FT_RETURN_IF_ERROR(LocalWorkerCredentials(o, &ao, &worker_env));
+  FT_ASSIGN_OR_RETURN(p->authenticator, auth::Authenticator::Create(ao));
+  if (!o.audit_log.empty()) {
+    FT_ASSIGN_OR_RETURN(p->audit, auth::AuditLog::Open(o.audit_log));
   }
 
   FT_ASSIGN_OR_RETURN(p->store, SqliteJobStore::Create({o.data_dir + "/finetuned.db", p->clock}));
@@ -119,6 +196,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
     p->manager->SetObserver(p->metrics.get());
   }
 
+  auth::CallGuardOptions go;
+  go.authenticator = p->authenticator.get();
+  go.audit = p->audit.get();
+  if (p->metrics) go.on_failure = [m = p->metrics.get()](absl::string_view reason) { m->RecordAuthFailure(reason); };
+  p->guard = std::make_unique<auth::CallGuard>(go);
+
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (o.tool_runner != nullptr) {
     p->tools = o.tool_runner;
@@ -139,16 +222,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   so.watch = p->watch.get();
   p->events = std::make_unique<EventLogCache>(p->store.get());
   so.events = p->events.get();
+  so.guard = p->guard.get();
   p->api = std::make_unique<FineTuneService>(so);
-  p->gateway = std::make_unique<WorkerGatewayService>(p->manager.get());
+  p->gateway = std::make_unique<WorkerGatewayService>(p->manager.get(), p->guard.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &p->port);
+  builder.AddListeningPort(o.listen, credentials, &p->port);
   builder.RegisterService(p->api.get());
   builder.RegisterService(p->gateway.get());
-  if (p->metrics) builder.experimental().SetInterceptorCreators(p->metrics->InterceptorCreators());
+  // The guard first: its decision must exist before any handler runs.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(p->guard->InterceptorFactory());
+  if (p->metrics) {
+    for (auto& m : p->metrics->InterceptorCreators()) interceptors.push_back(std::move(m));
+  }
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   p->grpc = builder.BuildAndStart();
   if (!p->grpc || p->port == 0) return Precondition(absl::StrCat("cannot listen on ", o.listen));
   grpc::HealthCheckServiceInterface* health = p->grpc->GetHealthCheckService();
@@ -168,6 +258,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   pool.threads_per_worker =
       o.worker_threads > 0 ? o.worker_threads : (o.local_workers > 0 ? std::max(1, cores / o.local_workers) : 0);
   pool.extra_args = {absl::StrCat("--device=", o.worker_device)};
+  pool.env = std::move(worker_env);
   pool.clock = p->clock;
   p->pool = std::make_unique<LocalWorkerPool>(pool);
   p->pool->Start();
@@ -175,7 +266,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
 
   health->SetServingStatus("", true);
   health->SetServingStatus(kApiService, true);
-  util::Log("info", "finetuned", "serving", {{"port", absl::StrCat(p->port)}, {"data_dir", o.data_dir}});
+  util::Log("info", "finetuned", "serving",
+            {{"port", absl::StrCat(p->port)},
+             {"data_dir", o.data_dir},
+             {"tls", o.tls_cert.empty() ? "off" : (o.tls_client_ca.empty() ? "on" : "mutual")},
+             {"auth", o.auth_file.empty() ? "off" : absl::StrCat(p->authenticator->file_identities(), " identities")}});
   return std::unique_ptr<Server>(new Server(std::move(p)));
 }
 
@@ -184,6 +279,13 @@ Server::Server(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
 Server::~Server() { Shutdown(absl::Now() + absl::Seconds(5)); }
 
 int Server::port() const { return parts_->port; }
+
+absl::Status Server::ReloadAuth() {
+  FT_RETURN_IF_ERROR(parts_->authenticator->Reload());
+  util::Log("info", "finetuned", "auth file reloaded",
+            {{"identities", absl::StrCat(parts_->authenticator->file_identities())}});
+  return absl::OkStatus();
+}
 
 std::string Server::local_address() const { return absl::StrCat("127.0.0.1:", parts_->port); }
 

@@ -30,6 +30,20 @@ struct ServerOptions {
   // Prometheus text endpoint (host:port); empty disables it.
   std::string metrics_listen;
 
+  // TLS: a PEM certificate chain and key serve TLS; a client CA also
+  // requires client certificates it signed (mTLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Identities and their token hashes (server/auth/auth_file.h); empty: no
+  // authentication, every call is "anonymous", an admin of tenant "default".
+  std::string auth_file;
+  // One JSON line per state-changing call; empty: none.
+  std::string audit_log;
+  // Serve a non-loopback address without --auth-file and TLS. Off, such a
+  // listen address is refused: anyone who can reach it would be admin.
+  bool insecure = false;
+
   // Local finetune-worker processes the server starts and restarts.
   int local_workers = 1;
   // --threads for each local worker and for tool processes; 0 divides the
@@ -82,6 +96,9 @@ class Server {
   int port() const;
   // "127.0.0.1:<port>": where local clients reach it.
   std::string local_address() const;
+  // Re-reads the auth file (SIGHUP). On an error the identities in use stay,
+  // and the error (naming the file and entry) is returned for the log.
+  absl::Status ReloadAuth();
   // Blocks until Shutdown has finished.
   void Wait();
   // Health turns NOT_SERVING (readiness probes take the server out of

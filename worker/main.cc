@@ -19,6 +19,7 @@
 #include "common/util/flag_names.h"
 #include "common/util/proto_json.h"
 #include "worker/agent/agent.h"
+#include "worker/agent/credentials.h"
 #include "worker/agent/tools.h"
 #include "worker/agent/worker_metrics.h"
 #include "worker/train/torch_process.h"
@@ -42,6 +43,13 @@ ABSL_FLAG(std::string, tool, "",
           "with a binary finetune.v1.ToolRequest on stdin and a ToolReply on stdout");
 ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(bool, version, false, "print the version and LibTorch build, then exit");
+ABSL_FLAG(bool, tls, false, "TLS to the server, verified against the system's roots");
+ABSL_FLAG(std::string, tls_ca, "", "TLS, verifying the server against this PEM CA (default $FINETUNE_TLS_CA)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for an mTLS server (default $FINETUNE_TLS_CERT)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls-cert (default $FINETUNE_TLS_KEY)");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "the name the server's certificate must carry, if not the host of --server");
+ABSL_FLAG(std::string, token_file, "", "bearer token with role worker, first line (default $FINETUNE_TOKEN)");
 
 namespace {
 
@@ -173,6 +181,15 @@ int main(int argc, char** argv) {
     metrics = *std::move(m);
     options.metrics = metrics.get();
   }
+  auto channel = ft::worker::WorkerChannel(
+      options.server_address,
+      {absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+       absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_server_name), absl::GetFlag(FLAGS_token_file)});
+  if (!channel.ok()) {
+    std::cerr << "finetune-worker: " << channel.status().message() << std::endl;
+    return 2;
+  }
+  options.channel = *std::move(channel);
   ft::worker::Agent agent(options);
   g_agent = &agent;
   struct sigaction sa = {};

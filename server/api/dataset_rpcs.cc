@@ -26,8 +26,14 @@ absl::Status NoStore() {
 // and Finish comes after the commit task's last use of the reactor.
 class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequest> {
  public:
-  UploadReactor(datasets::DatasetStore* store, util::Executor* executor, pb::Dataset* response)
+  // `admitted` is the call guard's verdict; a refused call reads nothing.
+  UploadReactor(datasets::DatasetStore* store, util::Executor* executor, pb::Dataset* response,
+                const absl::Status& admitted)
       : store_(store), executor_(executor), response_(response) {
+    if (!admitted.ok()) {
+      Finish(ToGrpcStatus(admitted));
+      return;
+    }
     if (store_ == nullptr) {
       Finish(ToGrpcStatus(NoStore()));
       return;
@@ -97,12 +103,13 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* FineTuneService::UploadDataset(grpc::CallbackServerContext* ctx,
                                                                                 pb::Dataset* response) {
-  return new UploadReactor(manager_->dataset_store(), options_.slow, response);
+  return new UploadReactor(manager_->dataset_store(), options_.slow, response, Admit(ctx));
 }
 
 grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerContext* ctx,
                                                         const pb::ListDatasetsRequest* request,
                                                         pb::ListDatasetsResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
   auto datasets = manager_->dataset_store()->List();
   if (datasets.ok()) {
@@ -113,6 +120,7 @@ grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* FineTuneService::GetDataset(grpc::CallbackServerContext* ctx,
                                                       const pb::GetDatasetRequest* request, pb::Dataset* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
   auto dataset = manager_->dataset_store()->Get(request->name());
   if (dataset.ok()) *response = *std::move(dataset);
@@ -122,6 +130,7 @@ grpc::ServerUnaryReactor* FineTuneService::GetDataset(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* FineTuneService::DeleteDataset(grpc::CallbackServerContext* ctx,
                                                          const pb::DeleteDatasetRequest* request,
                                                          pb::DeleteDatasetResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   return Defer(
       ctx, options_.slow, [this, request] { return DeleteUnusedDataset(manager_, request->name()); },
       [] { return absl::UnavailableError("the server is shutting down"); });
@@ -129,6 +138,7 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteDataset(grpc::CallbackServerCon
 
 grpc::Status WorkerGatewayService::FetchDataset(grpc::ServerContext* ctx, const pb::FetchDatasetRequest* request,
                                                 grpc::ServerWriter<pb::DatasetChunk>* writer) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   if (manager_->dataset_store() == nullptr) return ToGrpcStatus(NoStore());
   auto path = manager_->dataset_store()->ArchivePath(request->digest());
   if (!path.ok()) return ToGrpcStatus(path.status());

@@ -231,6 +231,11 @@ grpc::ServerUnaryReactor* FineTuneService::Defer(grpc::CallbackServerContext* ct
   return reactor;
 }
 
+absl::Status FineTuneService::Admit(const grpc::ServerContextBase* ctx) const {
+  if (options_.guard == nullptr) return absl::PermissionDeniedError("the server has no call guard");
+  return options_.guard->Check(ctx);
+}
+
 absl::Status FineTuneService::ToolQueueFull() {
   util::Executor* q = options_.tool_queue;
   return absl::ResourceExhaustedError(absl::StrFormat(
@@ -241,6 +246,7 @@ absl::Status FineTuneService::ToolQueueFull() {
 
 grpc::ServerUnaryReactor* FineTuneService::SubmitJob(grpc::CallbackServerContext* ctx,
                                                      const pb::SubmitJobRequest* request, pb::Job* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   return Defer(
       ctx, options_.slow,
       [this, request, response] {
@@ -253,6 +259,7 @@ grpc::ServerUnaryReactor* FineTuneService::SubmitJob(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* FineTuneService::GetJob(grpc::CallbackServerContext* ctx,
                                                   const pb::GetJobRequest* request, pb::Job* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   auto job = manager_->Get(request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
@@ -261,6 +268,7 @@ grpc::ServerUnaryReactor* FineTuneService::GetJob(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* FineTuneService::ListJobs(grpc::CallbackServerContext* ctx,
                                                     const pb::ListJobsRequest* request,
                                                     pb::ListJobsResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   std::vector<pb::JobState> states;
   for (int s : request->states()) states.push_back(static_cast<pb::JobState>(s));
   auto jobs = manager_->List(states, request->limit());
@@ -272,6 +280,7 @@ grpc::ServerUnaryReactor* FineTuneService::ListJobs(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* FineTuneService::CancelJob(grpc::CallbackServerContext* ctx,
                                                      const pb::CancelJobRequest* request, pb::Job* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   auto job = manager_->Cancel(request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
@@ -279,6 +288,7 @@ grpc::ServerUnaryReactor* FineTuneService::CancelJob(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(grpc::CallbackServerContext* ctx,
                                                                   const pb::WatchJobRequest* request) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return new ErrorWriter<pb::JobEvent>(s);
   auto job = manager_->Get(request->job_id());
   if (!job.ok()) return new ErrorWriter<pb::JobEvent>(job.status());
   if (request->from_sequence() < 0) {
@@ -290,6 +300,7 @@ grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(grpc::Callback
 grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContext* ctx,
                                                       const pb::ListModelsRequest* request,
                                                       pb::ListModelsResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   auto models = manager_->models()->List();
   if (models.ok()) {
     for (auto& m : *models) *response->add_models() = std::move(m);
@@ -299,6 +310,7 @@ grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContex
 
 grpc::ServerUnaryReactor* FineTuneService::GetModel(grpc::CallbackServerContext* ctx,
                                                     const pb::GetModelRequest* request, pb::Model* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   auto model = manager_->models()->Get(request->model_id());
   if (model.ok()) *response = *std::move(model);
   return Done(ctx, model.status());
@@ -307,6 +319,7 @@ grpc::ServerUnaryReactor* FineTuneService::GetModel(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* FineTuneService::DeleteModel(grpc::CallbackServerContext* ctx,
                                                        const pb::DeleteModelRequest* request,
                                                        pb::DeleteModelResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   return Defer(
       ctx, options_.slow, [this, request] { return manager_->models()->Delete(request->model_id()); },
       ShuttingDown);
@@ -314,6 +327,7 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteModel(grpc::CallbackServerConte
 
 grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(grpc::CallbackServerContext* ctx,
                                                                          const pb::DownloadModelRequest* request) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return new ErrorWriter<pb::ModelChunk>(s);
   auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"metadata.json", "model.pt"});
   if (!reader.ok()) return new ErrorWriter<pb::ModelChunk>(reader.status());
   return new DownloadReactor(*std::move(reader));
@@ -332,6 +346,7 @@ absl::StatusOr<pb::ValidationReport> FineTuneService::RunValidation(pb::Resolved
 grpc::ServerUnaryReactor* FineTuneService::ValidateJob(grpc::CallbackServerContext* ctx,
                                                        const pb::SubmitJobRequest* request,
                                                        pb::ValidationReport* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   auto* reactor = ctx->DefaultReactor();
   // Pre-flight (a dataset scan) on the slow executor, then the dry run in
   // a tool process through the bounded tool queue.
@@ -402,6 +417,7 @@ absl::StatusOr<pb::PredictResponse> FineTuneService::RunPredict(const pb::Predic
 grpc::ServerUnaryReactor* FineTuneService::Predict(grpc::CallbackServerContext* ctx,
                                                    const pb::PredictRequest* request,
                                                    pb::PredictResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   std::string model_dir;
   if (absl::Status s = CheckPredict(*request, &model_dir); !s.ok()) return Done(ctx, s);
   return Defer(

@@ -5,6 +5,7 @@
 
 #include "common/util/executor.h"
 #include "finetune/v1/finetune.grpc.pb.h"
+#include "server/auth/call_guard.h"
 #include "server/jobs/event_log_cache.h"
 #include "server/jobs/job_manager.h"
 #include "server/workers/tool_runner.h"
@@ -27,12 +28,16 @@ struct FineTuneServiceOptions {
   // cache that serves all watchers of a job with one store read.
   util::Executor* watch = nullptr;
   EventLogCache* events = nullptr;
+  // Who may call what (server/auth). Required: without it every call is
+  // refused, never silently allowed.
+  const auth::CallGuard* guard = nullptr;
 };
 
 // The public FineTune API: a thin callback-API layer over JobManager. Every
 // handler either answers at once (reads of the store) or hands its work to
 // one of the executors and Finishes from there, so no gRPC callback thread
-// ever waits on a dataset scan, an extraction or a child process.
+// ever waits on a dataset scan, an extraction or a child process. Each
+// handler first asks the call guard whether the caller may make the call.
 class FineTuneService final : public pb::FineTune::CallbackService {
  public:
   explicit FineTuneService(const FineTuneServiceOptions& options);
@@ -74,6 +79,8 @@ class FineTuneService final : public pb::FineTune::CallbackService {
   // when the executor refuses, finishes with `refused()` at once.
   grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* ctx, util::Executor* executor,
                                   std::function<absl::Status()> work, std::function<absl::Status()> refused);
+  // OK, or the UNAUTHENTICATED / PERMISSION_DENIED the call ends with.
+  absl::Status Admit(const grpc::ServerContextBase* ctx) const;
   // RESOURCE_EXHAUSTED with the tool queue's numbers.
   absl::Status ToolQueueFull();
   absl::StatusOr<pb::ValidationReport> RunValidation(pb::ResolvedJob resolved);

@@ -13,9 +13,15 @@ namespace {
 constexpr int kMaxLeaseWaitSeconds = 30;
 }  // namespace
 
+absl::Status WorkerGatewayService::Admit(const grpc::ServerContextBase* ctx) const {
+  if (guard_ == nullptr) return absl::PermissionDeniedError("the server has no call guard");
+  return guard_->Check(ctx);
+}
+
 grpc::Status WorkerGatewayService::LeaseJob(grpc::ServerContext* ctx,
                                             const pb::LeaseJobRequest* request,
                                             pb::LeaseJobResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   if (request->worker().worker_id().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError("worker.worker_id: is required"));
   }
@@ -32,6 +38,7 @@ grpc::Status WorkerGatewayService::LeaseJob(grpc::ServerContext* ctx,
 
 grpc::Status WorkerGatewayService::RunJob(
     grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::ServerMessage, pb::WorkerMessage>* stream) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   pb::WorkerMessage msg;
   if (!stream->Read(&msg) || !msg.has_hello()) {
     return ToGrpcStatus(absl::InvalidArgumentError("RunJob must start with hello"));
@@ -83,6 +90,7 @@ grpc::Status WorkerGatewayService::RunJob(
 grpc::Status WorkerGatewayService::UploadModel(grpc::ServerContext* ctx,
                                                grpc::ServerReader<pb::UploadModelChunk>* reader,
                                                pb::UploadModelResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   pb::UploadModelChunk chunk;
   if (!reader->Read(&chunk) || !chunk.has_header()) {
     return ToGrpcStatus(absl::InvalidArgumentError("UploadModel must start with a header"));
@@ -112,6 +120,7 @@ grpc::Status WorkerGatewayService::UploadModel(grpc::ServerContext* ctx,
 grpc::Status WorkerGatewayService::FetchModel(grpc::ServerContext* ctx,
                                               const pb::FetchModelRequest* request,
                                               grpc::ServerWriter<pb::ModelChunk>* writer) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"model.pt"});
   if (!reader.ok()) return ToGrpcStatus(reader.status());
   pb::ModelChunk chunk;
@@ -128,6 +137,7 @@ grpc::Status WorkerGatewayService::FetchModel(grpc::ServerContext* ctx,
 grpc::Status WorkerGatewayService::UploadCheckpoint(grpc::ServerContext* ctx,
                                                     grpc::ServerReader<pb::UploadCheckpointChunk>* reader,
                                                     pb::UploadCheckpointResponse* response) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   CheckpointStore* store = manager_->checkpoints();
   if (store == nullptr) return ToGrpcStatus(absl::UnimplementedError("this server keeps no checkpoints"));
   pb::UploadCheckpointChunk chunk;
@@ -153,6 +163,7 @@ grpc::Status WorkerGatewayService::UploadCheckpoint(grpc::ServerContext* ctx,
 grpc::Status WorkerGatewayService::FetchCheckpoint(grpc::ServerContext* ctx,
                                                    const pb::FetchCheckpointRequest* request,
                                                    grpc::ServerWriter<pb::CheckpointChunk>* writer) {
+  if (absl::Status s = Admit(ctx); !s.ok()) return ToGrpcStatus(s);
   CheckpointStore* store = manager_->checkpoints();
   if (store == nullptr) return ToGrpcStatus(absl::UnimplementedError("this server keeps no checkpoints"));
   if (auto s = manager_->CheckLease(request->job_id(), request->lease_id()); !s.ok()) return ToGrpcStatus(s);

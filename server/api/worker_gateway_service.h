@@ -2,6 +2,7 @@
 #define FT_SERVER_API_WORKER_GATEWAY_SERVICE_H_
 
 #include "finetune/v1/worker.grpc.pb.h"
+#include "server/auth/call_guard.h"
 #include "server/jobs/job_manager.h"
 
 namespace ft::server {
@@ -10,8 +11,9 @@ namespace ft::server {
 // one worker (a handful per server), and LeaseJob long-polls.
 class WorkerGatewayService final : public pb::WorkerGateway::Service {
  public:
-  // `manager` is not owned and must outlive the service.
-  explicit WorkerGatewayService(JobManager* manager) : manager_(manager) {}
+  // Neither is owned; both must outlive the service. `guard` decides who
+  // may call (workers and admins); null refuses every call.
+  WorkerGatewayService(JobManager* manager, const auth::CallGuard* guard) : manager_(manager), guard_(guard) {}
 
   grpc::Status LeaseJob(grpc::ServerContext* ctx, const pb::LeaseJobRequest* request,
                         pb::LeaseJobResponse* response) override;
@@ -30,7 +32,10 @@ class WorkerGatewayService final : public pb::WorkerGateway::Service {
                             grpc::ServerWriter<pb::DatasetChunk>* writer) override;
 
  private:
+  absl::Status Admit(const grpc::ServerContextBase* ctx) const;
+
   JobManager* manager_;
+  const auth::CallGuard* guard_;
 };
 
 }  // namespace ft::server

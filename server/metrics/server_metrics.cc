@@ -116,6 +116,13 @@ ServerMetrics::ServerMetrics(const ServerMetricsOptions& options)
                             .Register(*registry_).Add({});
   worker_restarts_ = &BuildCounter().Name("finetune_worker_restarts_total")
                           .Help("Local worker processes restarted after dying.").Register(*registry_).Add({});
+  auth_failures_ = &BuildCounter().Name("finetune_auth_failures_total")
+                        .Help("Calls refused by authentication or authorization, by reason.")
+                        .Register(*registry_);
+  // The reasons of server/auth/authenticator.h, present from the start.
+  for (const char* r : {"missing_token", "malformed", "unknown_token", "permission_denied"}) {
+    auth_failures_->Add({{"reason", r}});
+  }
 }
 
 ServerMetrics::~ServerMetrics() { Stop(); }
@@ -168,6 +175,10 @@ void ServerMetrics::OnLeaseExpired() { lease_expirations_->Increment(); }
 void ServerMetrics::RecordRpc(const std::string& method, grpc::StatusCode code, double seconds) {
   grpc_requests_->Add({{"method", method}, {"code", CodeName(code)}}).Increment();
   grpc_duration_->Add({{"method", method}}, RpcBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::RecordAuthFailure(absl::string_view reason) {
+  auth_failures_->Add({{"reason", std::string(reason)}}).Increment();
 }
 
 void ServerMetrics::Refresh() {

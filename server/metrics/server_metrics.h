@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "prometheus/counter.h"
@@ -52,6 +53,8 @@ class ServerMetrics final : public JobObserver {
   void OnLeaseExpired() override;
 
   void RecordRpc(const std::string& method, grpc::StatusCode code, double seconds);
+  // One refused call; `reason` is one of server/auth's AuthFailureName()s.
+  void RecordAuthFailure(absl::string_view reason);
 
  private:
   explicit ServerMetrics(const ServerMetricsOptions& options);
@@ -73,6 +76,7 @@ class ServerMetrics final : public JobObserver {
   prometheus::Counter* lease_expirations_;
   prometheus::Gauge* model_store_bytes_;
   prometheus::Counter* worker_restarts_;
+  prometheus::Family<prometheus::Counter>* auth_failures_;
 
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/log.h"
 
@@ -47,8 +48,18 @@ pid_t LocalWorkerPool::Spawn(int index) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view entry(*e);
+    const bool replaced = std::any_of(options_.env.begin(), options_.env.end(), [&](const std::string& ours) {
+      return absl::StartsWith(entry, ours.substr(0, ours.find('=') + 1));
+    });
+    if (!replaced) envp.push_back(*e);
+  }
+  for (auto& e : options_.env) envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, options_.worker_binary.c_str(), nullptr, nullptr, argv.data(), environ);
+  int rc = posix_spawn(&pid, options_.worker_binary.c_str(), nullptr, nullptr, argv.data(), envp.data());
   if (rc != 0) {
     std::cerr << "finetuned: cannot start worker " << options_.worker_binary << ": "
               << std::strerror(rc) << std::endl;

@@ -25,6 +25,10 @@ struct LocalWorkerPoolOptions {
   std::string work_root;
   // Extra arguments for every worker (e.g. --device=cpu).
   std::vector<std::string> extra_args;
+  // NAME=value entries added to (or replacing those in) the server's
+  // environment for every worker: the workers' token and TLS settings.
+  // Secrets travel here, never in argv, which `ps` shows to every user.
+  std::vector<std::string> env;
   // Restart backoff grows from `min_backoff` to `max_backoff`.
   absl::Duration min_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Seconds(30);

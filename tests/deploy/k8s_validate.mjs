@@ -36,6 +36,7 @@ if (docs.length === 0) {
 const CRD_PACKAGES = {
   "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
   "keda.sh": "@kubernetes-models/keda",
+  "cert-manager.io": "@kubernetes-models/cert-manager",
 };
 function modulePath(apiVersion) {
   const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
@@ -149,9 +150,36 @@ if (server) {
     "--data-dir=/var/lib/finetuned", "--dataset-roots=/datasets"]) {
     if (!(c.args ?? []).includes(flag)) fail(id(server), `args lack ${flag}`);
   }
-  for (const p of ["readinessProbe", "livenessProbe"]) {
-    if (c[p]?.grpc?.port !== 50051) fail(id(server), `${p} is not a grpc probe on port 50051`);
+  // Transport security and identities (docs/operations.md): never insecure.
+  const args = c.args ?? [];
+  const mountOf = (path) => (c.volumeMounts ?? []).find((m) => path.startsWith(m.mountPath + "/"));
+  const secretOf = (path) => {
+    const m = mountOf(path);
+    return m ? (spec.template.spec.volumes ?? []).find((v) => v.name === m.name)?.secret?.secretName : undefined;
+  };
+  if (args.includes("--insecure")) fail(id(server), "runs with --insecure");
+  for (const flag of ["--tls-cert", "--tls-key", "--auth-file"]) {
+    const arg = args.find((a) => a.startsWith(`${flag}=`));
+    if (!arg) {
+      fail(id(server), `args lack ${flag}`);
+    } else if (!secretOf(arg.split("=")[1])) {
+      fail(id(server), `${arg} is not in a mounted Secret`);
+    }
   }
+  const tlsSecret = secretOf((args.find((a) => a.startsWith("--tls-cert=")) ?? "=").split("=")[1]);
+  const certificate = of("Certificate").find((x) => x.spec?.secretName === tlsSecret);
+  if (overlay === "gpu" && !certificate) fail(id(server), `no cert-manager Certificate writes Secret ${tlsSecret}`);
+  if (certificate && !(certificate.spec.dnsNames ?? []).includes("finetuned")) {
+    fail(id(certificate), "dnsNames lack finetuned, the name the probes and workers check");
+  }
+  // The kubelet's grpc probes are plaintext; the port is TLS.
+  for (const p of ["startupProbe", "readinessProbe"]) {
+    const cmd = c[p]?.exec?.command ?? [];
+    if (!cmd.includes("health") || !cmd.some((x) => x.startsWith("--tls-ca=")) || !cmd.includes("--server=127.0.0.1:50051")) {
+      fail(id(server), `${p} is not \`ftctl --server=127.0.0.1:50051 --tls-ca=... health\``);
+    }
+  }
+  if (c.livenessProbe?.tcpSocket?.port !== 50051) fail(id(server), "livenessProbe is not a tcpSocket probe on 50051");
   const ports = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
   if (ports.grpc !== 50051 || ports.metrics !== 9464) fail(id(server), `container ports ${JSON.stringify(ports)}`);
 }
@@ -169,6 +197,13 @@ if (worker) {
     fail(id(worker), `${serverArg} does not name a Service port that reaches the server`);
   }
   if (!a.includes("--metrics-listen=0.0.0.0:9465")) fail(id(worker), "args lack --metrics-listen=0.0.0.0:9465");
+  const workerSecret = (flag) => {
+    const path = (a.find((x) => x.startsWith(`${flag}=`)) ?? "=").split("=")[1];
+    const m = (c.volumeMounts ?? []).find((v) => path && path.startsWith(v.mountPath + "/"));
+    return m ? (pod.volumes ?? []).find((v) => v.name === m.name)?.secret?.secretName : undefined;
+  };
+  if (!workerSecret("--tls-ca")) fail(id(worker), "no --tls-ca from a mounted Secret");
+  if (!workerSecret("--token-file")) fail(id(worker), "no --token-file from a mounted Secret");
   const gpuLimit = c.resources?.limits?.["nvidia.com/gpu"];
   if (overlay === "cpu") {
     if (!a.includes("--device=cpu")) fail(id(worker), "cpu overlay: args lack --device=cpu");

@@ -37,6 +37,7 @@ COMMANDS = {
     "datasets list": ([], []),
     "datasets delete": ([], ["x"]),
     "health": ([], []),
+    "auth new-token": (["name", "tenant", "role"], ["--name=a", "--tenant=b", "--role=user"]),
     "help": ([], []),
 }
 
@@ -60,7 +61,7 @@ def listed_commands(usage):
             continue
         words = []
         for word in line.strip().split("  ")[0].split():
-            if not re.fullmatch(r"[a-z]+", word):
+            if not re.fullmatch(r"[a-z][a-z-]*", word):
                 break
             words.append(word)
         names.append(" ".join(words))

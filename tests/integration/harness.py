@@ -56,11 +56,20 @@ def make_imagefolder(root, classes=3, train_per_class=60, val_per_class=20, size
 class Server:
     """A real finetuned on port 0 with its data under `data_dir`."""
 
-    def __init__(self, data_dir, dataset_roots, local_workers=1, extra=()):
+    def __init__(self, data_dir, dataset_roots, local_workers=1, extra=(), tls_cert=None, tls_key=None,
+                 tls_client_ca=None, auth_file=None, client_args=()):
+        """tls_*/auth_file become finetuned's --tls-cert, --tls-key,
+        --tls-client-ca and --auth-file; client_args go on every ftctl
+        command line (e.g. --tls-ca=..., --token-file=...)."""
         self.data_dir = data_dir
         self.dataset_roots = dataset_roots
         self.local_workers = local_workers
         self.extra = list(extra)
+        for flag, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-client-ca", tls_client_ca),
+                            ("auth-file", auth_file)):
+            if value:
+                self.extra.append(f"--{flag}={value}")
+        self.client_args = list(client_args)
         self.proc = None
         self.port = None
         self.log_path = os.path.join(data_dir, "server.log")
@@ -111,12 +120,14 @@ class Server:
                 self.proc.wait()
         self.proc = None
 
-    def ftctl(self, *args, json_output=False, timeout=600):
+    def ftctl(self, *args, json_output=False, timeout=600, client_args=None, env=None):
+        """client_args replaces the server's own for this one command."""
         cmd = [FTCTL, f"--server={self.address}"]
+        cmd += self.client_args if client_args is None else list(client_args)
         if json_output:
             cmd.append("--output=json")
         cmd += list(args)
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
     def submit(self, *args, timeout=600):
         """Submits and follows; returns (rc, events, final job)."""
@@ -125,6 +136,17 @@ class Server:
         events = [l for l in lines if "sequence" in l]
         job = lines[-1] if lines and "sequence" not in lines[-1] else None
         return r, events, job
+
+
+def wait_for(predicate, timeout, interval=0.2):
+    """predicate()'s first truthy value within `timeout` seconds, else None."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
 
 
 def free_port():

@@ -12,14 +12,7 @@ import unittest
 import harness
 
 
-def wait_for(predicate, timeout, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
+wait_for = harness.wait_for
 
 
 class LifecycleTest(unittest.TestCase):

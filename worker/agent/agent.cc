@@ -233,7 +233,9 @@ std::string Describe(const pb::CheckpointHeader& h) {
 Agent::Agent(const AgentOptions& options) : options_(options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(options.server_address, grpc::InsecureChannelCredentials(), args);
+  channel_ = options.channel != nullptr
+                 ? options.channel
+                 : grpc::CreateCustomChannel(options.server_address, grpc::InsecureChannelCredentials(), args);
   stub_ = pb::WorkerGateway::NewStub(channel_);
   DatasetCacheOptions dataset_options;
   dataset_options.root = options.work_dir + "/datasets";

@@ -25,6 +25,9 @@ struct TrainResult;
 
 struct AgentOptions {
   std::string server_address;
+  // The channel to server_address (TLS, token: credentials.h); null dials
+  // it in plaintext without a token.
+  std::shared_ptr<grpc::Channel> channel;
   std::string worker_id;
   torch::Device device = torch::kCPU;
   int threads = 1;
