@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "gtest/gtest.h"
+#include "tests/unit/test_dirs.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
@@ -401,8 +402,8 @@ class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     InitTorchProcess(2);
-    dir_ = ::testing::TempDir() + "/trainer_test";
-    std::filesystem::remove_all(dir_);
+    // Per process: other checkouts on this machine run this test too.
+    dir_ = ft::testing::FreshTestDir("ft-trainer").string();
     cv::RNG noise(11);
     for (const char* split : {"train", "val"}) {
       for (int c = 0; c < 2; ++c) {
