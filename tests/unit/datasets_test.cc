@@ -3,6 +3,7 @@
 
 #include "gtest/gtest.h"
 #include "common/datasets/layout.h"
+#include "common/datasets/sandbox.h"
 #include "server/datasets/resolver.h"
 #include "tests/unit/test_dirs.h"
 
@@ -182,6 +183,64 @@ TEST_F(DatasetsTest, SandboxAndUris) {
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file://relative", "dataset_uri").status()));
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a?bogus=1", "dataset_uri").status()));
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a%00b", "dataset_uri").status()));
+}
+
+// Expects PERMISSION_DENIED with every needle in the message.
+void ExpectDenied(const absl::Status& s, const std::vector<std::string>& needles) {
+  EXPECT_TRUE(absl::IsPermissionDenied(s)) << s;
+  for (const auto& n : needles) EXPECT_NE(s.message().find(n), std::string::npos) << n << " in " << s;
+}
+
+TEST_F(DatasetsTest, SandboxFollowsLinksAsTheKernelWould) {
+  const fs::path in = root_ / "in";
+  Touch(in / "a/1.png");
+  Touch(root_ / "out/secret.png");
+  fs::create_directories(root_ / "out/deep/er");
+  fs::create_symlink("a/1.png", in / "alias.png");             // stays inside
+  fs::create_symlink(root_ / "out/secret.png", in / "evil.png");  // leaves
+  fs::create_symlink(root_ / "out/deep/er", in / "deeplink");  // a folder outside
+  fs::create_symlink(root_ / "out/later.png", in / "dangling.png");
+  fs::create_symlink("loop2", in / "loop1");
+  fs::create_symlink("loop1", in / "loop2");
+  const DatasetSandbox sandbox({in.string()}, "the test root");
+  const std::string canonical_in = fs::canonical(in).string();
+
+  auto alias = sandbox.ResolveInside((in / "alias.png").string(), "alias.png");
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_EQ(*alias, canonical_in + "/a/1.png");
+  EXPECT_TRUE(sandbox.ResolveInside(in.string(), "the root itself").ok());
+  // A missing file inside is for the decoder to report, not the sandbox.
+  EXPECT_EQ(*sandbox.ResolveInside((in / "a/missing.png").string(), "m"), canonical_in + "/a/missing.png");
+
+  ExpectDenied(sandbox.ResolveInside((in / "evil.png").string(), "evil.png").status(),
+               {"evil.png is a symlink to " + (root_ / "out/secret.png").string(), "outside the test root"});
+  ExpectDenied(sandbox.ResolveInside((in / "a/../../out/secret.png").string(), "dotdot").status(),
+               {"dotdot resolves outside the test root"});
+  ExpectDenied(sandbox.ResolveInside("/etc/passwd", "abs").status(), {"abs resolves outside"});
+  // Lexically "in/x.png"; the kernel climbs from the link's target instead.
+  ExpectDenied(sandbox.ResolveInside((in / "deeplink/../../x.png").string(), "up").status(), {"up resolves outside"});
+  // weakly_canonical would keep the link's own (inside) name.
+  ExpectDenied(sandbox.ResolveInside((in / "dangling.png").string(), "dangling").status(),
+               {"dangling is a symlink to"});
+  ExpectDenied(sandbox.ResolveInside((in / "loop1").string(), "loop").status(), {"loop cannot be resolved"});
+  // A sibling whose name starts like the root is not inside it.
+  Touch(root_ / "inner/x.png");
+  ExpectDenied(sandbox.ResolveInside((root_ / "inner/x.png").string(), "prefix").status(), {"outside"});
+  // The message does not tell whether an outside path exists.
+  EXPECT_EQ(sandbox.ResolveInside("/etc/passwd", "p").status().message(),
+            sandbox.ResolveInside("/etc/no-such-file", "p").status().message());
+}
+
+TEST_F(DatasetsTest, SandboxRootsMayBeLinksAndSeveral) {
+  fs::create_directories(root_ / "real/set");
+  fs::create_directories(root_ / "other");
+  fs::create_symlink(root_ / "real", root_ / "via");
+  const DatasetSandbox sandbox({(root_ / "via").string(), (root_ / "other").string()}, "two roots");
+  EXPECT_TRUE(sandbox.ResolveInside((root_ / "real/set").string(), "real").ok());
+  EXPECT_TRUE(sandbox.ResolveInside((root_ / "other/x").string(), "other").ok());
+  ExpectDenied(sandbox.ResolveInside(root_.string(), "parent").status(), {"parent resolves outside two roots"});
+  const DatasetSandbox none({}, "no roots");
+  ExpectDenied(none.ResolveInside((root_ / "real").string(), "any").status(), {"outside no roots"});
 }
 
 }  // namespace
