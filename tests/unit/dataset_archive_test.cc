@@ -449,6 +449,35 @@ TEST_F(DatasetStoreTest, RefusesBadUploads) {
   }
 }
 
+// An upload is untrusted bytes: its manifest may not name files outside
+// the extracted folder. Refused at extraction, and wherever it is named.
+TEST_F(DatasetStoreTest, RefusesManifestsThatLeaveTheArchive) {
+  auto entries = ImageFolder();
+  std::string rows = "path,label\n";
+  for (const auto& e : entries) rows += e.name + "," + e.name.substr(e.name.find('/') + 1, 3) + "\n";
+  entries.push_back({"manifest.csv", rows + "/etc/shadow,cat\n"});
+  auto shadow = Upload("shadow", Bytes(entries));
+  EXPECT_TRUE(absl::IsPermissionDenied(shadow.status())) << shadow.status();
+  EXPECT_EQ(shadow.status().message(),
+            "the archive is not a usable dataset: manifest.csv line 14: \"/etc/shadow\" resolves outside the archive");
+  auto path = store_->DataPath("shadow");
+  EXPECT_TRUE(absl::IsPermissionDenied(path.status())) << path.status();
+  EXPECT_NE(path.status().message().find("manifest.csv line 14"), std::string::npos) << path.status();
+
+  entries.back() = {"manifest.csv", rows + "train/../../x.png,cat\n"};
+  auto up = Upload("up", Bytes(entries));
+  EXPECT_TRUE(absl::IsPermissionDenied(up.status())) << up.status();
+  EXPECT_NE(up.status().message().find("line 14: \"train/../../x.png\" resolves outside the archive"),
+            std::string::npos)
+      << up.status();
+  // Rows through a link that stays inside are fine.
+  entries.back() = {"manifest.csv", rows + "alias.png,cat\n"};
+  entries.push_back({"alias.png", "", AE_IFLNK, "train/cat/0.png"});
+  auto alias = Upload("alias", Bytes(entries));
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_EQ(alias->num_images(), 13);
+}
+
 TEST_F(DatasetStoreTest, DeleteHonoursUsersAndSharedDigests) {
   const std::string bytes = Bytes(ImageFolder());
   auto a = Upload("a", bytes);

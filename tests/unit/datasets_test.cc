@@ -243,5 +243,73 @@ TEST_F(DatasetsTest, SandboxRootsMayBeLinksAndSeveral) {
   ExpectDenied(none.ResolveInside((root_ / "real").string(), "any").status(), {"outside no roots"});
 }
 
+TEST_F(DatasetsTest, ManifestRowsStayInTheDatasetFolder) {
+  const fs::path set = root_ / "set";
+  for (int i = 0; i < 4; ++i) Touch(set / "img" / (std::to_string(i) + ".png"));
+  Touch(root_ / "sibling/s.png");
+  fs::create_symlink("img/0.png", set / "alias.png");
+  const std::string rows = "path,label\nimg/0.png,x\nimg/1.png,y\nimg/2.png,x\nimg/3.png,y\nalias.png,x\n";
+  std::ofstream(set / "manifest.csv") << rows;
+  ASSERT_TRUE(ScanDataset(set.string(), {}).ok()) << ScanDataset(set.string(), {}).status();
+
+  std::ofstream(set / "manifest.csv") << rows << "/etc/shadow,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(),
+               {(set / "manifest.csv").string() + " line 7: \"/etc/shadow\" resolves outside the dataset's folder " +
+                set.string()});
+  std::ofstream(set / "manifest.csv") << rows << "../../../../../../etc/passwd,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"line 7: \"../../../../../../etc/passwd\" resolves outside"});
+  // A sibling folder is outside the dataset's own folder, but inside roots
+  // that hold both (file:// datasets are given the server's roots).
+  std::ofstream(set / "manifest.csv") << rows << "../sibling/s.png,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"line 7: \"../sibling/s.png\""});
+  LayoutOptions in_roots;
+  in_roots.roots = {root_.string()};
+  EXPECT_TRUE(ScanDataset(set.string(), in_roots).ok());
+  in_roots.roots = {set.string(), (root_ / "elsewhere").string()};
+  ExpectDenied(ScanDataset(set.string(), in_roots).status(),
+               {"outside the dataset roots (" + set.string() + ", " + (root_ / "elsewhere").string() + ")"});
+  // A manifest given as a file is held to its own folder.
+  std::ofstream(set / "labels.csv") << rows << "../sibling/s.png,y\n";
+  ExpectDenied(ScanDataset((set / "labels.csv").string(), {}).status(), {"labels.csv line 7"});
+  // The manifest itself may not be a link out.
+  Touch(root_ / "sibling/manifest.csv");
+  fs::remove(set / "manifest.csv");
+  fs::create_symlink(root_ / "sibling/manifest.csv", set / "manifest.csv");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"manifest.csv is a symlink to"});
+}
+
+TEST_F(DatasetsTest, ImageFolderLinksStayInside) {
+  const fs::path set = root_ / "set";
+  ft::testing::WriteTinyImageFolder(set / "train");
+  ft::testing::WriteTinyImageFolder(set / "val", {"a", "b"}, 1);
+  Touch(root_ / "out/c/secret.png");
+  fs::create_symlink("0.png", set / "train/a/alias.png");
+  auto ok = ScanDataset(set.string(), {});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->train.size(), 9u);
+
+  fs::create_symlink(root_ / "out/c/secret.png", set / "train/a/evil.png");
+  ExpectDenied(ScanDataset(set.string(), {}).status(),
+               {(set / "train/a/evil.png").string() + " is a symlink to " + (root_ / "out/c/secret.png").string()});
+  fs::remove(set / "train/a/evil.png");
+  // A class folder that is a link out is refused before it is listed.
+  fs::create_symlink(root_ / "out/c", set / "train/c");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {(set / "train/c").string() + " is a symlink to"});
+  fs::remove(set / "train/c");
+  fs::create_symlink(root_ / "out", set / "val_link");
+  fs::remove_all(set / "val");
+  fs::create_symlink("val_link", set / "val");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {(set / "val").string() + " is a symlink to val_link"});
+}
+
+TEST_F(DatasetsTest, IdxFilesStayInside) {
+  const fs::path set = root_ / "set";
+  fs::create_directories(set);
+  Touch(root_ / "out/train-labels-idx1-ubyte");
+  std::ofstream(set / "train-images-idx3-ubyte") << "x";
+  fs::create_symlink(root_ / "out/train-labels-idx1-ubyte", set / "train-labels-idx1-ubyte");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"train-labels-idx1-ubyte is a symlink to"});
+}
+
 }  // namespace
 }  // namespace ft::datasets
