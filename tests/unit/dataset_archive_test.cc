@@ -218,6 +218,38 @@ TEST_F(ArchiveTest, RefusesBadHardLinks) {
   ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
 }
 
+// The same refusals for zip members, which libarchive reads by another path.
+TEST_F(ArchiveTest, RefusesUnsafeZipMembers) {
+  auto entries = ImageFolder();
+  entries.push_back({"train/../../evil.txt", "pwned"});
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'train/../../evil.txt'");
+  entries.back() = {"/tmp/ft-evil-zip.txt", "pwned"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "absolute");
+  EXPECT_FALSE(fs::exists("/tmp/ft-evil-zip.txt"));
+  entries.back() = {"train/cat/up.png", "", AE_IFLNK, "../../../secret.png"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'train/cat/up.png'");
+  entries.back() = {"abs.png", "", AE_IFLNK, "/etc/passwd"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'abs.png'");
+  entries.back() = {"train/cat/alias.png", "", AE_IFLNK, "0.png"};
+  auto r = Extract(entries, "zip");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Read(Dest() / "train/cat/alias.png"), "traincat0");
+}
+
+TEST_F(ArchiveTest, RefusesHardLinksOutOrThroughSymlinks) {
+  auto entries = ImageFolder();
+  entries.push_back({"h.png", "", AE_IFREG, "/etc/passwd", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+  // `l` stays inside, but a hard link made through it could be aimed
+  // anywhere a later link points; links are only to real files.
+  entries.back() = {"l", "", AE_IFLNK, "train"};
+  entries.push_back({"h.png", "", AE_IFREG, "l/cat/0.png", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+  entries.pop_back();
+  entries.push_back({"h.png", "", AE_IFREG, "l", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+}
+
 TEST_F(ArchiveTest, RefusesSpecialFilesAndDuplicates) {
   auto entries = ImageFolder();
   entries.push_back({"null", "", AE_IFCHR});
