@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/datasets/sandbox.h"
 #include "common/util/status.h"
 
 namespace ft::datasets {
@@ -83,8 +84,14 @@ std::vector<fs::path> SortedSubdirs(const fs::path& dir) {
   return out;
 }
 
-// Image files below `dir`, recursively, sorted.
-std::vector<std::string> ImagesUnder(const fs::path& dir) {
+// Checks a path the scan found (not one a manifest wrote), named as found.
+absl::Status CheckInside(const DatasetSandbox& sandbox, const fs::path& path) {
+  return sandbox.ResolveInside(path.string(), path.string()).status();
+}
+
+// Image files below `dir`, recursively, sorted; each inside the sandbox.
+// Symlinked folders below `dir` are not descended into.
+absl::StatusOr<std::vector<std::string>> ImagesUnder(const fs::path& dir, const DatasetSandbox& sandbox) {
   std::vector<std::string> out;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
@@ -95,14 +102,20 @@ std::vector<std::string> ImagesUnder(const fs::path& dir) {
     }
   }
   std::sort(out.begin(), out.end());
+  for (const auto& path : out) FT_RETURN_IF_ERROR(CheckInside(sandbox, path));
   return out;
 }
 
-// Class name -> sorted image files, for an ImageFolder split directory.
-std::map<std::string, std::vector<std::string>> ScanClassDirs(const fs::path& dir) {
+// Class name -> sorted image files, for an ImageFolder split directory. A
+// class folder is checked before it is listed, so that a symlink to a
+// folder outside does not list it.
+absl::StatusOr<std::map<std::string, std::vector<std::string>>> ScanClassDirs(const fs::path& dir,
+                                                                              const DatasetSandbox& sandbox) {
+  FT_RETURN_IF_ERROR(CheckInside(sandbox, dir));
   std::map<std::string, std::vector<std::string>> out;
   for (const auto& sub : SortedSubdirs(dir)) {
-    out[sub.filename().string()] = ImagesUnder(sub);
+    FT_RETURN_IF_ERROR(CheckInside(sandbox, sub));
+    FT_ASSIGN_OR_RETURN(out[sub.filename().string()], ImagesUnder(sub, sandbox));
   }
   return out;
 }
@@ -124,29 +137,34 @@ void AddFolder(const std::map<std::string, std::vector<std::string>>& classes,
   }
 }
 
-absl::Status ScanImageFolder(const fs::path& root, Raw* raw) {
+absl::Status ScanImageFolder(const fs::path& root, const DatasetSandbox& sandbox, Raw* raw) {
   raw->format = "imagefolder";
   std::error_code ec;
+  auto add = [&sandbox](const fs::path& dir, std::vector<std::pair<std::string, Sample>>* out) -> absl::Status {
+    FT_ASSIGN_OR_RETURN(auto classes, ScanClassDirs(dir, sandbox));
+    AddFolder(classes, out);
+    return absl::OkStatus();
+  };
   if (fs::is_directory(root / "train", ec)) {
-    AddFolder(ScanClassDirs(root / "train"), &raw->train);
+    FT_RETURN_IF_ERROR(add(root / "train", &raw->train));
     for (const char* name : {"val", "valid", "validation"}) {
       if (fs::is_directory(root / name, ec)) {
-        AddFolder(ScanClassDirs(root / name), &raw->val);
+        FT_RETURN_IF_ERROR(add(root / name, &raw->val));
         raw->val_source = absl::StrCat(name, "/ folder");
         break;
       }
     }
     if (fs::is_directory(root / "test", ec)) {
-      AddFolder(ScanClassDirs(root / "test"), &raw->test);
+      FT_RETURN_IF_ERROR(add(root / "test", &raw->test));
       raw->test_source = "test/ folder";
     }
   } else {
-    AddFolder(ScanClassDirs(root), &raw->train);
+    FT_RETURN_IF_ERROR(add(root, &raw->train));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> ScanIdx(const fs::path& root, Raw* raw) {
+absl::StatusOr<bool> ScanIdx(const fs::path& root, const DatasetSandbox& sandbox, Raw* raw) {
   // prefix ("train", "t10k") -> (images, labels)
   std::map<std::string, std::pair<std::string, std::string>> sets;
   for (const auto& p : SortedEntries(root)) {
@@ -175,6 +193,8 @@ absl::StatusOr<bool> ScanIdx(const fs::path& root, Raw* raw) {
     } else {
       continue;
     }
+    FT_RETURN_IF_ERROR(CheckInside(sandbox, files.first));
+    FT_RETURN_IF_ERROR(CheckInside(sandbox, files.second));
     FT_ASSIGN_OR_RETURN(std::vector<uint8_t> labels, ReadIdxLabels(files.second));
     for (size_t i = 0; i < labels.size(); ++i) {
       split->push_back({absl::StrCat(labels[i]), Sample{files.first, 0, static_cast<int64_t>(i)}});
@@ -185,8 +205,9 @@ absl::StatusOr<bool> ScanIdx(const fs::path& root, Raw* raw) {
   return true;
 }
 
-absl::Status ScanCsv(const fs::path& manifest, Raw* raw) {
+absl::Status ScanCsv(const fs::path& manifest, const DatasetSandbox& sandbox, Raw* raw) {
   raw->format = "csv";
+  FT_RETURN_IF_ERROR(CheckInside(sandbox, manifest));
   std::ifstream in(manifest);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", manifest.string()));
   const fs::path base = manifest.parent_path();
@@ -206,9 +227,19 @@ absl::Status ScanCsv(const fs::path& manifest, Raw* raw) {
     if (line_no == 1 && Lower(path) == "path" && Lower(label) == "label") continue;
     fs::path p(path);
     if (p.is_relative()) p = base / p;
+    // The row as written, since that is what the manifest's author must fix.
+    FT_RETURN_IF_ERROR(
+        sandbox.ResolveInside(p.string(), absl::StrCat(manifest.string(), " line ", line_no, ": \"", path, "\""))
+            .status());
     raw->train.push_back({label, Sample{p.lexically_normal().string(), 0, -1}});
   }
   return absl::OkStatus();
+}
+
+// The dataset's own folder, or the roots it was given (LayoutOptions::roots).
+DatasetSandbox MakeSandbox(const fs::path& own_folder, const std::vector<std::string>& roots) {
+  if (roots.empty()) return DatasetSandbox({own_folder.string()}, absl::StrCat("the dataset's folder ", own_folder.string()));
+  return DatasetSandbox(roots, absl::StrCat("the dataset roots (", absl::StrJoin(roots, ", "), ")"));
 }
 
 }  // namespace
@@ -263,18 +294,21 @@ absl::StatusOr<DatasetLayout> ScanDataset(const std::string& path, const LayoutO
   std::error_code ec;
   const fs::path root(path);
   if (!fs::exists(root, ec)) return absl::NotFoundError(absl::StrCat("dataset ", path, " does not exist"));
+  const bool is_file = fs::is_regular_file(root, ec);
+  const DatasetSandbox sandbox = MakeSandbox(is_file ? root.parent_path() : root, options.roots);
+  FT_RETURN_IF_ERROR(sandbox.ResolveInside(path, absl::StrCat("dataset ", path)).status());
   Raw raw;
-  if (fs::is_regular_file(root, ec)) {
+  if (is_file) {
     if (Lower(root.extension().string()) != ".csv") {
       return absl::FailedPreconditionError(
           absl::StrCat("dataset ", path, " is a file but not a .csv manifest"));
     }
-    FT_RETURN_IF_ERROR(ScanCsv(root, &raw));
+    FT_RETURN_IF_ERROR(ScanCsv(root, sandbox, &raw));
   } else if (fs::is_regular_file(root / "manifest.csv", ec)) {
-    FT_RETURN_IF_ERROR(ScanCsv(root / "manifest.csv", &raw));
+    FT_RETURN_IF_ERROR(ScanCsv(root / "manifest.csv", sandbox, &raw));
   } else {
-    FT_ASSIGN_OR_RETURN(bool is_idx, ScanIdx(root, &raw));
-    if (!is_idx) FT_RETURN_IF_ERROR(ScanImageFolder(root, &raw));
+    FT_ASSIGN_OR_RETURN(bool is_idx, ScanIdx(root, sandbox, &raw));
+    if (!is_idx) FT_RETURN_IF_ERROR(ScanImageFolder(root, sandbox, &raw));
   }
 
   // Classes: those with training images, in natural (IDX) or sorted order.

@@ -45,6 +45,13 @@ struct LayoutOptions {
   // test figures come from images that chose nothing (URI option val=split).
   bool val_from_split = false;
   uint64_t seed = 0;
+  // The sandbox: every file the dataset names (images, IDX files, the
+  // manifest, the folders listed) must resolve inside one of these folders,
+  // after symlinks. Empty: inside the dataset's own folder (`path`, or a
+  // manifest's folder), as for an extracted archive; file:// datasets pass
+  // the server's --dataset-roots, so that a manifest may name images in a
+  // sibling folder of the same roots.
+  std::vector<std::string> roots;
 };
 
 // Scans `path` (a directory, or a .csv manifest) and detects its format:
@@ -58,6 +65,8 @@ struct LayoutOptions {
 // the data cannot train (no images, fewer than two classes), DATA_LOSS for
 // corrupt IDX headers, INVALID_ARGUMENT for an unknown class in options, or
 // for val_from_split on a dataset that has both val and test splits.
+// PERMISSION_DENIED naming the first entry that leaves `options.roots`
+// (DatasetSandbox's messages), before any file outside is opened or listed.
 absl::StatusOr<DatasetLayout> ScanDataset(const std::string& path, const LayoutOptions& options);
 
 // True for the file extensions decoded as images.

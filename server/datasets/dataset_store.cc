@@ -319,9 +319,12 @@ absl::StatusOr<pb::Dataset> DatasetStore::Materialize(const std::string& archive
   }
   auto layout = ScanDataset(extracted.root, LayoutOptions());
   if (!layout.ok()) {
-    // The message names our staging folder; say "the archive" instead.
+    // The message names our staging folder; say "the archive" instead (the
+    // sandbox's "outside the dataset's folder <root>" too).
     const std::string message = absl::StrReplaceAll(
-        layout.status().message(), {{extracted.root + "/", ""}, {extracted.root, "the archive"}});
+        layout.status().message(), {{extracted.root + "/", ""},
+                                    {"the dataset's folder " + extracted.root, "the archive"},
+                                    {extracted.root, "the archive"}});
     return absl::Status(layout.status().code(), absl::StrCat("the archive is not a usable dataset: ", message));
   }
   pb::Dataset record;
@@ -494,6 +497,12 @@ absl::StatusOr<std::string> DatasetStore::DataPath(const std::string& name) {
         "dataset ", name, " is still being extracted; submit when `ftctl datasets list` shows it READY"));
   }
   if (record.state() == pb::DATASET_FAILED) {
+    // One refused by the sandbox stays PERMISSION_DENIED wherever it is
+    // named, as a file:// path outside the roots is.
+    if (record.error_code() == static_cast<int>(absl::StatusCode::kPermissionDenied)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("dataset ", name, " was refused: ", record.error(), "; delete it and upload another"));
+    }
     return absl::FailedPreconditionError(
         absl::StrCat("dataset ", name, " failed to extract: ", record.error(), "; delete it and upload again"));
   }

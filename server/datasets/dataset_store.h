@@ -110,7 +110,8 @@ class DatasetStore {
                       const std::function<absl::Status(const pb::Dataset&)>& in_use);
 
   // The extracted folder of a READY uploaded dataset (pre-flight, local
-  // workers); FAILED_PRECONDITION while it is EXTRACTING or after it FAILED.
+  // workers); FAILED_PRECONDITION while it is EXTRACTING or after it FAILED,
+  // PERMISSION_DENIED after the sandbox refused it (a file outside it).
   absl::StatusOr<std::string> DataPath(const std::string& name);
   // The archive to stream to a worker, uploaded or a file:// archive's
   // source: NOT_FOUND when the digest is neither; INVALID_ARGUMENT when

@@ -7,6 +7,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/datasets/sandbox.h"
+#include "common/util/status.h"
 
 namespace ft::datasets {
 namespace fs = std::filesystem;
@@ -36,15 +38,6 @@ absl::StatusOr<std::string> PercentDecode(absl::string_view s, const std::string
     return absl::InvalidArgumentError(absl::StrCat(field, ": NUL byte in URI"));
   }
   return out;
-}
-
-bool IsInside(const fs::path& p, const fs::path& root) {
-  auto pi = p.begin();
-  for (auto ri = root.begin(); ri != root.end(); ++ri, ++pi) {
-    if (ri->empty()) continue;  // trailing slash
-    if (pi == p.end() || *pi != *ri) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -113,27 +106,13 @@ absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::st
 absl::StatusOr<std::string> ResolveInside(const std::string& path,
                                           const std::vector<std::string>& roots,
                                           const std::string& what) {
+  const DatasetSandbox sandbox(roots, "the server's allowed roots (--dataset-roots)");
+  FT_ASSIGN_OR_RETURN(std::string resolved, sandbox.ResolveInside(path, absl::StrCat(what, " ", path)));
   std::error_code ec;
-  // weakly_canonical resolves symlinks of the existing prefix and ".." lexically
-  // for the rest, so "root/../etc" and a symlink out of a root both land outside.
-  const fs::path resolved = fs::weakly_canonical(fs::path(path), ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat(what, " ", path, " cannot be resolved"));
-  bool inside = false;
-  for (const auto& root : roots) {
-    const fs::path r = fs::weakly_canonical(fs::path(root), ec);
-    if (!ec && IsInside(resolved, r)) {
-      inside = true;
-      break;
-    }
-  }
-  if (!inside) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        what, " ", path, " is outside the server's allowed roots (--dataset-roots)"));
-  }
   if (!fs::exists(resolved, ec)) {
     return absl::NotFoundError(absl::StrCat(what, " ", path, " does not exist"));
   }
-  return resolved.string();
+  return resolved;
 }
 
 }  // namespace ft::datasets

@@ -23,10 +23,11 @@ struct DatasetUri {
 // INVALID_ARGUMENT naming `field` on a malformed URI.
 absl::StatusOr<DatasetUri> ParseDatasetUri(const std::string& uri, const std::string& field);
 
-// The sandbox: `path` resolved (symlinks and ".." included) must lie inside
-// one of `roots`. Returns the canonical path. PERMISSION_DENIED when outside
-// (also for paths that do not exist, so nothing leaks about the outside),
-// NOT_FOUND when inside but missing.
+// The sandbox for a path the user typed (a file:// dataset or weights file):
+// DatasetSandbox::ResolveInside over `roots`, which must also exist.
+// Returns the resolved path. PERMISSION_DENIED when outside (also for paths
+// that do not exist, so nothing leaks about the outside), NOT_FOUND when
+// inside but missing.
 absl::StatusOr<std::string> ResolveInside(const std::string& path,
                                           const std::vector<std::string>& roots,
                                           const std::string& what);

@@ -125,6 +125,9 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   const std::string& path = location.path;
   uri.options.val_split = spec->val_split();
   uri.options.seed = static_cast<uint64_t>(spec->seed());
+  // An archive's files stay in its extracted folder (the default); a file://
+  // dataset's may be anywhere in the roots, as its URI may be.
+  if (location.digest.empty()) uri.options.roots = options_.dataset_roots;
   FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(path, uri.options));
   resolved.set_dataset_path(path);
   resolved.set_dataset_digest(location.digest);
@@ -133,6 +136,7 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   resolved.set_max_per_class(uri.options.max_per_class);
   resolved.set_max_val_per_class(uri.options.max_val_per_class);
   resolved.set_val_from_split(uri.options.val_from_split);
+  for (const auto& root : uri.options.roots) resolved.add_dataset_roots(root);
   return resolved;
 }
 

@@ -149,6 +149,33 @@ def wait_for(predicate, timeout, interval=0.2):
     return None
 
 
+class Worker:
+    """A real finetune-worker outside the server's pool."""
+
+    def __init__(self, server, work_dir, *flags):
+        os.makedirs(work_dir, exist_ok=True)
+        self.work_dir = work_dir
+        self.log_path = os.path.join(work_dir, "worker.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [WORKER, f"--server={server.address}", f"--work-dir={work_dir}", "--threads=2",
+                 "--device=cpu"] + list(flags),
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-4000:]
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

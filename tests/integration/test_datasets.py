@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -25,33 +24,6 @@ MAX_EXTRACTED = 20_000_000
 def sha256_file(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-class Worker:
-    """A real finetune-worker outside the server's pool."""
-
-    def __init__(self, server, work_dir, *flags):
-        os.makedirs(work_dir, exist_ok=True)
-        self.work_dir = work_dir
-        self.log_path = os.path.join(work_dir, "worker.log")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [harness.WORKER, f"--server={server.address}", f"--work-dir={work_dir}", "--threads=2",
-                 "--device=cpu"] + list(flags),
-                stdout=log, stderr=subprocess.STDOUT)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
 
 
 class DatasetsTest(unittest.TestCase):
@@ -133,7 +105,7 @@ class DatasetsTest(unittest.TestCase):
 
         # A worker that always fetches: the first job fetches and caches, the
         # second finds the cache.
-        fetcher = Worker(self.server, os.path.join(self.tmp, "fetcher"), "--fetch-datasets=always")
+        fetcher = harness.Worker(self.server, os.path.join(self.tmp, "fetcher"), "--fetch-datasets=always")
         try:
             logs = self.run_job("dataset://shapes-dir")
             self.assertTrue(any("fetched" in m and d["sha256"][:12] in m for m in logs), logs)
@@ -160,7 +132,7 @@ class DatasetsTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.server.data_dir, "datasets-uploaded", tgz["sha256"])))
 
         # A file:// archive, on a worker that may use the server's extracted copy.
-        local = Worker(self.server, os.path.join(self.tmp, "local"))
+        local = harness.Worker(self.server, os.path.join(self.tmp, "local"))
         try:
             logs = self.run_job(f"file://{self.tgz}")
             self.assertTrue(any("using the server's copy" in m for m in logs), logs)

@@ -218,6 +218,38 @@ TEST_F(ArchiveTest, RefusesBadHardLinks) {
   ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
 }
 
+// The same refusals for zip members, which libarchive reads by another path.
+TEST_F(ArchiveTest, RefusesUnsafeZipMembers) {
+  auto entries = ImageFolder();
+  entries.push_back({"train/../../evil.txt", "pwned"});
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'train/../../evil.txt'");
+  entries.back() = {"/tmp/ft-evil-zip.txt", "pwned"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "absolute");
+  EXPECT_FALSE(fs::exists("/tmp/ft-evil-zip.txt"));
+  entries.back() = {"train/cat/up.png", "", AE_IFLNK, "../../../secret.png"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'train/cat/up.png'");
+  entries.back() = {"abs.png", "", AE_IFLNK, "/etc/passwd"};
+  ExpectRefused(Extract(entries, "zip"), absl::StatusCode::kInvalidArgument, "'abs.png'");
+  entries.back() = {"train/cat/alias.png", "", AE_IFLNK, "0.png"};
+  auto r = Extract(entries, "zip");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Read(Dest() / "train/cat/alias.png"), "traincat0");
+}
+
+TEST_F(ArchiveTest, RefusesHardLinksOutOrThroughSymlinks) {
+  auto entries = ImageFolder();
+  entries.push_back({"h.png", "", AE_IFREG, "/etc/passwd", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+  // `l` stays inside, but a hard link made through it could be aimed
+  // anywhere a later link points; links are only to real files.
+  entries.back() = {"l", "", AE_IFLNK, "train"};
+  entries.push_back({"h.png", "", AE_IFREG, "l/cat/0.png", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+  entries.pop_back();
+  entries.push_back({"h.png", "", AE_IFREG, "l", true});
+  ExpectRefused(Extract(entries), absl::StatusCode::kInvalidArgument, "'h.png'");
+}
+
 TEST_F(ArchiveTest, RefusesSpecialFilesAndDuplicates) {
   auto entries = ImageFolder();
   entries.push_back({"null", "", AE_IFCHR});
@@ -447,6 +479,35 @@ TEST_F(DatasetStoreTest, RefusesBadUploads) {
       ADD_FAILURE() << "left behind: " << n;
     }
   }
+}
+
+// An upload is untrusted bytes: its manifest may not name files outside
+// the extracted folder. Refused at extraction, and wherever it is named.
+TEST_F(DatasetStoreTest, RefusesManifestsThatLeaveTheArchive) {
+  auto entries = ImageFolder();
+  std::string rows = "path,label\n";
+  for (const auto& e : entries) rows += e.name + "," + e.name.substr(e.name.find('/') + 1, 3) + "\n";
+  entries.push_back({"manifest.csv", rows + "/etc/shadow,cat\n"});
+  auto shadow = Upload("shadow", Bytes(entries));
+  EXPECT_TRUE(absl::IsPermissionDenied(shadow.status())) << shadow.status();
+  EXPECT_EQ(shadow.status().message(),
+            "the archive is not a usable dataset: manifest.csv line 14: \"/etc/shadow\" resolves outside the archive");
+  auto path = store_->DataPath("shadow");
+  EXPECT_TRUE(absl::IsPermissionDenied(path.status())) << path.status();
+  EXPECT_NE(path.status().message().find("manifest.csv line 14"), std::string::npos) << path.status();
+
+  entries.back() = {"manifest.csv", rows + "train/../../x.png,cat\n"};
+  auto up = Upload("up", Bytes(entries));
+  EXPECT_TRUE(absl::IsPermissionDenied(up.status())) << up.status();
+  EXPECT_NE(up.status().message().find("line 14: \"train/../../x.png\" resolves outside the archive"),
+            std::string::npos)
+      << up.status();
+  // Rows through a link that stays inside are fine.
+  entries.back() = {"manifest.csv", rows + "alias.png,cat\n"};
+  entries.push_back({"alias.png", "", AE_IFLNK, "train/cat/0.png"});
+  auto alias = Upload("alias", Bytes(entries));
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_EQ(alias->num_images(), 13);
 }
 
 TEST_F(DatasetStoreTest, DeleteHonoursUsersAndSharedDigests) {

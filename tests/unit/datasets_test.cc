@@ -3,6 +3,7 @@
 
 #include "gtest/gtest.h"
 #include "common/datasets/layout.h"
+#include "common/datasets/sandbox.h"
 #include "server/datasets/resolver.h"
 #include "tests/unit/test_dirs.h"
 
@@ -182,6 +183,132 @@ TEST_F(DatasetsTest, SandboxAndUris) {
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file://relative", "dataset_uri").status()));
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a?bogus=1", "dataset_uri").status()));
   EXPECT_TRUE(absl::IsInvalidArgument(ParseDatasetUri("file:///a%00b", "dataset_uri").status()));
+}
+
+// Expects PERMISSION_DENIED with every needle in the message.
+void ExpectDenied(const absl::Status& s, const std::vector<std::string>& needles) {
+  EXPECT_TRUE(absl::IsPermissionDenied(s)) << s;
+  for (const auto& n : needles) EXPECT_NE(s.message().find(n), std::string::npos) << n << " in " << s;
+}
+
+TEST_F(DatasetsTest, SandboxFollowsLinksAsTheKernelWould) {
+  const fs::path in = root_ / "in";
+  Touch(in / "a/1.png");
+  Touch(root_ / "out/secret.png");
+  fs::create_directories(root_ / "out/deep/er");
+  fs::create_symlink("a/1.png", in / "alias.png");             // stays inside
+  fs::create_symlink(root_ / "out/secret.png", in / "evil.png");  // leaves
+  fs::create_symlink(root_ / "out/deep/er", in / "deeplink");  // a folder outside
+  fs::create_symlink(root_ / "out/later.png", in / "dangling.png");
+  fs::create_symlink("loop2", in / "loop1");
+  fs::create_symlink("loop1", in / "loop2");
+  const DatasetSandbox sandbox({in.string()}, "the test root");
+  const std::string canonical_in = fs::canonical(in).string();
+
+  auto alias = sandbox.ResolveInside((in / "alias.png").string(), "alias.png");
+  ASSERT_TRUE(alias.ok()) << alias.status();
+  EXPECT_EQ(*alias, canonical_in + "/a/1.png");
+  EXPECT_TRUE(sandbox.ResolveInside(in.string(), "the root itself").ok());
+  // A missing file inside is for the decoder to report, not the sandbox.
+  EXPECT_EQ(*sandbox.ResolveInside((in / "a/missing.png").string(), "m"), canonical_in + "/a/missing.png");
+
+  ExpectDenied(sandbox.ResolveInside((in / "evil.png").string(), "evil.png").status(),
+               {"evil.png is a symlink to " + (root_ / "out/secret.png").string(), "outside the test root"});
+  ExpectDenied(sandbox.ResolveInside((in / "a/../../out/secret.png").string(), "dotdot").status(),
+               {"dotdot resolves outside the test root"});
+  ExpectDenied(sandbox.ResolveInside("/etc/passwd", "abs").status(), {"abs resolves outside"});
+  // Lexically "in/x.png"; the kernel climbs from the link's target instead.
+  ExpectDenied(sandbox.ResolveInside((in / "deeplink/../../x.png").string(), "up").status(), {"up resolves outside"});
+  // weakly_canonical would keep the link's own (inside) name.
+  ExpectDenied(sandbox.ResolveInside((in / "dangling.png").string(), "dangling").status(),
+               {"dangling is a symlink to"});
+  ExpectDenied(sandbox.ResolveInside((in / "loop1").string(), "loop").status(), {"loop cannot be resolved"});
+  // A sibling whose name starts like the root is not inside it.
+  Touch(root_ / "inner/x.png");
+  ExpectDenied(sandbox.ResolveInside((root_ / "inner/x.png").string(), "prefix").status(), {"outside"});
+  // The message does not tell whether an outside path exists.
+  EXPECT_EQ(sandbox.ResolveInside("/etc/passwd", "p").status().message(),
+            sandbox.ResolveInside("/etc/no-such-file", "p").status().message());
+}
+
+TEST_F(DatasetsTest, SandboxRootsMayBeLinksAndSeveral) {
+  fs::create_directories(root_ / "real/set");
+  fs::create_directories(root_ / "other");
+  fs::create_symlink(root_ / "real", root_ / "via");
+  const DatasetSandbox sandbox({(root_ / "via").string(), (root_ / "other").string()}, "two roots");
+  EXPECT_TRUE(sandbox.ResolveInside((root_ / "real/set").string(), "real").ok());
+  EXPECT_TRUE(sandbox.ResolveInside((root_ / "other/x").string(), "other").ok());
+  ExpectDenied(sandbox.ResolveInside(root_.string(), "parent").status(), {"parent resolves outside two roots"});
+  const DatasetSandbox none({}, "no roots");
+  ExpectDenied(none.ResolveInside((root_ / "real").string(), "any").status(), {"outside no roots"});
+}
+
+TEST_F(DatasetsTest, ManifestRowsStayInTheDatasetFolder) {
+  const fs::path set = root_ / "set";
+  for (int i = 0; i < 4; ++i) Touch(set / "img" / (std::to_string(i) + ".png"));
+  Touch(root_ / "sibling/s.png");
+  fs::create_symlink("img/0.png", set / "alias.png");
+  const std::string rows = "path,label\nimg/0.png,x\nimg/1.png,y\nimg/2.png,x\nimg/3.png,y\nalias.png,x\n";
+  std::ofstream(set / "manifest.csv") << rows;
+  ASSERT_TRUE(ScanDataset(set.string(), {}).ok()) << ScanDataset(set.string(), {}).status();
+
+  std::ofstream(set / "manifest.csv") << rows << "/etc/shadow,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(),
+               {(set / "manifest.csv").string() + " line 7: \"/etc/shadow\" resolves outside the dataset's folder " +
+                set.string()});
+  std::ofstream(set / "manifest.csv") << rows << "../../../../../../etc/passwd,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"line 7: \"../../../../../../etc/passwd\" resolves outside"});
+  // A sibling folder is outside the dataset's own folder, but inside roots
+  // that hold both (file:// datasets are given the server's roots).
+  std::ofstream(set / "manifest.csv") << rows << "../sibling/s.png,y\n";
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"line 7: \"../sibling/s.png\""});
+  LayoutOptions in_roots;
+  in_roots.roots = {root_.string()};
+  EXPECT_TRUE(ScanDataset(set.string(), in_roots).ok());
+  in_roots.roots = {set.string(), (root_ / "elsewhere").string()};
+  ExpectDenied(ScanDataset(set.string(), in_roots).status(),
+               {"outside the dataset roots (" + set.string() + ", " + (root_ / "elsewhere").string() + ")"});
+  // A manifest given as a file is held to its own folder.
+  std::ofstream(set / "labels.csv") << rows << "../sibling/s.png,y\n";
+  ExpectDenied(ScanDataset((set / "labels.csv").string(), {}).status(), {"labels.csv line 7"});
+  // The manifest itself may not be a link out.
+  Touch(root_ / "sibling/manifest.csv");
+  fs::remove(set / "manifest.csv");
+  fs::create_symlink(root_ / "sibling/manifest.csv", set / "manifest.csv");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"manifest.csv is a symlink to"});
+}
+
+TEST_F(DatasetsTest, ImageFolderLinksStayInside) {
+  const fs::path set = root_ / "set";
+  ft::testing::WriteTinyImageFolder(set / "train");
+  ft::testing::WriteTinyImageFolder(set / "val", {"a", "b"}, 1);
+  Touch(root_ / "out/c/secret.png");
+  fs::create_symlink("0.png", set / "train/a/alias.png");
+  auto ok = ScanDataset(set.string(), {});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->train.size(), 9u);
+
+  fs::create_symlink(root_ / "out/c/secret.png", set / "train/a/evil.png");
+  ExpectDenied(ScanDataset(set.string(), {}).status(),
+               {(set / "train/a/evil.png").string() + " is a symlink to " + (root_ / "out/c/secret.png").string()});
+  fs::remove(set / "train/a/evil.png");
+  // A class folder that is a link out is refused before it is listed.
+  fs::create_symlink(root_ / "out/c", set / "train/c");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {(set / "train/c").string() + " is a symlink to"});
+  fs::remove(set / "train/c");
+  fs::create_symlink(root_ / "out", set / "val_link");
+  fs::remove_all(set / "val");
+  fs::create_symlink("val_link", set / "val");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {(set / "val").string() + " is a symlink to val_link"});
+}
+
+TEST_F(DatasetsTest, IdxFilesStayInside) {
+  const fs::path set = root_ / "set";
+  fs::create_directories(set);
+  Touch(root_ / "out/train-labels-idx1-ubyte");
+  std::ofstream(set / "train-images-idx3-ubyte") << "x";
+  fs::create_symlink(root_ / "out/train-labels-idx1-ubyte", set / "train-labels-idx1-ubyte");
+  ExpectDenied(ScanDataset(set.string(), {}).status(), {"train-labels-idx1-ubyte is a symlink to"});
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <random>
@@ -17,12 +18,14 @@
 #include "absl/time/time.h"
 #include "common/util/clock.h"
 #include "gtest/gtest.h"
+#include "tests/unit/test_dirs.h"
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/evaluation.h"
 #include "worker/train/guards.h"
+#include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
 #include "worker/train/torch_process.h"
 #include "worker/train/trainer.h"
@@ -423,12 +426,42 @@ TEST(EvaluationTest, TopKLossConfusionAndClassMetrics) {
 }
 
 // A whole job through RunTraining, on a small ImageFolder of two colours.
+// The worker holds a dataset to the roots the server resolved it with,
+// before it reads a file: its own folder unless ResolvedJob names roots.
+TEST(JobDataTest, ScanJobDatasetKeepsTheServersSandbox) {
+  const std::filesystem::path dir = ft::testing::FreshTestDir("ft-jobdata");
+  const std::filesystem::path set = dir / "roots/set";
+  ft::testing::WriteTinyImageFolder(dir / "roots/images");
+  std::filesystem::create_directories(set);
+  std::ofstream(set / "manifest.csv") << "path,label\n../images/a/0.png,a\n../images/a/1.png,a\n"
+                                         "../images/b/0.png,b\n../images/b/1.png,b\n";
+  pb::ResolvedJob job;
+  job.set_dataset_path(set.string());
+  job.mutable_spec()->set_val_split(0.5f);
+  auto own_folder = ScanJobDataset(job);
+  EXPECT_TRUE(absl::IsPermissionDenied(own_folder.status())) << own_folder.status();
+  EXPECT_NE(own_folder.status().message().find("line 2: \"../images/a/0.png\" resolves outside the dataset's folder"),
+            std::string::npos)
+      << own_folder.status();
+  job.add_dataset_roots((dir / "roots").string());
+  auto in_roots = ScanJobDataset(job);
+  ASSERT_TRUE(in_roots.ok()) << in_roots.status();
+  EXPECT_EQ(in_roots->train.size() + in_roots->val.size(), 4u);
+  // A file swapped for a link out after the server's check.
+  std::filesystem::remove(dir / "roots/images/b/1.png");
+  std::filesystem::create_symlink("/etc/passwd", dir / "roots/images/b/1.png");
+  auto swapped = ScanJobDataset(job);
+  EXPECT_TRUE(absl::IsPermissionDenied(swapped.status())) << swapped.status();
+  EXPECT_NE(swapped.status().message().find("line 5: \"../images/b/1.png\""), std::string::npos) << swapped.status();
+  std::filesystem::remove_all(dir);
+}
+
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     InitTorchProcess(2);
-    dir_ = ::testing::TempDir() + "/trainer_test";
-    std::filesystem::remove_all(dir_);
+    // Per process: other checkouts on this machine run this test too.
+    dir_ = ft::testing::FreshTestDir("ft-trainer").string();
     cv::RNG noise(11);
     for (const char* split : {"train", "val"}) {
       for (int c = 0; c < 2; ++c) {
@@ -552,7 +585,7 @@ class ResumeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     InitTorchProcess(2);
-    dir_ = ::testing::TempDir() + "/resume_test";
+    dir_ = ft::testing::FreshTestDir("ft-resume").string();
     WriteTwoColours(dir_, /*swap_val=*/false);
     job_.set_dataset_path(dir_);
     job_.set_dataset_format("imagefolder");

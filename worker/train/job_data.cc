@@ -31,6 +31,10 @@ absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& jo
   options.val_from_split = job.val_from_split();
   options.val_split = job.spec().val_split();
   options.seed = static_cast<uint64_t>(job.spec().seed());
+  // Checked again here, before any file is read: the server checked at
+  // submit, perhaps long ago, and on its own view of the files (a worker
+  // may read a cached copy or another mount).
+  options.roots.assign(job.dataset_roots().begin(), job.dataset_roots().end());
   return datasets::ScanDataset(job.dataset_path(), options);
 }
 

@@ -15,7 +15,9 @@
 namespace ft::worker {
 
 // The files of the job's dataset, split exactly as the server did at submit
-// (its class subset, per-class caps, val split and seed).
+// (its class subset, per-class caps, val split and seed), and held to the
+// same sandbox (ResolvedJob.dataset_roots): PERMISSION_DENIED naming the
+// first file that resolves outside it.
 absl::StatusOr<datasets::DatasetLayout> ScanJobDataset(const pb::ResolvedJob& job);
 
 // Not copyable in spirit: loaders point into `train` and `val`, so keep it
