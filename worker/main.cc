@@ -192,6 +192,13 @@ int main(int argc, char** argv) {
   options.channel = *std::move(channel);
   ft::worker::Agent agent(options);
   g_agent = &agent;
+  // A parent may have started us with these blocked (a blocked SIGTERM
+  // could never preempt): this thread takes them.
+  sigset_t ours;
+  sigemptyset(&ours);
+  sigaddset(&ours, SIGINT);
+  sigaddset(&ours, SIGTERM);
+  pthread_sigmask(SIG_UNBLOCK, &ours, nullptr);
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
   sigaction(SIGINT, &sa, nullptr);

@@ -72,6 +72,14 @@ FileSink::~FileSink() {
   if (!committed_) ::unlink(part_.c_str());
 }
 
+absl::Status FileSink::WriteError(int error) const {
+  if (error == ENOSPC || error == EDQUOT || error == EFBIG) {
+    return absl::ResourceExhaustedError(absl::StrCat("the disk refused ", what_, " (", std::strerror(error),
+                                                     "): free space on the server's disk, or raise its limit"));
+  }
+  return absl::InternalError(absl::StrCat("cannot write ", what_, " to ", part_, ": ", std::strerror(error)));
+}
+
 absl::Status FileSink::Append(int64_t offset, absl::string_view data) {
   if (offset != bytes_) {
     return absl::DataLossError(
@@ -81,7 +89,7 @@ absl::Status FileSink::Append(int64_t offset, absl::string_view data) {
   while (done < data.size()) {
     const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::InternalError(absl::StrCat("cannot write ", part_, ": ", std::strerror(errno)));
+    if (n < 0) return WriteError(errno);
     done += static_cast<size_t>(n);
   }
   hash_->sha.Update(data);
@@ -96,8 +104,9 @@ absl::Status FileSink::Commit(int64_t expected_size, const std::string& expected
                                             " bytes, sha256 ", got, " (expected ", expected_sha256, ")"));
   }
   if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
+    const int error = errno;
     fd_ = -1;
-    return absl::InternalError(absl::StrCat("cannot write ", part_, ": ", std::strerror(errno)));
+    return WriteError(error);
   }
   fd_ = -1;
   if (::rename(part_.c_str(), path_.c_str()) != 0) {

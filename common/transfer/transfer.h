@@ -107,6 +107,9 @@ class FileSink {
 
  private:
   FileSink(std::string path, std::string what, int fd);
+  // A failed write or fsync: RESOURCE_EXHAUSTED naming the disk when it is
+  // full or past a size limit (ENOSPC, EDQUOT, EFBIG), else INTERNAL.
+  absl::Status WriteError(int error) const;
   struct Hash;
   const std::string path_;
   const std::string part_;

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/log.h"
+#include "server/workers/spawn_attributes.h"
 
 extern char** environ;
 
@@ -59,7 +60,8 @@ pid_t LocalWorkerPool::Spawn(int index) {
   for (auto& e : options_.env) envp.push_back(e.data());
   envp.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, options_.worker_binary.c_str(), nullptr, nullptr, argv.data(), envp.data());
+  const SpawnAttributes attributes;
+  int rc = posix_spawn(&pid, options_.worker_binary.c_str(), nullptr, attributes.get(), argv.data(), envp.data());
   if (rc != 0) {
     std::cerr << "finetuned: cannot start worker " << options_.worker_binary << ": "
               << std::strerror(rc) << std::endl;
@@ -80,18 +82,21 @@ void LocalWorkerPool::MonitorLoop() {
           int status = 0;
           pid_t r = ::waitpid(slot.pid, &status, WNOHANG);
           if (r == slot.pid) {
-            util::Log("warning", "finetuned", "local worker died; restarting",
+            const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            util::Log(clean ? "info" : "warning", "finetuned",
+                      clean ? "local worker exited; restarting" : "local worker died; restarting",
                       {{"worker", absl::StrCat("local-", i)}, {"pid", absl::StrCat(slot.pid)},
                        {"how", WIFSIGNALED(status) ? absl::StrCat("signal ", WTERMSIG(status))
                                                    : absl::StrCat("exit ", WEXITSTATUS(status))}});
             slot.pid = -1;
             ++restarts_;
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+            if (clean) {
               // A clean exit (preempted by SIGTERM, after its checkpoint):
               // back at once, so that its job resumes here.
               slot.failures = 0;
               slot.next_start = now;
             } else {
+              if (now - slot.started >= options_.stable_after) slot.failures = 0;
               ++slot.failures;
               absl::Duration backoff = options_.min_backoff;
               for (int f = 1; f < slot.failures && backoff < options_.max_backoff; ++f) backoff *= 2;
@@ -101,6 +106,7 @@ void LocalWorkerPool::MonitorLoop() {
         }
         if (slot.pid <= 0 && now >= slot.next_start) {
           slot.pid = Spawn(static_cast<int>(i));
+          slot.started = now;
           if (slot.pid <= 0) slot.next_start = now + options_.max_backoff;
         }
       }

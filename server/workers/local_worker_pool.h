@@ -32,6 +32,10 @@ struct LocalWorkerPoolOptions {
   // Restart backoff grows from `min_backoff` to `max_backoff`.
   absl::Duration min_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Seconds(30);
+  // A worker that ran this long before it died was not crash-looping (it was
+  // killed, or its job crashed it, which --max-attempts bounds): it comes
+  // back after min_backoff, so that its job resumes soon.
+  absl::Duration stable_after = absl::Seconds(5);
   // Not owned; the real clock when null. Times the restart backoff.
   util::Clock* clock = nullptr;
 };
@@ -57,6 +61,7 @@ class LocalWorkerPool {
     pid_t pid = -1;
     int failures = 0;
     absl::Time next_start = absl::InfinitePast();
+    absl::Time started = absl::InfinitePast();
   };
   void MonitorLoop();
   pid_t Spawn(int index);

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/workers/spawn_attributes.h"
 
 extern char** environ;
 
@@ -48,7 +49,8 @@ absl::StatusOr<finetune::v1::ToolReply> WorkerTool::Run(const finetune::v1::Tool
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, options_.binary.c_str(), &actions, nullptr, argv.data(), environ);
+  const SpawnAttributes attributes;
+  const int rc = posix_spawn(&pid, options_.binary.c_str(), &actions, attributes.get(), argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   ::close(in_pipe[0]);
   ::close(out_pipe[1]);
