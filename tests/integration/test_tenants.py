@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import unittest
+import urllib.request
 
 import harness
 from test_auth import new_token
@@ -52,8 +53,10 @@ class TenantsTest(unittest.TestCase):
         with open(cls.auth_file, "w") as f:
             json.dump({"identities": entries}, f)
         cls.audit = os.path.join(cls.tmp, "audit.log")
+        cls.metrics_port = harness.free_port()
         cls.server = harness.Server(os.path.join(cls.tmp, "var"), [cls.root], auth_file=cls.auth_file,
-                                    extra=[f"--audit-log={cls.audit}"]).start()
+                                    extra=[f"--audit-log={cls.audit}",
+                                           f"--metrics-listen=127.0.0.1:{cls.metrics_port}"]).start()
         # Uploads with the same name in both tenants, different bytes.
         cls.vision_tar = tar_of(cls.vision_data, os.path.join(cls.tmp, "vision.tar.gz"))
         cls.audio_tar = tar_of(cls.audio_data, os.path.join(cls.tmp, "audio.tar.gz"))
@@ -174,6 +177,14 @@ class TenantsTest(unittest.TestCase):
         self.assertIn(("CancelJob", job), refused)
         self.assertIn(("DeleteModel", model), refused)
         self.assertIn(("DeleteDataset", "only-vision"), refused)
+
+    def test_job_counters_carry_the_tenant(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for tenant in ("vision", "audio"):
+            self.assertIn(f'finetune_jobs_submitted_total{{tenant="{tenant}"}} 1', text)
+            self.assertIn(f'finetune_jobs_finished_total{{state="SUCCEEDED",tenant="{tenant}"}} 1', text)
+            self.assertIn(f'finetune_jobs_finished_total{{state="FAILED",tenant="{tenant}"}} 0', text)
 
     def test_identity_dataset_roots_replace_the_servers(self):
         # In the server's roots, not in audio's own.
