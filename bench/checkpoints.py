@@ -3,7 +3,7 @@
 
   (a) Overhead: a ResNet-50 job (everything trainable, Adam) through a real
       finetuned, run twice per repetition, alternating: --checkpoint-interval=0
-      (epoch ends only) and a short interval (default 20 s) that forces several
+      (epoch ends only) and a short interval (default 8 s) that forces several
       mid-epoch checkpoints. The worker logs what training waited for at each
       checkpoint ("checkpoint written": serialise_seconds + store_seconds, the
       upload and the server's fsync included). Reported: the median cost of one
@@ -194,7 +194,7 @@ def main():
     p.add_argument("--parts", default="a,b")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--interval", type=int, default=20, help="part a's short interval, seconds")
+    p.add_argument("--interval", type=int, default=8, help="part a's short interval, seconds")
     p.add_argument("--train-per-class", type=int, default=40)
     p.add_argument("--px", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)

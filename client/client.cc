@@ -62,11 +62,12 @@ absl::StatusOr<pb::Job> Client::Get(const std::string& job_id) {
   return job;
 }
 
-absl::StatusOr<std::vector<pb::Job>> Client::List(int limit) {
+absl::StatusOr<std::vector<pb::Job>> Client::List(int limit, const std::string& tenant) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   pb::ListJobsRequest req;
   req.set_limit(limit);
+  req.set_tenant(tenant);
   pb::ListJobsResponse resp;
   FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListJobs(&ctx, req, &resp)));
   return std::vector<pb::Job>(resp.jobs().begin(), resp.jobs().end());
@@ -117,11 +118,13 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
   }
 }
 
-absl::StatusOr<std::vector<pb::Model>> Client::ListModels() {
+absl::StatusOr<std::vector<pb::Model>> Client::ListModels(const std::string& tenant) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   pb::ListModelsResponse resp;
-  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListModels(&ctx, pb::ListModelsRequest(), &resp)));
+  pb::ListModelsRequest req;
+  req.set_tenant(tenant);
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListModels(&ctx, req, &resp)));
   return std::vector<pb::Model>(resp.models().begin(), resp.models().end());
 }
 

@@ -25,7 +25,8 @@ class Client {
 
   absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id);
   absl::StatusOr<pb::Job> Get(const std::string& job_id);
-  absl::StatusOr<std::vector<pb::Job>> List(int limit);
+  // An empty `tenant`: what the server shows by default (an admin: all).
+  absl::StatusOr<std::vector<pb::Job>> List(int limit, const std::string& tenant);
   absl::StatusOr<pb::Job> Cancel(const std::string& job_id);
   // Calls on_event for each event until the stream ends (after the terminal
   // event), then returns the final job. A server lost mid-watch is waited
@@ -33,7 +34,7 @@ class Client {
   // event is missed or repeated.
   absl::StatusOr<pb::Job> Watch(const std::string& job_id, int64_t from_sequence,
                                 const std::function<void(const pb::JobEvent&)>& on_event);
-  absl::StatusOr<std::vector<pb::Model>> ListModels();
+  absl::StatusOr<std::vector<pb::Model>> ListModels(const std::string& tenant);
   absl::StatusOr<pb::Model> GetModel(const std::string& model_id);
   absl::Status DeleteModel(const std::string& model_id);
   // Writes the model's files into `dir` (created if needed), verifying each
@@ -54,7 +55,7 @@ class Client {
   absl::StatusOr<pb::Dataset> UploadDataset(const std::string& archive_path, const std::string& name,
                                             const std::string& sha256, const std::string& format);
   absl::StatusOr<pb::Dataset> GetDataset(const std::string& name);
-  absl::StatusOr<std::vector<pb::Dataset>> ListDatasets();
+  absl::StatusOr<std::vector<pb::Dataset>> ListDatasets(const std::string& tenant);
   absl::Status DeleteDataset(const std::string& name);
   // grpc.health.v1 check of the whole server.
   absl::Status Health();

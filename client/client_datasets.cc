@@ -59,11 +59,13 @@ absl::StatusOr<pb::Dataset> Client::GetDataset(const std::string& name) {
   return dataset;
 }
 
-absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets() {
+absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets(const std::string& tenant) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
   pb::ListDatasetsResponse resp;
-  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListDatasets(&ctx, pb::ListDatasetsRequest(), &resp)));
+  pb::ListDatasetsRequest req;
+  req.set_tenant(tenant);
+  FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->ListDatasets(&ctx, req, &resp)));
   return std::vector<pb::Dataset>(resp.datasets().begin(), resp.datasets().end());
 }
 

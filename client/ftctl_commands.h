@@ -114,6 +114,22 @@ int Run(const std::vector<Command>& commands, int argc, char** argv);
 // The `help [COMMAND...]` handler: the usage text, or one command's help.
 int Help(Invocation& inv);
 
+// Whether a listing holds objects of more than one tenant (only an admin's
+// can): list commands then add a TENANT column.
+template <typename Items>
+bool SpansTenants(const Items& items) {
+  for (const auto& item : items) {
+    if (item.tenant() != items.begin()->tenant()) return true;
+  }
+  return false;
+}
+
+// The TENANT column's cell, padded; empty when the column is not shown.
+inline std::string TenantCell(bool shown, const std::string& tenant) {
+  if (!shown) return "";
+  return tenant + std::string(tenant.size() < 16 ? 16 - tenant.size() : 1, ' ');
+}
+
 // A timestamp as "2024-05-01T12:00:00Z", or "-" when unset.
 std::string TimeText(const google::protobuf::Timestamp& t);
 

@@ -64,13 +64,14 @@ int UploadDataset(Invocation& inv) {
 }
 
 int ListDatasets(Invocation& inv) {
-  auto datasets = inv.client().ListDatasets();
+  auto datasets = inv.client().ListDatasets(inv.Flag("tenant"));
   if (!datasets.ok()) return inv.Fail(datasets.status());
   if (inv.PrintedAsJson(*datasets, &pb::ListDatasetsResponse::add_datasets)) return kExitOk;
-  std::cout << absl::StrFormat("%-24s %-11s %-14s %-12s %-8s %-8s %-10s %s\n", "NAME", "STATE", "SHA256", "FORMAT",
+  const bool tenants = inv.Has("tenant") || SpansTenants(*datasets);
+  std::cout << TenantCell(tenants, "TENANT") << absl::StrFormat("%-24s %-11s %-14s %-12s %-8s %-8s %-10s %s\n", "NAME", "STATE", "SHA256", "FORMAT",
                                "CLASSES", "IMAGES", "SIZE", "CREATED");
   for (const auto& d : *datasets) {
-    std::cout << absl::StrFormat("%-24s %-11s %-14s %-12s %-8d %-8d %-10s %s\n", d.name(), StateText(d.state()),
+    std::cout << TenantCell(tenants, d.tenant()) << absl::StrFormat("%-24s %-11s %-14s %-12s %-8d %-8d %-10s %s\n", d.name(), StateText(d.state()),
                                  d.sha256().substr(0, 12), d.format(), d.num_classes(), d.num_images(),
                                  Size(d.size_bytes()), TimeText(d.create_time()));
     if (d.state() == pb::DATASET_FAILED) std::cout << "  failed: " << d.error() << std::endl;

@@ -287,13 +287,15 @@ int ListJobs(Invocation& inv) {
   if (inv.Has("limit") && !absl::SimpleAtoi(inv.Flag("limit"), &limit)) {
     return inv.Refuse("--limit must be an integer");
   }
-  auto jobs = inv.client().List(limit);
+  auto jobs = inv.client().List(limit, inv.Flag("tenant"));
   if (!jobs.ok()) return inv.Fail(jobs.status());
   if (inv.PrintedAsJson(*jobs, &pb::ListJobsResponse::add_jobs)) return kExitOk;
-  std::cout << absl::StrFormat("%-20s %-10s %-10s %-8s %-9s %s\n", "JOB", "STATE", "BACKBONE", "EPOCHS",
-                               "VAL_ACC", "NAME");
+  const bool tenants = inv.Has("tenant") || SpansTenants(*jobs);
+  std::cout << TenantCell(tenants, "TENANT")
+            << absl::StrFormat("%-20s %-10s %-10s %-8s %-9s %s\n", "JOB", "STATE", "BACKBONE", "EPOCHS", "VAL_ACC",
+                               "NAME");
   for (const auto& j : *jobs) {
-    std::cout << absl::StrFormat(
+    std::cout << TenantCell(tenants, j.tenant()) << absl::StrFormat(
         "%-20s %-10s %-10s %-8s %-9s %s\n", j.id(), StateName(j.state()), j.spec().backbone(),
         absl::StrCat(j.metrics().epochs_completed(), "/", j.spec().epochs()),
         j.metrics().epochs_completed() > 0 ? absl::StrFormat("%.4f", j.metrics().val_accuracy()) : "-",

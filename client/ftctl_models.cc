@@ -12,13 +12,14 @@
 namespace ft::client::ftctl {
 
 int ListModels(Invocation& inv) {
-  auto models = inv.client().ListModels();
+  auto models = inv.client().ListModels(inv.Flag("tenant"));
   if (!models.ok()) return inv.Fail(models.status());
   if (inv.PrintedAsJson(*models, &pb::ListModelsResponse::add_models)) return kExitOk;
-  std::cout << absl::StrFormat("%-18s %-20s %-10s %-8s %-9s %s\n", "MODEL", "JOB", "BACKBONE", "CLASSES",
+  const bool tenants = inv.Has("tenant") || SpansTenants(*models);
+  std::cout << TenantCell(tenants, "TENANT") << absl::StrFormat("%-18s %-20s %-10s %-8s %-9s %s\n", "MODEL", "JOB", "BACKBONE", "CLASSES",
                                "VAL_ACC", "SIZE");
   for (const auto& m : *models) {
-    std::cout << absl::StrFormat("%-18s %-20s %-10s %-8d %-9.4f %.1f MB\n", m.id(), m.job_id(), m.backbone(),
+    std::cout << TenantCell(tenants, m.tenant()) << absl::StrFormat("%-18s %-20s %-10s %-8d %-9.4f %.1f MB\n", m.id(), m.job_id(), m.backbone(),
                                  m.classes_size(), m.metrics().val_accuracy(), m.size_bytes() / 1e6);
   }
   return kExitOk;

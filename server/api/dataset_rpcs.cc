@@ -27,9 +27,15 @@ absl::Status NoStore() {
 class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequest> {
  public:
   // `admitted` is the call guard's verdict; a refused call reads nothing.
-  UploadReactor(datasets::DatasetStore* store, util::Executor* executor, pb::Dataset* response,
-                const absl::Status& admitted)
-      : store_(store), executor_(executor), response_(response) {
+  // The upload belongs to `caller`'s tenant and counts against its storage
+  // quota, checked against the size the header declares.
+  UploadReactor(JobManager* manager, util::Executor* executor, pb::Dataset* response,
+                const absl::Status& admitted, Caller caller)
+      : manager_(manager),
+        store_(manager->dataset_store()),
+        executor_(executor),
+        response_(response),
+        caller_(std::move(caller)) {
     if (!admitted.ok()) {
       Finish(ToGrpcStatus(admitted));
       return;
@@ -63,7 +69,9 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
       if (upload_) {
         status = absl::InvalidArgumentError("UploadDataset: a second header");
       } else {
-        auto upload = store_->BeginUpload(request_.header());
+        status = CheckStorageQuota(manager_, caller_, request_.header().size_bytes());
+        auto upload = status.ok() ? store_->BeginUpload(caller_.tenant, request_.header())
+                                  : absl::StatusOr<std::unique_ptr<datasets::DatasetUpload>>(status);
         if (upload.ok()) {
           upload_ = *std::move(upload);
         } else {
@@ -86,9 +94,11 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadDatasetRequ
   void OnDone() override { delete this; }
 
  private:
+  JobManager* manager_;
   datasets::DatasetStore* store_;
   util::Executor* executor_;
   pb::Dataset* response_;
+  const Caller caller_;
   pb::UploadDatasetRequest request_;
   std::unique_ptr<datasets::DatasetUpload> upload_;
 };
@@ -103,7 +113,8 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
 
 grpc::ServerReadReactor<pb::UploadDatasetRequest>* FineTuneService::UploadDataset(grpc::CallbackServerContext* ctx,
                                                                                 pb::Dataset* response) {
-  return new UploadReactor(manager_->dataset_store(), options_.slow, response, Admit(ctx));
+  absl::Status admitted = Admit(ctx);
+  return new UploadReactor(manager_, options_.slow, response, admitted, CallerOf(ctx));
 }
 
 grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerContext* ctx,
@@ -111,7 +122,9 @@ grpc::ServerUnaryReactor* FineTuneService::ListDatasets(grpc::CallbackServerCont
                                                         pb::ListDatasetsResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
-  auto datasets = manager_->dataset_store()->List();
+  auto tenant = ListedTenant(CallerOf(ctx), request->tenant());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  auto datasets = manager_->dataset_store()->List(*tenant);
   if (datasets.ok()) {
     for (auto& d : *datasets) *response->add_datasets() = std::move(d);
   }
@@ -122,7 +135,8 @@ grpc::ServerUnaryReactor* FineTuneService::GetDataset(grpc::CallbackServerContex
                                                       const pb::GetDatasetRequest* request, pb::Dataset* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
-  auto dataset = manager_->dataset_store()->Get(request->name());
+  // Names are per tenant: another tenant's "pets" is simply not in this one.
+  auto dataset = manager_->dataset_store()->Get(CallerOf(ctx).tenant, request->name());
   if (dataset.ok()) *response = *std::move(dataset);
   return Done(ctx, dataset.status());
 }
@@ -132,7 +146,8 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteDataset(grpc::CallbackServerCon
                                                          pb::DeleteDatasetResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   return Defer(
-      ctx, options_.slow, [this, request] { return DeleteUnusedDataset(manager_, request->name()); },
+      ctx, options_.slow,
+      [this, request, tenant = CallerOf(ctx).tenant] { return DeleteUnusedDataset(manager_, tenant, request->name()); },
       [] { return absl::UnavailableError("the server is shutting down"); });
 }
 

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status/grpc_status.h"
 #include "common/util/status.h"
+#include "common/util/tenant.h"
 #include "server/api/model_files.h"
 
 namespace ft::server {
@@ -236,6 +237,63 @@ absl::Status FineTuneService::Admit(const grpc::ServerContextBase* ctx) const {
   return options_.guard->Check(ctx);
 }
 
+bool Sees(const Caller& caller, const std::string& tenant) {
+  return caller.admin || caller.tenant == util::TenantOrDefault(tenant);
+}
+
+absl::StatusOr<std::string> ListedTenant(const Caller& caller, const std::string& requested) {
+  if (caller.admin) return requested;
+  if (requested.empty() || requested == caller.tenant) return caller.tenant;
+  return absl::PermissionDeniedError(
+      absl::StrCat("tenant: only an admin may list another tenant's objects; you are in tenant ", caller.tenant));
+}
+
+absl::Status CheckStorageQuota(JobManager* manager, const Caller& caller, int64_t adding) {
+  const std::optional<int64_t>& max = caller.submitter.max_storage_bytes;
+  if (!max.has_value()) return absl::OkStatus();
+  const int64_t used = manager->TenantStorageBytes(caller.tenant);
+  if (used + adding <= *max) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat("tenant ", caller.tenant, " stores ", used,
+                                                   " bytes of models and datasets and this adds ", adding,
+                                                   ", its quota max_storage_bytes is ", *max,
+                                                   "; delete models or datasets first"));
+}
+
+Caller FineTuneService::CallerOf(const grpc::ServerContextBase* ctx) const {
+  Caller caller;
+  caller.tenant = util::kDefaultTenant;
+  caller.admin = true;
+  std::shared_ptr<const auth::Identity> id = options_.guard ? options_.guard->IdentityOf(ctx) : nullptr;
+  // Admit() passed, so the guard knows the caller; a missing identity here
+  // is a bug, and the narrowest view (no tenant, no admin) is the safe one.
+  if (id == nullptr) {
+    caller.tenant = "";
+    caller.admin = false;
+  } else {
+    caller.tenant = util::TenantOrDefault(id->tenant);
+    caller.admin = id->role == auth::Role::kAdmin;
+    caller.submitter.dataset_roots = id->dataset_roots;
+    caller.submitter.max_queued_jobs = id->quota.max_queued_jobs;
+    caller.submitter.max_storage_bytes = id->quota.max_storage_bytes;
+  }
+  caller.submitter.tenant = caller.tenant;
+  return caller;
+}
+
+absl::StatusOr<pb::Job> FineTuneService::VisibleJob(const Caller& caller, const std::string& job_id) {
+  auto job = manager_->Get(job_id);
+  if (job.ok() && !Sees(caller, job->tenant())) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  return job;
+}
+
+absl::StatusOr<pb::Model> FineTuneService::VisibleModel(const Caller& caller, const std::string& model_id) {
+  auto model = manager_->models()->Get(model_id);
+  if (model.ok() && !Sees(caller, model->tenant())) {
+    return absl::NotFoundError(absl::StrCat("no model with id ", model_id));
+  }
+  return model;
+}
+
 absl::Status FineTuneService::ToolQueueFull() {
   util::Executor* q = options_.tool_queue;
   return absl::ResourceExhaustedError(absl::StrFormat(
@@ -249,8 +307,8 @@ grpc::ServerUnaryReactor* FineTuneService::SubmitJob(grpc::CallbackServerContext
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   return Defer(
       ctx, options_.slow,
-      [this, request, response] {
-        auto job = manager_->Submit(request->spec(), request->request_id());
+      [this, request, response, caller = CallerOf(ctx)] {
+        auto job = manager_->Submit(request->spec(), request->request_id(), caller.submitter);
         if (job.ok()) *response = *std::move(job);
         return job.status();
       },
@@ -260,7 +318,7 @@ grpc::ServerUnaryReactor* FineTuneService::SubmitJob(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* FineTuneService::GetJob(grpc::CallbackServerContext* ctx,
                                                   const pb::GetJobRequest* request, pb::Job* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
-  auto job = manager_->Get(request->job_id());
+  auto job = VisibleJob(CallerOf(ctx), request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
 }
@@ -271,7 +329,9 @@ grpc::ServerUnaryReactor* FineTuneService::ListJobs(grpc::CallbackServerContext*
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   std::vector<pb::JobState> states;
   for (int s : request->states()) states.push_back(static_cast<pb::JobState>(s));
-  auto jobs = manager_->List(states, request->limit());
+  auto tenant = ListedTenant(CallerOf(ctx), request->tenant());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  auto jobs = manager_->List(states, request->limit(), *tenant);
   if (jobs.ok()) {
     for (auto& j : *jobs) *response->add_jobs() = std::move(j);
   }
@@ -281,6 +341,9 @@ grpc::ServerUnaryReactor* FineTuneService::ListJobs(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* FineTuneService::CancelJob(grpc::CallbackServerContext* ctx,
                                                      const pb::CancelJobRequest* request, pb::Job* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
+  if (auto visible = VisibleJob(CallerOf(ctx), request->job_id()); !visible.ok()) {
+    return Done(ctx, visible.status());
+  }
   auto job = manager_->Cancel(request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Done(ctx, job.status());
@@ -289,7 +352,7 @@ grpc::ServerUnaryReactor* FineTuneService::CancelJob(grpc::CallbackServerContext
 grpc::ServerWriteReactor<pb::JobEvent>* FineTuneService::WatchJob(grpc::CallbackServerContext* ctx,
                                                                   const pb::WatchJobRequest* request) {
   if (absl::Status s = Admit(ctx); !s.ok()) return new ErrorWriter<pb::JobEvent>(s);
-  auto job = manager_->Get(request->job_id());
+  auto job = VisibleJob(CallerOf(ctx), request->job_id());
   if (!job.ok()) return new ErrorWriter<pb::JobEvent>(job.status());
   if (request->from_sequence() < 0) {
     return new ErrorWriter<pb::JobEvent>(absl::InvalidArgumentError("from_sequence: must be non-negative"));
@@ -301,7 +364,9 @@ grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContex
                                                       const pb::ListModelsRequest* request,
                                                       pb::ListModelsResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
-  auto models = manager_->models()->List();
+  auto tenant = ListedTenant(CallerOf(ctx), request->tenant());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  auto models = manager_->models()->List(*tenant);
   if (models.ok()) {
     for (auto& m : *models) *response->add_models() = std::move(m);
   }
@@ -311,7 +376,7 @@ grpc::ServerUnaryReactor* FineTuneService::ListModels(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* FineTuneService::GetModel(grpc::CallbackServerContext* ctx,
                                                     const pb::GetModelRequest* request, pb::Model* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
-  auto model = manager_->models()->Get(request->model_id());
+  auto model = VisibleModel(CallerOf(ctx), request->model_id());
   if (model.ok()) *response = *std::move(model);
   return Done(ctx, model.status());
 }
@@ -320,6 +385,9 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteModel(grpc::CallbackServerConte
                                                        const pb::DeleteModelRequest* request,
                                                        pb::DeleteModelResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
+  if (auto visible = VisibleModel(CallerOf(ctx), request->model_id()); !visible.ok()) {
+    return Done(ctx, visible.status());
+  }
   return Defer(
       ctx, options_.slow, [this, request] { return manager_->models()->Delete(request->model_id()); },
       ShuttingDown);
@@ -328,6 +396,9 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteModel(grpc::CallbackServerConte
 grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(grpc::CallbackServerContext* ctx,
                                                                          const pb::DownloadModelRequest* request) {
   if (absl::Status s = Admit(ctx); !s.ok()) return new ErrorWriter<pb::ModelChunk>(s);
+  if (auto visible = VisibleModel(CallerOf(ctx), request->model_id()); !visible.ok()) {
+    return new ErrorWriter<pb::ModelChunk>(visible.status());
+  }
   auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"metadata.json", "model.pt"});
   if (!reader.ok()) return new ErrorWriter<pb::ModelChunk>(reader.status());
   return new DownloadReactor(*std::move(reader));
@@ -350,8 +421,8 @@ grpc::ServerUnaryReactor* FineTuneService::ValidateJob(grpc::CallbackServerConte
   auto* reactor = ctx->DefaultReactor();
   // Pre-flight (a dataset scan) on the slow executor, then the dry run in
   // a tool process through the bounded tool queue.
-  const bool scheduled = options_.slow->TrySchedule([this, reactor, request, response] {
-    auto resolved = manager_->Resolve(request->spec());
+  const bool scheduled = options_.slow->TrySchedule([this, reactor, request, response, caller = CallerOf(ctx)] {
+    auto resolved = manager_->Resolve(request->spec(), caller.submitter);
     if (!resolved.ok()) {
       reactor->Finish(ToGrpcStatus(resolved.status()));
       return;
@@ -371,7 +442,8 @@ grpc::ServerUnaryReactor* FineTuneService::ValidateJob(grpc::CallbackServerConte
   return reactor;
 }
 
-absl::Status FineTuneService::CheckPredict(const pb::PredictRequest& request, std::string* model_dir) {
+absl::Status FineTuneService::CheckPredict(const Caller& caller, const pb::PredictRequest& request,
+                                          std::string* model_dir) {
   if (request.images_size() == 0) return absl::InvalidArgumentError("images: at least one image is required");
   if (request.images_size() > kMaxPredictImages) {
     return absl::InvalidArgumentError(absl::StrCat("images: at most ", kMaxPredictImages, " per request"));
@@ -382,6 +454,7 @@ absl::Status FineTuneService::CheckPredict(const pb::PredictRequest& request, st
     return absl::ResourceExhaustedError(absl::StrCat("images: more than ", kMaxPredictBytes, " bytes"));
   }
   if (request.top_k() < 0) return absl::InvalidArgumentError("top_k: must be positive");
+  FT_RETURN_IF_ERROR(VisibleModel(caller, request.model_id()).status());
   FT_ASSIGN_OR_RETURN(std::string model_path, manager_->models()->FilePath(request.model_id(), "model.pt"));
   if (options_.tools == nullptr) return absl::UnimplementedError("Predict needs a finetune-worker tool binary");
   *model_dir = std::filesystem::path(model_path).parent_path().string();
@@ -419,7 +492,7 @@ grpc::ServerUnaryReactor* FineTuneService::Predict(grpc::CallbackServerContext* 
                                                    pb::PredictResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   std::string model_dir;
-  if (absl::Status s = CheckPredict(*request, &model_dir); !s.ok()) return Done(ctx, s);
+  if (absl::Status s = CheckPredict(CallerOf(ctx), *request, &model_dir); !s.ok()) return Done(ctx, s);
   return Defer(
       ctx, options_.tool_queue,
       [this, request, response, model_dir] {

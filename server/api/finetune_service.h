@@ -12,6 +12,27 @@
 
 namespace ft::server {
 
+// Who makes a call, as the tenant checks see it.
+struct Caller {
+  std::string tenant;
+  // Admins see and act on every tenant's jobs and models, and list every
+  // tenant unless they ask for one.
+  bool admin = false;
+  Submitter submitter;
+};
+
+// An object of `tenant` exists for the caller only when it is theirs or the
+// caller is an admin; otherwise the handlers answer with the same NOT_FOUND
+// as for an id that does not exist, so that nothing leaks.
+bool Sees(const Caller& caller, const std::string& tenant);
+// The tenant a List* call shows: the caller's own, or for an admin the one
+// asked for (empty: every tenant). PERMISSION_DENIED when a non-admin asks
+// for another tenant.
+absl::StatusOr<std::string> ListedTenant(const Caller& caller, const std::string& requested);
+// RESOURCE_EXHAUSTED when `adding` more bytes would take the caller's tenant
+// past its max_storage_bytes.
+absl::Status CheckStorageQuota(JobManager* manager, const Caller& caller, int64_t adding);
+
 struct FineTuneServiceOptions {
   // None owned; all must outlive the service.
   JobManager* manager = nullptr;
@@ -81,10 +102,17 @@ class FineTuneService final : public pb::FineTune::CallbackService {
                                   std::function<absl::Status()> work, std::function<absl::Status()> refused);
   // OK, or the UNAUTHENTICATED / PERMISSION_DENIED the call ends with.
   absl::Status Admit(const grpc::ServerContextBase* ctx) const;
+  // The admitted caller's tenant and limits (the default tenant, an admin,
+  // without --auth-file).
+  Caller CallerOf(const grpc::ServerContextBase* ctx) const;
+  // The job or model, or NOT_FOUND worded as for a missing id when the
+  // caller may not see it.
+  absl::StatusOr<pb::Job> VisibleJob(const Caller& caller, const std::string& job_id);
+  absl::StatusOr<pb::Model> VisibleModel(const Caller& caller, const std::string& model_id);
   // RESOURCE_EXHAUSTED with the tool queue's numbers.
   absl::Status ToolQueueFull();
   absl::StatusOr<pb::ValidationReport> RunValidation(pb::ResolvedJob resolved);
-  absl::Status CheckPredict(const pb::PredictRequest& request, std::string* model_dir);
+  absl::Status CheckPredict(const Caller& caller, const pb::PredictRequest& request, std::string* model_dir);
   absl::StatusOr<pb::PredictResponse> RunPredict(const pb::PredictRequest& request, const std::string& model_dir);
 
   const FineTuneServiceOptions options_;

@@ -111,7 +111,7 @@ grpc::Status WorkerGatewayService::UploadModel(grpc::ServerContext* ctx,
   if (!job.ok()) return ToGrpcStatus(job.status());
   auto model = manager_->models()->Commit(*std::move(upload), header.size_bytes(), header.sha256(),
                                           header.job_id(), job->spec().name(),
-                                          header.metadata_json());
+                                          header.metadata_json(), job->tenant());
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_model_id(model->id());
   return grpc::Status::OK;

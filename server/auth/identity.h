@@ -32,8 +32,9 @@ struct Identity {
   Role role = Role::kViewer;
   // Lower-case hex SHA-256 of the token. The token itself is never kept.
   std::string token_sha256;
-  // Absolute directories this identity's file:// datasets may come from, in
-  // addition to the server's --dataset-roots (for the tenants work).
+  // When non-empty, the only absolute directories this identity's file://
+  // datasets and weights may come from: they replace the server's
+  // --dataset-roots for its calls, so a tenant can be held to its folders.
   std::vector<std::string> dataset_roots;
   Quota quota;
 };

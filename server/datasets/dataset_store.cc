@@ -22,6 +22,7 @@
 #include "common/util/log.h"
 #include "common/util/proto_json.h"
 #include "common/util/status.h"
+#include "common/util/tenant.h"
 #include "common/datasets/layout.h"
 
 namespace ft::datasets {
@@ -142,7 +143,7 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
   std::unique_ptr<DatasetStore> store(new DatasetStore(options, clock, std::move(owned)));
   // A crash between unbinding a name and deleting its digest leaves a digest
   // no name refers to.
-  auto datasets = store->List();
+  auto datasets = store->List("");
   if (!datasets.ok()) return datasets.status();
   std::set<std::string> referenced;
   for (const auto& d : *datasets) referenced.insert(d.sha256());
@@ -219,6 +220,7 @@ void DatasetStore::Extract(const std::string& digest) {
     if (made.ok()) {
       pb::Dataset ready = *made;
       ready.set_name(record.name());
+      ready.set_tenant(record.tenant());
       *ready.mutable_create_time() = record.create_time();
       ready.set_state(pb::DATASET_READY);
       record = ready;
@@ -257,7 +259,8 @@ std::string DatasetStore::DigestDir(const std::string& digest) const {
   return (fs::path(options_.root) / digest).string();
 }
 
-absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const pb::DatasetUploadHeader& in) {
+absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const std::string& tenant,
+                                                                         const pb::DatasetUploadHeader& in) {
   pb::DatasetUploadHeader header = in;
   if (!IsValidDatasetName(header.name())) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -280,7 +283,7 @@ absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const p
   header.set_format(format);
   {
     absl::ReaderMutexLock lock(&mu_);
-    auto existing = ReadRecord(header.name());
+    auto existing = ReadRecord(tenant, header.name());
     if (existing.ok() && existing->sha256() != header.sha256() && existing->state() != pb::DATASET_FAILED) {
       return absl::AlreadyExistsError(absl::StrCat(
           "a dataset named ", header.name(), " already exists with other contents (sha256 ",
@@ -290,6 +293,7 @@ absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const p
   const std::string dir = (fs::path(options_.root) / kIncoming / RandomHex()).string();
   FT_RETURN_IF_ERROR(util::MakeDirs(dir));
   std::unique_ptr<DatasetUpload> upload(new DatasetUpload(header, dir, options_.max_upload_bytes));
+  upload->tenant_ = util::TenantOrDefault(tenant);
   upload->fd_ = ::open((fs::path(dir) / kArchive).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (upload->fd_ < 0) {
     return absl::InternalError(absl::StrCat("cannot create upload in ", dir, ": ", std::strerror(errno)));
@@ -372,7 +376,7 @@ absl::StatusOr<pb::Dataset> DatasetStore::Commit(std::unique_ptr<DatasetUpload> 
   // Binding the name happens under mu_, which Delete() and Extract() hold
   // too, so a name is never bound to a digest being deleted.
   absl::MutexLock lock(&mu_);
-  auto existing = ReadRecord(header.name());
+  auto existing = ReadRecord(upload->tenant_, header.name());
   if (existing.ok() && existing->state() != pb::DATASET_FAILED) {
     if (existing->sha256() == digest) return *existing;
     return absl::AlreadyExistsError(absl::StrCat(
@@ -408,15 +412,24 @@ absl::StatusOr<pb::Dataset> DatasetStore::Commit(std::unique_ptr<DatasetUpload> 
     record.set_state(pb::DATASET_EXTRACTING);
   }
   record.set_name(header.name());
+  record.set_tenant(upload->tenant_);
   *record.mutable_create_time() =
       google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(clock_->Now()));
   FT_RETURN_IF_ERROR(WriteRecord(record));
   return record;
 }
 
+std::string DatasetStore::RecordPath(const std::string& tenant, const std::string& name) const {
+  // The default tenant keeps the bare <name>.json it had before tenants, so
+  // old data directories need no migration. Others are <tenant>@<name>.json:
+  // dataset names have no '@', so the last one splits them unambiguously.
+  const std::string t = util::TenantOrDefault(tenant);
+  const std::string file = t == util::kDefaultTenant ? name : absl::StrCat(t, "@", name);
+  return (fs::path(options_.root) / kNames / (file + ".json")).string();
+}
+
 absl::Status DatasetStore::WriteRecord(const pb::Dataset& record) {
-  return util::WriteFileAtomic((fs::path(options_.root) / kNames / (record.name() + ".json")).string(),
-                               util::ToJson(record));
+  return util::WriteFileAtomic(RecordPath(record.tenant(), record.name()), util::ToJson(record));
 }
 
 std::vector<pb::Dataset> DatasetStore::ReadAllRecords() {
@@ -424,31 +437,44 @@ std::vector<pb::Dataset> DatasetStore::ReadAllRecords() {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(fs::path(options_.root) / kNames, ec)) {
     if (e.path().extension() != ".json") continue;
-    auto record = ReadRecord(e.path().stem().string());
+    const std::string stem = e.path().stem().string();
+    const size_t at = stem.rfind('@');
+    auto record = at == std::string::npos ? ReadRecord(util::kDefaultTenant, stem)
+                                          : ReadRecord(stem.substr(0, at), stem.substr(at + 1));
     if (record.ok()) out.push_back(*std::move(record));
   }
   return out;
 }
 
-absl::StatusOr<pb::Dataset> DatasetStore::ReadRecord(const std::string& name) {
+absl::StatusOr<pb::Dataset> DatasetStore::ReadRecord(const std::string& tenant, const std::string& name) {
   if (!IsValidDatasetName(name)) {
     return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a valid dataset name"));
   }
-  auto json = util::ReadFile((fs::path(options_.root) / kNames / (name + ".json")).string(), kMaxRecordBytes);
+  auto json = util::ReadFile(RecordPath(tenant, name), kMaxRecordBytes);
   if (!json.ok()) return absl::NotFoundError(absl::StrCat("no uploaded dataset named '", name, "'"));
   pb::Dataset record;
   FT_RETURN_IF_ERROR(util::FromJson(*json, &record));
+  // Where the record lies says whose it is (old records carry no tenant).
+  record.set_tenant(util::TenantOrDefault(tenant));
   // Records written before datasets had states were all ready.
   if (record.state() == pb::DATASET_STATE_UNSPECIFIED) record.set_state(pb::DATASET_READY);
   return record;
 }
 
-absl::StatusOr<pb::Dataset> DatasetStore::Get(const std::string& name) {
+absl::StatusOr<pb::Dataset> DatasetStore::Get(const std::string& tenant, const std::string& name) {
   absl::ReaderMutexLock lock(&mu_);
-  return ReadRecord(name);
+  return ReadRecord(tenant, name);
 }
 
-absl::StatusOr<std::vector<pb::Dataset>> DatasetStore::List() {
+int64_t DatasetStore::TenantBytes(const std::string& tenant) {
+  auto all = List(tenant);
+  if (!all.ok()) return 0;
+  int64_t total = 0;
+  for (const auto& d : *all) total += d.size_bytes();
+  return total;
+}
+
+absl::StatusOr<std::vector<pb::Dataset>> DatasetStore::List(const std::string& tenant) {
   std::vector<pb::Dataset> out;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -457,6 +483,10 @@ absl::StatusOr<std::vector<pb::Dataset>> DatasetStore::List() {
       return absl::InternalError(absl::StrCat("cannot list datasets in ", options_.root));
     }
     out = ReadAllRecords();
+  }
+  if (!tenant.empty()) {
+    out.erase(std::remove_if(out.begin(), out.end(), [&](const pb::Dataset& d) { return d.tenant() != tenant; }),
+              out.end());
   }
   std::sort(out.begin(), out.end(), [](const pb::Dataset& a, const pb::Dataset& b) {
     if (a.create_time().seconds() != b.create_time().seconds()) {
@@ -468,30 +498,26 @@ absl::StatusOr<std::vector<pb::Dataset>> DatasetStore::List() {
   return out;
 }
 
-absl::Status DatasetStore::Delete(const std::string& name,
+absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& name,
                                   const std::function<absl::Status(const pb::Dataset&)>& in_use) {
   absl::MutexLock lock(&mu_);
-  FT_ASSIGN_OR_RETURN(pb::Dataset record, ReadRecord(name));
+  FT_ASSIGN_OR_RETURN(pb::Dataset record, ReadRecord(tenant, name));
   if (in_use) FT_RETURN_IF_ERROR(in_use(record));
   std::error_code ec;
-  const fs::path names = fs::path(options_.root) / kNames;
-  if (!fs::remove(names / (name + ".json"), ec) || ec) {
+  if (!fs::remove(RecordPath(tenant, name), ec) || ec) {
     return absl::InternalError(absl::StrCat("cannot delete dataset ", name, ": ", ec.message()));
   }
-  for (const auto& e : fs::directory_iterator(names, ec)) {
-    if (e.path().extension() != ".json") continue;
-    auto other = ReadRecord(e.path().stem().string());
-    // Still named by a record that holds files (a FAILED one holds none).
-    if (other.ok() && other->sha256() == record.sha256() && other->state() != pb::DATASET_FAILED) {
-      return absl::OkStatus();
-    }
+  // Still named (in any tenant) by a record that holds files (a FAILED one
+  // holds none).
+  for (const auto& other : ReadAllRecords()) {
+    if (other.sha256() == record.sha256() && other.state() != pb::DATASET_FAILED) return absl::OkStatus();
   }
   RemoveTree(DigestDir(record.sha256()), fs::path(options_.root) / kIncoming);
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> DatasetStore::DataPath(const std::string& name) {
-  FT_ASSIGN_OR_RETURN(pb::Dataset record, Get(name));
+absl::StatusOr<std::string> DatasetStore::DataPath(const std::string& tenant, const std::string& name) {
+  FT_ASSIGN_OR_RETURN(pb::Dataset record, Get(tenant, name));
   if (record.state() == pb::DATASET_EXTRACTING) {
     return absl::FailedPreconditionError(absl::StrCat(
         "dataset ", name, " is still being extracted; submit when `ftctl datasets list` shows it READY"));
@@ -562,7 +588,7 @@ absl::StatusOr<DatasetLocation> DatasetStore::ExtractCached(const std::string& a
 }
 
 absl::StatusOr<DatasetLocation> LocateDataset(const DatasetUri& uri, const std::vector<std::string>& roots,
-                                              DatasetStore* store) {
+                                              DatasetStore* store, const std::string& tenant) {
   if (!uri.dataset_name.empty()) {
     if (store == nullptr) {
       return absl::FailedPreconditionError("dataset_uri: this server does not keep uploaded datasets");
@@ -571,13 +597,13 @@ absl::StatusOr<DatasetLocation> LocateDataset(const DatasetUri& uri, const std::
       return absl::InvalidArgumentError(absl::StrCat(
           "dataset_uri: '", uri.dataset_name, "' is not a dataset name (1 to 64 of A-Z a-z 0-9 . _ -)"));
     }
-    auto record = store->Get(uri.dataset_name);
+    auto record = store->Get(tenant, uri.dataset_name);
     if (absl::IsNotFound(record.status())) {
       return absl::NotFoundError(absl::StrCat("dataset_uri: no uploaded dataset named '", uri.dataset_name,
                                               "' (see ftctl datasets list)"));
     }
     if (!record.ok()) return record.status();
-    FT_ASSIGN_OR_RETURN(std::string path, store->DataPath(uri.dataset_name));
+    FT_ASSIGN_OR_RETURN(std::string path, store->DataPath(tenant, uri.dataset_name));
     return DatasetLocation{path, record->sha256()};
   }
   FT_ASSIGN_OR_RETURN(std::string path, ResolveInside(uri.path, roots, "dataset"));

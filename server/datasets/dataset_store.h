@@ -54,6 +54,7 @@ class DatasetUpload {
   friend class DatasetStore;
   DatasetUpload(pb::DatasetUploadHeader header, std::string dir, int64_t max_bytes);
   pb::DatasetUploadHeader header_;
+  std::string tenant_;
   std::string dir_;
   int64_t max_bytes_;
   int64_t bytes_ = 0;
@@ -89,8 +90,12 @@ class DatasetStore {
 
   // Checks the header: INVALID_ARGUMENT for a bad name, sha256 or format
   // hint; RESOURCE_EXHAUSTED when size_bytes is over the limit;
-  // ALREADY_EXISTS when the name is bound to another digest.
-  absl::StatusOr<std::unique_ptr<DatasetUpload>> BeginUpload(const pb::DatasetUploadHeader& header);
+  // ALREADY_EXISTS when the name is bound to another digest in `tenant`.
+  // Names are per tenant (empty: the default tenant); the bytes are shared
+  // by digest across tenants, which is safe because nothing names a digest
+  // but a record.
+  absl::StatusOr<std::unique_ptr<DatasetUpload>> BeginUpload(const std::string& tenant,
+                                                             const pb::DatasetUploadHeader& header);
   // Checks size and sha256 (DATA_LOSS on a mismatch), syncs the archive and
   // binds the name: READY at once when these bytes are already extracted,
   // else EXTRACTING while the pool extracts the archive. Extraction failures
@@ -100,19 +105,22 @@ class DatasetStore {
   // call it off latency-sensitive threads.
   absl::StatusOr<pb::Dataset> Commit(std::unique_ptr<DatasetUpload> upload);
 
-  // Newest first.
-  absl::StatusOr<std::vector<pb::Dataset>> List();
-  // NOT_FOUND for an unknown name, INVALID_ARGUMENT for a malformed one.
-  absl::StatusOr<pb::Dataset> Get(const std::string& name);
+  // Newest first; an empty `tenant` means every tenant.
+  absl::StatusOr<std::vector<pb::Dataset>> List(const std::string& tenant);
+  // NOT_FOUND for a name unknown in `tenant`, INVALID_ARGUMENT for a
+  // malformed one.
+  absl::StatusOr<pb::Dataset> Get(const std::string& tenant, const std::string& name);
   // `in_use` is called with the record under the store's lock; an error from
   // it (FAILED_PRECONDITION: a job uses it) stops the delete.
-  absl::Status Delete(const std::string& name,
+  absl::Status Delete(const std::string& tenant, const std::string& name,
                       const std::function<absl::Status(const pb::Dataset&)>& in_use);
+  // Archive bytes of the tenant's uploads (its storage quota).
+  int64_t TenantBytes(const std::string& tenant);
 
   // The extracted folder of a READY uploaded dataset (pre-flight, local
   // workers); FAILED_PRECONDITION while it is EXTRACTING or after it FAILED,
   // PERMISSION_DENIED after the sandbox refused it (a file outside it).
-  absl::StatusOr<std::string> DataPath(const std::string& name);
+  absl::StatusOr<std::string> DataPath(const std::string& tenant, const std::string& name);
   // The archive to stream to a worker, uploaded or a file:// archive's
   // source: NOT_FOUND when the digest is neither; INVALID_ARGUMENT when
   // `digest` is not 64 hex digits.
@@ -125,7 +133,9 @@ class DatasetStore {
  private:
   DatasetStore(const DatasetStoreOptions& options, util::Clock* clock, std::unique_ptr<util::Clock> owned);
   std::string DigestDir(const std::string& digest) const;
-  absl::StatusOr<pb::Dataset> ReadRecord(const std::string& name) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<pb::Dataset> ReadRecord(const std::string& tenant, const std::string& name)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  std::string RecordPath(const std::string& tenant, const std::string& name) const;
   absl::Status WriteRecord(const pb::Dataset& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<pb::Dataset> ReadAllRecords() ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::string PendingDir(const std::string& digest) const;
@@ -154,12 +164,12 @@ class DatasetStore {
 // True for names uploads may take: [A-Za-z0-9._-]{1,64}, not "." or "..".
 bool IsValidDatasetName(absl::string_view name);
 
-// Finds a parsed dataset URI's files: dataset://NAME in `store`, file://
+// Finds a parsed dataset URI's files: dataset://NAME in `store` and `tenant`, file://
 // paths inside `roots` (PERMISSION_DENIED outside), and file:// archives
 // extracted through `store`'s cache. A null `store` leaves dataset:// and
 // archives FAILED_PRECONDITION.
 absl::StatusOr<DatasetLocation> LocateDataset(const DatasetUri& uri, const std::vector<std::string>& roots,
-                                              DatasetStore* store);
+                                              DatasetStore* store, const std::string& tenant);
 
 }  // namespace ft::datasets
 

@@ -12,15 +12,15 @@ namespace {
 constexpr int kMaxJobsChecked = 1000000;
 }  // namespace
 
-absl::Status DeleteUnusedDataset(JobManager* manager, const std::string& name) {
+absl::Status DeleteUnusedDataset(JobManager* manager, const std::string& tenant, const std::string& name) {
   datasets::DatasetStore* store = manager->dataset_store();
   if (store == nullptr) return absl::FailedPreconditionError("this server does not keep uploaded datasets");
   if (!datasets::IsValidDatasetName(name)) {
     return absl::InvalidArgumentError(absl::StrCat("name: '", name, "' is not a dataset name"));
   }
-  return store->Delete(name, [manager, &name](const pb::Dataset&) -> absl::Status {
+  return store->Delete(tenant, name, [manager, &tenant, &name](const pb::Dataset&) -> absl::Status {
     FT_ASSIGN_OR_RETURN(std::vector<pb::Job> jobs,
-                        manager->store()->ListJobs({pb::QUEUED, pb::RUNNING}, kMaxJobsChecked));
+                        manager->store()->ListJobs({pb::QUEUED, pb::RUNNING}, kMaxJobsChecked, tenant));
     std::vector<std::string> users;
     for (const auto& job : jobs) {
       auto uri = datasets::ParseDatasetUri(job.spec().dataset_uri(), "dataset_uri");

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/util/log.h"
 #include "common/util/status.h"
+#include "common/util/tenant.h"
 #include "common/datasets/layout.h"
 #include "server/datasets/resolver.h"
 #include "server/jobs/spec_validation.h"
@@ -57,8 +58,14 @@ void JobManager::Shutdown() {
   if (sweeper_.joinable()) sweeper_.join();
 }
 
-absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
+absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in, const Submitter& submitter) {
   pb::ResolvedJob resolved;
+  const std::string tenant = util::TenantOrDefault(submitter.tenant);
+  resolved.set_tenant(tenant);
+  // An identity's own roots replace the server's: a tenant's data stays in
+  // its folders even where the server's roots are wider.
+  const std::vector<std::string>& dataset_roots =
+      submitter.dataset_roots.empty() ? options_.dataset_roots : submitter.dataset_roots;
   pb::JobSpec* spec = resolved.mutable_spec();
   *spec = in;
   const catalog::BackboneInfo* backbone = nullptr;
@@ -92,6 +99,8 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   } else if (absl::StartsWith(w, "model://")) {
     const std::string id = w.substr(strlen("model://"));
     auto model = models_->Get(id);
+    // Another tenant's model reads exactly like one that does not exist.
+    if (model.ok() && model->tenant() != tenant) model = absl::NotFoundError("another tenant's");
     if (!model.ok()) {
       if (absl::IsInvalidArgument(model.status())) {
         return Invalid("weights_uri", std::string(model.status().message()));
@@ -105,7 +114,7 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
     resolved.set_weights_model_id(id);
   } else if (absl::StartsWith(w, "file://")) {
     FT_ASSIGN_OR_RETURN(datasets::DatasetUri uri, datasets::ParseDatasetUri(w, "weights_uri"));
-    std::vector<std::string> roots = options_.dataset_roots;
+    std::vector<std::string> roots = dataset_roots;
     if (!options_.weights_dir.empty()) roots.push_back(options_.weights_dir);
     FT_ASSIGN_OR_RETURN(std::string path, datasets::ResolveInside(uri.path, roots, "weights file"));
     std::error_code ec;
@@ -121,13 +130,13 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   FT_ASSIGN_OR_RETURN(datasets::DatasetUri uri,
                       datasets::ParseDatasetUri(spec->dataset_uri(), "dataset_uri"));
   FT_ASSIGN_OR_RETURN(datasets::DatasetLocation location,
-                      datasets::LocateDataset(uri, options_.dataset_roots, options_.dataset_store));
+                      datasets::LocateDataset(uri, dataset_roots, options_.dataset_store, tenant));
   const std::string& path = location.path;
   uri.options.val_split = spec->val_split();
   uri.options.seed = static_cast<uint64_t>(spec->seed());
   // An archive's files stay in its extracted folder (the default); a file://
   // dataset's may be anywhere in the roots, as its URI may be.
-  if (location.digest.empty()) uri.options.roots = options_.dataset_roots;
+  if (location.digest.empty()) uri.options.roots = dataset_roots;
   FT_ASSIGN_OR_RETURN(datasets::DatasetLayout layout, datasets::ScanDataset(path, uri.options));
   resolved.set_dataset_path(path);
   resolved.set_dataset_digest(location.digest);
@@ -140,11 +149,40 @@ absl::StatusOr<pb::ResolvedJob> JobManager::Resolve(const pb::JobSpec& in) {
   return resolved;
 }
 
-absl::StatusOr<pb::Job> JobManager::Submit(const pb::JobSpec& spec, const std::string& request_id) {
+int64_t JobManager::TenantStorageBytes(const std::string& tenant) {
+  int64_t total = models_->TenantBytes(tenant);
+  if (options_.dataset_store != nullptr) total += options_.dataset_store->TenantBytes(tenant);
+  return total;
+}
+
+absl::StatusOr<pb::Job> JobManager::Submit(const pb::JobSpec& spec, const std::string& request_id,
+                                           const Submitter& submitter) {
   if (request_id.size() > 128) return Invalid("request_id", "is longer than 128 characters");
-  FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, Resolve(spec));
-  FT_ASSIGN_OR_RETURN(pb::Job job, store_->CreateJob(resolved, request_id));
-  if (observer_) observer_->OnSubmitted();
+  FT_ASSIGN_OR_RETURN(pb::ResolvedJob resolved, Resolve(spec, submitter));
+  const std::string& tenant = resolved.tenant();
+  absl::StatusOr<pb::Job> created;
+  {
+    absl::MutexLock lock(&submit_mu_);
+    if (submitter.max_queued_jobs.has_value()) {
+      FT_ASSIGN_OR_RETURN(int active, store_->CountActive(tenant));
+      if (active >= *submitter.max_queued_jobs) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tenant ", tenant, " has ", active, " queued or running jobs, its quota max_queued_jobs is ",
+            *submitter.max_queued_jobs, "; wait for one to finish or cancel one"));
+      }
+    }
+    if (submitter.max_storage_bytes.has_value()) {
+      const int64_t used = TenantStorageBytes(tenant);
+      if (used >= *submitter.max_storage_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tenant ", tenant, " stores ", used, " bytes of models and datasets, its quota max_storage_bytes is ",
+            *submitter.max_storage_bytes, "; delete models or datasets first"));
+      }
+    }
+    created = store_->CreateJob(resolved, request_id);
+  }
+  FT_ASSIGN_OR_RETURN(pb::Job job, std::move(created));
+  if (observer_) observer_->OnSubmitted(job.tenant());
   util::Log("info", "finetuned", "job queued",
             {{"job_id", job.id()}, {"request_id", request_id}, {"backbone", job.spec().backbone()},
              {"dataset", job.spec().dataset_uri()}});
@@ -158,10 +196,10 @@ absl::StatusOr<pb::Job> JobManager::Get(const std::string& job_id) {
   return store_->GetJob(job_id);
 }
 
-absl::StatusOr<std::vector<pb::Job>> JobManager::List(const std::vector<pb::JobState>& states,
-                                                      int limit) {
+absl::StatusOr<std::vector<pb::Job>> JobManager::List(const std::vector<pb::JobState>& states, int limit,
+                                                      const std::string& tenant) {
   if (limit <= 0) limit = 100;
-  return store_->ListJobs(states, std::min(limit, 10000));
+  return store_->ListJobs(states, std::min(limit, 10000), tenant);
 }
 
 absl::StatusOr<pb::Job> JobManager::Cancel(const std::string& job_id) {
@@ -268,7 +306,7 @@ void JobManager::ReportFinished(const pb::Job& job) {
   };
   const absl::Duration duration =
       job.start_time().seconds() > 0 ? to_time(job.end_time()) - to_time(job.start_time()) : absl::ZeroDuration();
-  observer_->OnFinished(job.state(), duration, job.metrics().trained_images());
+  observer_->OnFinished(job.state(), duration, job.metrics().trained_images(), util::TenantOrDefault(job.tenant()));
 }
 
 absl::Status JobManager::RecordEvent(const std::string& job_id, const std::string& lease_id,

@@ -42,15 +42,36 @@ struct JobManagerOptions {
   CheckpointStore* checkpoints = nullptr;
 };
 
+// Who submits or validates a job, as far as the core cares: the tenant the
+// job will belong to (model:// and dataset:// resolve only in it) and that
+// tenant's limits, taken from the caller's identity. The default value is
+// the caller without --auth-file: tenant "default", the server's roots, no
+// quotas.
+struct Submitter {
+  std::string tenant;  // empty: the default tenant
+  // When non-empty, file:// datasets and weights may come only from these,
+  // instead of the server's --dataset-roots.
+  std::vector<std::string> dataset_roots;
+  // QUEUED plus RUNNING jobs of the tenant; unset is unlimited.
+  std::optional<int64_t> max_queued_jobs;
+  // Bytes of the tenant's models and uploaded dataset archives; unset is
+  // unlimited. A job is refused while the tenant is at or over it, since it
+  // would add a model.
+  std::optional<int64_t> max_storage_bytes;
+};
+
 // Told of job lifecycle moments, for metrics. Implementations are
 // thread-safe and quick; they are called outside the manager's locks.
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
-  virtual void OnSubmitted() = 0;
+  // `tenant`: the job's, never empty. Tenants come from --auth-file's
+  // identities, so they are few enough to be a metric label.
+  virtual void OnSubmitted(const std::string& tenant) = 0;
   // A job's first lease, `queue_wait` after it was submitted.
   virtual void OnLeased(absl::Duration queue_wait) = 0;
-  virtual void OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images) = 0;
+  virtual void OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images,
+                          const std::string& tenant) = 0;
   virtual void OnLeaseExpired() = 0;
 };
 
@@ -73,11 +94,18 @@ class JobManager {
   // fields INVALID_ARGUMENT naming the field, missing data or weights
   // NOT_FOUND, outside the roots PERMISSION_DENIED, untrainable data
   // FAILED_PRECONDITION.
-  absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id);
+  // Past the submitter's quotas RESOURCE_EXHAUSTED, with the numbers.
+  absl::StatusOr<pb::Job> Submit(const pb::JobSpec& spec, const std::string& request_id,
+                                 const Submitter& submitter);
   // Validation alone: the ResolvedJob a worker would get.
-  absl::StatusOr<pb::ResolvedJob> Resolve(const pb::JobSpec& spec);
+  absl::StatusOr<pb::ResolvedJob> Resolve(const pb::JobSpec& spec, const Submitter& submitter);
+  // Any tenant's job; tenant checks are the caller's.
   absl::StatusOr<pb::Job> Get(const std::string& job_id);
-  absl::StatusOr<std::vector<pb::Job>> List(const std::vector<pb::JobState>& states, int limit);
+  // An empty `tenant` means every tenant.
+  absl::StatusOr<std::vector<pb::Job>> List(const std::vector<pb::JobState>& states, int limit,
+                                            const std::string& tenant);
+  // Bytes the tenant stores: its models and uploaded dataset archives.
+  int64_t TenantStorageBytes(const std::string& tenant);
   absl::StatusOr<pb::Job> Cancel(const std::string& job_id);
 
   // Waits up to `wait` for a queued job and leases it to `worker`.
@@ -132,6 +160,9 @@ class JobManager {
   FilesystemModelStore* models_;
   JobObserver* observer_ = nullptr;
 
+  // Serialises the quota check with the insert, so that two concurrent
+  // submits cannot both take the tenant's last place.
+  absl::Mutex submit_mu_;
   absl::Mutex mu_;
   std::map<std::string, absl::Time> workers_seen_ ABSL_GUARDED_BY(mu_);
   int64_t queue_generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -45,12 +45,15 @@ class JobStore {
   virtual absl::StatusOr<pb::Job> CreateJob(const pb::ResolvedJob& job,
                                             const std::string& request_id) = 0;
   virtual absl::StatusOr<pb::Job> GetJob(const std::string& job_id) = 0;
-  // Newest first. An empty `states` means every state.
-  virtual absl::StatusOr<std::vector<pb::Job>> ListJobs(
-      const std::vector<pb::JobState>& states, int limit) = 0;
+  // Newest first. An empty `states` means every state, an empty `tenant`
+  // every tenant.
+  virtual absl::StatusOr<std::vector<pb::Job>> ListJobs(const std::vector<pb::JobState>& states, int limit,
+                                                        const std::string& tenant) = 0;
   // Number of queued jobs ahead of and including `job_id`; 0 if not queued.
   virtual absl::StatusOr<int> QueuePosition(const std::string& job_id) = 0;
   virtual absl::StatusOr<int> CountInState(pb::JobState state) = 0;
+  // The tenant's jobs that hold a place: QUEUED or RUNNING (its quota).
+  virtual absl::StatusOr<int> CountActive(const std::string& tenant) = 0;
 
   // Where a job resumes: the epoch and step of its newest checkpoint, 0 and
   // 0 when it has none. Called inside LeaseNext's transaction: must be quick

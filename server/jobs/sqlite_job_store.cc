@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/time_util.h"
 #include "common/util/status.h"
+#include "common/util/tenant.h"
 
 namespace ft::server {
 namespace {
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   lease_id TEXT NOT NULL DEFAULT '',
   lease_expires_us INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0,
-  last_seq INTEGER NOT NULL DEFAULT 0
+  last_seq INTEGER NOT NULL DEFAULT 0,
+  tenant TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, n);
 CREATE TABLE IF NOT EXISTS events (
@@ -48,7 +50,12 @@ CREATE TABLE IF NOT EXISTS events (
 
 constexpr const char* kJobColumns =
     "id, state, resolved, attempts, error, model_id, metrics, create_us, start_us, end_us, "
-    "worker_id, cancel_requested, last_seq";
+    "worker_id, cancel_requested, last_seq, tenant";
+
+// Databases made before tenants lack the column; every job in them belongs
+// to the default tenant, which is what the column's default says.
+constexpr const char* kAddTenant = "ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'";
+constexpr const char* kTenantIndex = "CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, state)";
 
 // One prepared statement; finalised on destruction.
 class Stmt {
@@ -136,6 +143,7 @@ absl::StatusOr<pb::Job> JobFromRow(Stmt& s) {
   job.set_worker_id(s.Text(10));
   job.set_cancel_requested(s.Int(11) != 0);
   job.set_last_sequence(s.Int(12));
+  job.set_tenant(s.Text(13));
   return job;
 }
 
@@ -167,6 +175,7 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Create(
   absl::MutexLock lock(&store->mu_);
   FT_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"));
   FT_RETURN_IF_ERROR(store->Exec(kSchema));
+  FT_RETURN_IF_ERROR(store->MigrateLocked());
   return store;
 }
 
@@ -177,6 +186,13 @@ SqliteJobStore::SqliteJobStore(sqlite3* db, util::Clock* clock,
 SqliteJobStore::~SqliteJobStore() {
   absl::MutexLock lock(&mu_);
   sqlite3_close(db_);
+}
+
+absl::Status SqliteJobStore::MigrateLocked() {
+  Stmt s(db_, "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'tenant'");
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (row && s.Int(0) == 0) FT_RETURN_IF_ERROR(Exec(kAddTenant));
+  return Exec(kTenantIndex);
 }
 
 absl::Status SqliteJobStore::Exec(const char* sql) {
@@ -257,8 +273,8 @@ absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
     }
     const std::string id = NewId("job-");
     Stmt ins(db_,
-             "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us) "
-             "VALUES (?, ?, ?, ?, ?, ?)");
+             "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?)");
     ins.Bind(1, id);
     if (request_id.empty()) {
       ins.BindNull(2);
@@ -268,7 +284,8 @@ absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
     ins.Bind(3, pb::QUEUED)
         .Bind(4, job.spec().priority())
         .BindBlob(5, job.SerializeAsString())
-        .Bind(6, ToMicros(clock_->Now()));
+        .Bind(6, ToMicros(clock_->Now()))
+        .Bind(7, util::TenantOrDefault(job.tenant()));
     FT_RETURN_IF_ERROR(ins.Run());
     FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::QUEUED, "queued", 0, "", ""));
     return LoadJobLocked(id);
@@ -281,16 +298,21 @@ absl::StatusOr<pb::Job> SqliteJobStore::GetJob(const std::string& job_id) {
 }
 
 absl::StatusOr<std::vector<pb::Job>> SqliteJobStore::ListJobs(
-    const std::vector<pb::JobState>& states, int limit) {
+    const std::vector<pb::JobState>& states, int limit, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
-  std::string where;
+  std::vector<std::string> where;
   if (!states.empty()) {
     std::vector<std::string> in;
     for (auto s : states) in.push_back(absl::StrCat(static_cast<int>(s)));
-    where = absl::StrCat(" WHERE state IN (", absl::StrJoin(in, ","), ")");
+    where.push_back(absl::StrCat("state IN (", absl::StrJoin(in, ","), ")"));
   }
-  Stmt s(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs", where, " ORDER BY n DESC LIMIT ?"));
-  s.Bind(1, limit);
+  if (!tenant.empty()) where.push_back("tenant = ?");
+  Stmt s(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs",
+                           where.empty() ? "" : absl::StrCat(" WHERE ", absl::StrJoin(where, " AND ")),
+                           " ORDER BY n DESC LIMIT ?"));
+  int arg = 1;
+  if (!tenant.empty()) s.Bind(arg++, tenant);
+  s.Bind(arg, limit);
   std::vector<pb::Job> out;
   while (true) {
     FT_ASSIGN_OR_RETURN(bool row, s.Step());
@@ -307,6 +329,14 @@ absl::StatusOr<int> SqliteJobStore::QueuePosition(const std::string& job_id) {
          "SELECT COUNT(*) FROM jobs q, jobs j WHERE j.id = ? AND j.state = ? AND q.state = ? "
          "AND (q.priority > j.priority OR (q.priority = j.priority AND q.n <= j.n))");
   s.Bind(1, job_id).Bind(2, pb::QUEUED).Bind(3, pb::QUEUED);
+  FT_ASSIGN_OR_RETURN(bool row, s.Step());
+  return row ? static_cast<int>(s.Int(0)) : 0;
+}
+
+absl::StatusOr<int> SqliteJobStore::CountActive(const std::string& tenant) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state IN (?, ?)");
+  s.Bind(1, tenant).Bind(2, pb::QUEUED).Bind(3, pb::RUNNING);
   FT_ASSIGN_OR_RETURN(bool row, s.Step());
   return row ? static_cast<int>(s.Int(0)) : 0;
 }

@@ -31,10 +31,11 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<pb::Job> CreateJob(const pb::ResolvedJob& job,
                                     const std::string& request_id) override;
   absl::StatusOr<pb::Job> GetJob(const std::string& job_id) override;
-  absl::StatusOr<std::vector<pb::Job>> ListJobs(const std::vector<pb::JobState>& states,
-                                                int limit) override;
+  absl::StatusOr<std::vector<pb::Job>> ListJobs(const std::vector<pb::JobState>& states, int limit,
+                                                const std::string& tenant) override;
   absl::StatusOr<int> QueuePosition(const std::string& job_id) override;
   absl::StatusOr<int> CountInState(pb::JobState state) override;
+  absl::StatusOr<int> CountActive(const std::string& tenant) override;
   absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
                                                      const ResumePointFn& resume_point = nullptr) override;
   absl::StatusOr<pb::Job> RenewLease(const std::string& job_id, const std::string& lease_id,
@@ -59,6 +60,8 @@ class SqliteJobStore final : public JobStore {
   SqliteJobStore(sqlite3* db, util::Clock* clock, std::unique_ptr<util::Clock> owned_clock);
 
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings a database made by an older finetuned up to the current schema.
+  absl::Status MigrateLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<pb::Job> LoadJobLocked(const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckLeaseLocked(const std::string& job_id, const std::string& lease_id)

@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/util/tenant.h"
 #include "grpcpp/support/status_code_enum.h"
 
 namespace ft::server {
@@ -86,12 +87,12 @@ ServerMetrics::ServerMetrics(const ServerMetricsOptions& options)
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
-  submitted_ = &BuildCounter().Name("finetune_jobs_submitted_total").Help("Jobs accepted by SubmitJob.")
-                    .Register(*registry_).Add({});
-  finished_ = &BuildCounter().Name("finetune_jobs_finished_total").Help("Jobs that ended, by final state.")
+  submitted_ = &BuildCounter().Name("finetune_jobs_submitted_total").Help("Jobs accepted by SubmitJob, by tenant.")
+                    .Register(*registry_);
+  finished_ = &BuildCounter().Name("finetune_jobs_finished_total")
+                   .Help("Jobs that ended, by final state and tenant.")
                    .Register(*registry_);
-  // Every state exists from the start, so rate() sees the first failure.
-  for (const char* s : {"SUCCEEDED", "FAILED", "CANCELLED"}) finished_->Add({{"state", s}});
+  SeeTenant(util::kDefaultTenant);
   queue_depth_ = &BuildGauge().Name("finetune_queue_depth").Help("Jobs waiting in the queue.")
                       .Register(*registry_).Add({});
   queue_wait_ = &BuildHistogram().Name("finetune_queue_wait_seconds").Help("Time from submit to first lease.")
@@ -158,14 +159,27 @@ ServerMetrics::InterceptorCreators() {
   return out;
 }
 
-void ServerMetrics::OnSubmitted() { submitted_->Increment(); }
+void ServerMetrics::SeeTenant(const std::string& tenant) {
+  // Every state of a tenant exists from its first submit (the default
+  // tenant's from the start), so rate() sees its first failure. Add() of an
+  // existing label set returns it; prometheus-cpp locks the family.
+  submitted_->Add({{"tenant", tenant}});
+  for (const char* s : {"SUCCEEDED", "FAILED", "CANCELLED"}) finished_->Add({{"state", s}, {"tenant", tenant}});
+}
+
+void ServerMetrics::OnSubmitted(const std::string& tenant) {
+  SeeTenant(tenant);
+  submitted_->Add({{"tenant", tenant}}).Increment();
+}
 
 void ServerMetrics::OnLeased(absl::Duration queue_wait) {
   queue_wait_->Observe(absl::ToDoubleSeconds(queue_wait));
 }
 
-void ServerMetrics::OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images) {
-  finished_->Add({{"state", pb::JobState_Name(state)}}).Increment();
+void ServerMetrics::OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images,
+                               const std::string& tenant) {
+  SeeTenant(tenant);
+  finished_->Add({{"state", pb::JobState_Name(state)}, {"tenant", tenant}}).Increment();
   job_duration_->Observe(absl::ToDoubleSeconds(duration));
   if (trained_images > 0) trained_images_->Increment(static_cast<double>(trained_images));
 }

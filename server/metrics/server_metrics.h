@@ -32,7 +32,7 @@ struct ServerMetricsOptions {
 };
 
 // The server's Prometheus metrics. Label sets are bounded: no job ids, only
-// states, gRPC methods and codes. Thread-safe; owns its refresher thread
+// states, tenants (those of --auth-file), gRPC methods and codes. Thread-safe; owns its refresher thread
 // (Stop() joins it).
 class ServerMetrics final : public JobObserver {
  public:
@@ -47,9 +47,10 @@ class ServerMetrics final : public JobObserver {
   InterceptorCreators();
 
   // JobObserver
-  void OnSubmitted() override;
+  void OnSubmitted(const std::string& tenant) override;
   void OnLeased(absl::Duration queue_wait) override;
-  void OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images) override;
+  void OnFinished(pb::JobState state, absl::Duration duration, int64_t trained_images,
+                  const std::string& tenant) override;
   void OnLeaseExpired() override;
 
   void RecordRpc(const std::string& method, grpc::StatusCode code, double seconds);
@@ -63,7 +64,9 @@ class ServerMetrics final : public JobObserver {
   ServerMetricsOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  prometheus::Counter* submitted_;
+  // Creates the tenant's series at 0 the first time it is seen.
+  void SeeTenant(const std::string& tenant);
+  prometheus::Family<prometheus::Counter>* submitted_;
   prometheus::Family<prometheus::Counter>* finished_;
   prometheus::Gauge* queue_depth_;
   prometheus::Histogram* queue_wait_;

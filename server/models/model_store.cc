@@ -18,6 +18,7 @@
 #include "common/util/files.h"
 #include "common/util/proto_json.h"
 #include "common/util/status.h"
+#include "common/util/tenant.h"
 
 namespace ft::server {
 namespace fs = std::filesystem;
@@ -101,7 +102,8 @@ absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUplo
                                                        const std::string& sha256,
                                                        const std::string& job_id,
                                                        const std::string& job_name,
-                                                       const std::string& metadata_json) {
+                                                       const std::string& metadata_json,
+                                                       const std::string& tenant) {
   if (upload->bytes_ != size_bytes) {
     return absl::DataLossError(absl::StrCat("model upload has ", upload->bytes_,
                                             " bytes, but the header declared ", size_bytes));
@@ -123,6 +125,7 @@ absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUplo
   model.set_id(absl::StrCat("mdl-", RandomHex()));
   model.set_job_id(job_id);
   model.set_name(job_name);
+  model.set_tenant(util::TenantOrDefault(tenant));
   model.set_size_bytes(size_bytes);
   model.set_sha256(digest);
   *model.mutable_create_time() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
@@ -171,17 +174,18 @@ absl::StatusOr<pb::Model> FilesystemModelStore::Get(const std::string& model_id)
   if (!json.ok()) return absl::NotFoundError(absl::StrCat("no model with id ", model_id));
   pb::Model model;
   FT_RETURN_IF_ERROR(util::FromJson(*json, &model));
+  model.set_tenant(util::TenantOrDefault(model.tenant()));
   return model;
 }
 
-absl::StatusOr<std::vector<pb::Model>> FilesystemModelStore::List() {
+absl::StatusOr<std::vector<pb::Model>> FilesystemModelStore::List(const std::string& tenant) {
   std::vector<pb::Model> out;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(options_.root, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.empty() || name[0] == '.') continue;
     auto model = Get(name);
-    if (model.ok()) out.push_back(*std::move(model));
+    if (model.ok() && (tenant.empty() || model->tenant() == tenant)) out.push_back(*std::move(model));
   }
   std::sort(out.begin(), out.end(), [](const pb::Model& a, const pb::Model& b) {
     return a.create_time().seconds() > b.create_time().seconds() ||
@@ -210,6 +214,14 @@ absl::StatusOr<std::string> FilesystemModelStore::FilePath(const std::string& mo
   }
   FT_RETURN_IF_ERROR(Get(model_id).status());
   return (fs::path(options_.root) / model_id / file).string();
+}
+
+int64_t FilesystemModelStore::TenantBytes(const std::string& tenant) {
+  int64_t total = 0;
+  auto models = List(tenant);
+  if (!models.ok()) return 0;
+  for (const auto& m : *models) total += m.size_bytes();
+  return total;
 }
 
 int64_t FilesystemModelStore::TotalBytes() {

@@ -54,14 +54,20 @@ class FilesystemModelStore {
 
   absl::StatusOr<std::unique_ptr<ModelUpload>> BeginUpload();
   // Checks size and sha256 (DATA_LOSS on mismatch), parses metadata.json
-  // (INVALID_ARGUMENT when malformed) and publishes the model.
+  // (INVALID_ARGUMENT when malformed) and publishes the model as the job's
+  // tenant's (empty: the default tenant).
   absl::StatusOr<pb::Model> Commit(std::unique_ptr<ModelUpload> upload, int64_t size_bytes,
                                    const std::string& sha256, const std::string& job_id,
-                                   const std::string& job_name,
-                                   const std::string& metadata_json);
+                                   const std::string& job_name, const std::string& metadata_json,
+                                   const std::string& tenant);
 
+  // Any tenant's model: tenant checks are the caller's (the API layer, which
+  // knows who asks). Records older than tenants read as the default tenant.
   absl::StatusOr<pb::Model> Get(const std::string& model_id);
-  absl::StatusOr<std::vector<pb::Model>> List();
+  // Newest first; an empty `tenant` means every tenant.
+  absl::StatusOr<std::vector<pb::Model>> List(const std::string& tenant);
+  // Bytes of the tenant's stored models (its storage quota).
+  int64_t TenantBytes(const std::string& tenant);
   absl::Status Delete(const std::string& model_id);
   // Path of one of the model's files: "model.pt" or "metadata.json".
   absl::StatusOr<std::string> FilePath(const std::string& model_id, const std::string& file);

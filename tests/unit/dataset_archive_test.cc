@@ -18,6 +18,7 @@
 #include "common/util/sha256.h"
 #include "common/datasets/archive.h"
 #include "server/datasets/dataset_store.h"
+#include "common/util/tenant.h"
 #include "common/datasets/layout.h"
 #include "server/datasets/resolver.h"
 
@@ -362,12 +363,12 @@ class DatasetStoreTest : public ArchiveTest {
     return Read(p);
   }
   absl::StatusOr<pb::Dataset> Upload(const std::string& name, const std::string& bytes, std::string sha = "",
-                                     int64_t declared = -1) {
+                                     int64_t declared = -1, const std::string& tenant = util::kDefaultTenant) {
     pb::DatasetUploadHeader h;
     h.set_name(name);
     h.set_size_bytes(declared >= 0 ? declared : static_cast<int64_t>(bytes.size()));
     h.set_sha256(sha.empty() ? util::Sha256Hex(bytes) : sha);
-    auto upload = store_->BeginUpload(h);
+    auto upload = store_->BeginUpload(tenant, h);
     if (!upload.ok()) return upload.status();
     for (size_t off = 0; off < bytes.size(); off += 1000) {
       auto s = (*upload)->Append(absl::string_view(bytes).substr(off, 1000));
@@ -380,7 +381,7 @@ class DatasetStoreTest : public ArchiveTest {
     pb::Dataset d = *committed;
     while (d.state() == pb::DATASET_EXTRACTING) {
       absl::SleepFor(absl::Milliseconds(5));
-      auto now = store_->Get(name);
+      auto now = store_->Get(tenant, name);
       if (!now.ok()) return now.status();
       d = *std::move(now);
     }
@@ -406,7 +407,7 @@ TEST_F(DatasetStoreTest, UploadIsStoredByDigestAndListed) {
   EXPECT_GT(d->create_time().seconds(), 0);
   EXPECT_TRUE(fs::is_directory(root_ / "uploaded" / d->sha256() / "data" / "flowers" / "train"));
 
-  auto path = store_->DataPath("flowers");
+  auto path = store_->DataPath(util::kDefaultTenant, "flowers");
   ASSERT_TRUE(path.ok()) << path.status();
   EXPECT_TRUE(ScanDataset(*path, {}).ok());
   auto archive = store_->ArchivePath(d->sha256());
@@ -425,7 +426,7 @@ TEST_F(DatasetStoreTest, UploadIsStoredByDigestAndListed) {
   ASSERT_TRUE(zip.ok()) << zip.status();
   EXPECT_EQ(zip->archive_format(), "zip");
 
-  auto list = store_->List();
+  auto list = store_->List("");
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 2u);
   EXPECT_EQ((*list)[0].name(), "flowers-zip");  // newest first
@@ -434,7 +435,7 @@ TEST_F(DatasetStoreTest, UploadIsStoredByDigestAndListed) {
   // A restart keeps them.
   store_.reset();
   OpenStore();
-  auto listed = store_->List();
+  auto listed = store_->List("");
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->size(), 2u);
 }
@@ -457,7 +458,7 @@ TEST_F(DatasetStoreTest, RefusesBadUploads) {
   EXPECT_EQ(one_class.status().message().find(root_.string()), std::string::npos) << one_class.status();
   // Uploads refused at commit leave nothing; those whose extraction failed
   // stay listed as FAILED, with the reason, and keep no files.
-  auto list = store_->List();
+  auto list = store_->List("");
   ASSERT_TRUE(list.ok());
   std::set<std::string> failed;
   for (const auto& d : *list) {
@@ -466,7 +467,7 @@ TEST_F(DatasetStoreTest, RefusesBadUploads) {
     failed.insert(d.name());
   }
   EXPECT_EQ(failed, (std::set<std::string>{"bomb", "evil", "one"}));
-  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DataPath("evil").status()));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DataPath(util::kDefaultTenant, "evil").status()));
   for (const auto& e : fs::directory_iterator(root_ / "uploaded")) {
     const std::string n = e.path().filename().string();
     if (n == "names") {
@@ -492,7 +493,7 @@ TEST_F(DatasetStoreTest, RefusesManifestsThatLeaveTheArchive) {
   EXPECT_TRUE(absl::IsPermissionDenied(shadow.status())) << shadow.status();
   EXPECT_EQ(shadow.status().message(),
             "the archive is not a usable dataset: manifest.csv line 14: \"/etc/shadow\" resolves outside the archive");
-  auto path = store_->DataPath("shadow");
+  auto path = store_->DataPath(util::kDefaultTenant, "shadow");
   EXPECT_TRUE(absl::IsPermissionDenied(path.status())) << path.status();
   EXPECT_NE(path.status().message().find("manifest.csv line 14"), std::string::npos) << path.status();
 
@@ -510,21 +511,55 @@ TEST_F(DatasetStoreTest, RefusesManifestsThatLeaveTheArchive) {
   EXPECT_EQ(alias->num_images(), 13);
 }
 
+TEST_F(DatasetStoreTest, NamesArePerTenant) {
+  const std::string bytes = Bytes(ImageFolder());
+  const std::string other = Bytes(ImageFolder("x/"));
+  // Stored before tenants: a bare names/<name>.json, the default tenant's.
+  ASSERT_TRUE(Upload("pets", bytes).ok());
+  auto vision = Upload("pets", other, "", -1, "vision");
+  ASSERT_TRUE(vision.ok()) << vision.status();
+  EXPECT_EQ(vision->tenant(), "vision");
+  auto audio = Upload("pets", bytes, "", -1, "audio");
+  ASSERT_TRUE(audio.ok()) << audio.status();
+  EXPECT_TRUE(fs::exists(root_ / "uploaded" / "names" / "pets.json"));
+  EXPECT_EQ(store_->Get(util::kDefaultTenant, "pets")->tenant(), "default");
+  EXPECT_EQ(store_->Get("vision", "pets")->sha256(), util::Sha256Hex(other));
+  EXPECT_EQ(store_->Get("audio", "pets")->sha256(), util::Sha256Hex(bytes));
+  EXPECT_TRUE(absl::IsNotFound(store_->Get("speech", "pets").status()));
+  EXPECT_EQ(store_->List("")->size(), 3u);
+  ASSERT_EQ(store_->List("vision")->size(), 1u);
+  EXPECT_EQ(store_->List("vision")->at(0).tenant(), "vision");
+  EXPECT_EQ(store_->TenantBytes("audio"), static_cast<int64_t>(bytes.size()));
+  EXPECT_TRUE(store_->DataPath("vision", "pets").ok());
+
+  // Deleting one tenant's leaves the others', and the digest they share.
+  ASSERT_TRUE(store_->Delete("audio", "pets", nullptr).ok());
+  EXPECT_TRUE(absl::IsNotFound(store_->Get("audio", "pets").status()));
+  EXPECT_TRUE(store_->DataPath(util::kDefaultTenant, "pets").ok());
+  EXPECT_TRUE(store_->Get("vision", "pets").ok());
+
+  // A restart reads every tenant's records back.
+  store_.reset();
+  OpenStore();
+  EXPECT_EQ(store_->List("")->size(), 2u);
+  EXPECT_EQ(store_->Get("vision", "pets")->tenant(), "vision");
+}
+
 TEST_F(DatasetStoreTest, DeleteHonoursUsersAndSharedDigests) {
   const std::string bytes = Bytes(ImageFolder());
   auto a = Upload("a", bytes);
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(Upload("b", bytes).ok());
   const fs::path digest_dir = root_ / "uploaded" / a->sha256();
-  auto busy = store_->Delete("a", [](const pb::Dataset&) { return absl::FailedPreconditionError("job 1 uses it"); });
+  auto busy = store_->Delete(util::kDefaultTenant, "a", [](const pb::Dataset&) { return absl::FailedPreconditionError("job 1 uses it"); });
   EXPECT_TRUE(absl::IsFailedPrecondition(busy));
-  EXPECT_TRUE(store_->Get("a").ok());
-  ASSERT_TRUE(store_->Delete("a", nullptr).ok());
-  EXPECT_TRUE(absl::IsNotFound(store_->Get("a").status()));
+  EXPECT_TRUE(store_->Get(util::kDefaultTenant, "a").ok());
+  ASSERT_TRUE(store_->Delete(util::kDefaultTenant, "a", nullptr).ok());
+  EXPECT_TRUE(absl::IsNotFound(store_->Get(util::kDefaultTenant, "a").status()));
   EXPECT_TRUE(fs::exists(digest_dir));  // "b" still names it
-  ASSERT_TRUE(store_->Delete("b", nullptr).ok());
+  ASSERT_TRUE(store_->Delete(util::kDefaultTenant, "b", nullptr).ok());
   EXPECT_FALSE(fs::exists(digest_dir));
-  EXPECT_TRUE(absl::IsNotFound(store_->Delete("b", nullptr)));
+  EXPECT_TRUE(absl::IsNotFound(store_->Delete(util::kDefaultTenant, "b", nullptr)));
 
   // A digest no name refers to (a crash mid-delete) is collected on restart.
   ASSERT_TRUE(Upload("c", bytes).ok());
@@ -542,11 +577,11 @@ TEST_F(DatasetStoreTest, LocatesUploadedAndArchivedDatasets) {
 
   DatasetUri uri;
   uri.path = (roots / "shapes.tar.gz").string();
-  auto first = LocateDataset(uri, allowed, store_.get());
+  auto first = LocateDataset(uri, allowed, store_.get(), util::kDefaultTenant);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->digest, *util::Sha256File(uri.path));
   EXPECT_TRUE(ScanDataset(first->path, {}).ok());
-  auto second = LocateDataset(uri, allowed, store_.get());
+  auto second = LocateDataset(uri, allowed, store_.get(), util::kDefaultTenant);
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->path, first->path);
   EXPECT_EQ(second->digest, first->digest);
@@ -556,7 +591,7 @@ TEST_F(DatasetStoreTest, LocatesUploadedAndArchivedDatasets) {
   // A changed archive is a new digest with its own extraction.
   fs::remove(uri.path);
   WriteArchive(uri.path, ImageFolder(), "tar.gz");
-  auto changed = LocateDataset(uri, allowed, store_.get());
+  auto changed = LocateDataset(uri, allowed, store_.get(), util::kDefaultTenant);
   ASSERT_TRUE(changed.ok()) << changed.status();
   EXPECT_NE(changed->digest, first->digest);
   EXPECT_EQ(changed->digest, *util::Sha256File(uri.path));
@@ -564,19 +599,19 @@ TEST_F(DatasetStoreTest, LocatesUploadedAndArchivedDatasets) {
 
   uri.path = (root_ / "outside.tar.gz").string();
   WriteArchive(uri.path, ImageFolder(), "tar.gz");
-  EXPECT_TRUE(absl::IsPermissionDenied(LocateDataset(uri, allowed, store_.get()).status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(LocateDataset(uri, allowed, store_.get(), util::kDefaultTenant).status()));
 
   DatasetUri named;
   named.dataset_name = "nope";
-  auto missing = LocateDataset(named, allowed, store_.get());
+  auto missing = LocateDataset(named, allowed, store_.get(), util::kDefaultTenant);
   EXPECT_TRUE(absl::IsNotFound(missing.status())) << missing.status();
   named.dataset_name = "bad/name";
-  EXPECT_TRUE(absl::IsInvalidArgument(LocateDataset(named, allowed, store_.get()).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(LocateDataset(named, allowed, store_.get(), util::kDefaultTenant).status()));
   named.dataset_name = "shapes";
-  EXPECT_TRUE(absl::IsFailedPrecondition(LocateDataset(named, allowed, nullptr).status()));
+  EXPECT_TRUE(absl::IsFailedPrecondition(LocateDataset(named, allowed, nullptr, util::kDefaultTenant).status()));
   auto up = Upload("shapes", Bytes(ImageFolder()));
   ASSERT_TRUE(up.ok()) << up.status();
-  auto found = LocateDataset(named, allowed, store_.get());
+  auto found = LocateDataset(named, allowed, store_.get(), util::kDefaultTenant);
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(found->digest, up->sha256());
   EXPECT_TRUE(ScanDataset(found->path, {}).ok());

@@ -51,7 +51,7 @@ class JobManagerTest : public testing::TempDirTest {
     spec.set_backbone("resnet18");
     spec.set_dataset_uri("file://" + (dir_ / "data/set").string());
     spec.set_priority(priority);
-    auto job = manager_->Submit(spec, "");
+    auto job = manager_->Submit(spec, "", Submitter());
     EXPECT_TRUE(job.ok()) << job.status();
     return *job;
   }
@@ -206,15 +206,15 @@ TEST_F(JobManagerTest, SubmitRefusesWhatCannotRun) {
   pb::JobSpec spec;
   spec.set_backbone("resnet18");
   spec.set_dataset_uri("file:///etc");
-  EXPECT_TRUE(absl::IsPermissionDenied(manager_->Submit(spec, "").status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(manager_->Submit(spec, "", Submitter()).status()));
   spec.set_dataset_uri("file://" + (dir_ / "data/nope").string());
-  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "").status()));
+  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "", Submitter()).status()));
   spec.set_dataset_uri("file://" + (dir_ / "data/set").string());
   spec.set_epochs(-1);
-  EXPECT_TRUE(absl::IsInvalidArgument(manager_->Submit(spec, "").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(manager_->Submit(spec, "", Submitter()).status()));
   spec.set_epochs(1);
   spec.set_weights_uri("model://mdl-nope");
-  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "").status()));
+  EXPECT_TRUE(absl::IsNotFound(manager_->Submit(spec, "", Submitter()).status()));
 }
 
 }  // namespace

@@ -1,3 +1,5 @@
+#include <sqlite3.h>
+
 #include <filesystem>
 #include <memory>
 
@@ -27,10 +29,11 @@ class JobStoreTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     store_ = *std::move(s);
   }
-  pb::Job Create(int priority, const std::string& request_id = "") {
+  pb::Job Create(int priority, const std::string& request_id = "", const std::string& tenant = "") {
     pb::ResolvedJob r;
     r.mutable_spec()->set_backbone("resnet18");
     r.mutable_spec()->set_priority(priority);
+    r.set_tenant(tenant);
     auto job = store_->CreateJob(r, request_id);
     EXPECT_TRUE(job.ok()) << job.status();
     return *job;
@@ -138,6 +141,84 @@ TEST_F(JobStoreTest, CancelQueuedAndRunning) {
   ASSERT_EQ(expired->size(), 1u);
   EXPECT_EQ((*expired)[0].new_state, pb::CANCELLED);
   EXPECT_TRUE(absl::IsNotFound(store_->GetJob("job-missing").status()));
+}
+
+TEST_F(JobStoreTest, JobsCarryTheirTenant) {
+  const pb::Job v1 = Create(0, "", "vision"), v2 = Create(0, "", "vision"), a = Create(0, "", "audio");
+  const pb::Job d = Create(0);
+  EXPECT_EQ(store_->GetJob(v1.id())->tenant(), "vision");
+  EXPECT_EQ(a.tenant(), "audio");
+  EXPECT_EQ(d.tenant(), "default");  // no tenant given: the default one
+  auto vision = store_->ListJobs({}, 100, "vision");
+  ASSERT_TRUE(vision.ok()) << vision.status();
+  ASSERT_EQ(vision->size(), 2u);
+  EXPECT_EQ((*vision)[0].id(), v2.id());
+  EXPECT_EQ((*vision)[1].id(), v1.id());
+  EXPECT_EQ(store_->ListJobs({}, 100, "")->size(), 4u);
+  EXPECT_EQ(store_->ListJobs({pb::QUEUED}, 100, "audio")->size(), 1u);
+  EXPECT_TRUE(store_->ListJobs({}, 100, "nobody")->empty());
+
+  // Queued and running jobs hold a place in the quota; finished ones do not.
+  EXPECT_EQ(*store_->CountActive("vision"), 2);
+  Lease();  // v1, the oldest
+  EXPECT_EQ(*store_->CountActive("vision"), 2);
+  ASSERT_TRUE(store_->RequestCancel(v2.id()).ok());
+  EXPECT_EQ(*store_->CountActive("vision"), 1);
+  EXPECT_EQ(*store_->CountActive("audio"), 1);
+  EXPECT_EQ(*store_->CountActive("nobody"), 0);
+}
+
+// A database written before tenants: the jobs table without the column.
+TEST_F(JobStoreTest, MigratesADatabaseWithoutTheTenantColumn) {
+  store_.reset();
+  const std::string path = (dir_ / "old.db").string();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  pb::ResolvedJob r;
+  r.mutable_spec()->set_backbone("resnet18");
+  const std::string blob = r.SerializeAsString();
+  ASSERT_EQ(sqlite3_exec(db, R"sql(
+    CREATE TABLE jobs (
+      n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, request_id TEXT UNIQUE,
+      state INTEGER NOT NULL, priority INTEGER NOT NULL, resolved BLOB NOT NULL,
+      attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+      model_id TEXT NOT NULL DEFAULT '', metrics BLOB, create_us INTEGER NOT NULL,
+      start_us INTEGER NOT NULL DEFAULT 0, end_us INTEGER NOT NULL DEFAULT 0,
+      worker_id TEXT NOT NULL DEFAULT '', lease_id TEXT NOT NULL DEFAULT '',
+      lease_expires_us INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0,
+      last_seq INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+      PRIMARY KEY (job_id, seq)) WITHOUT ROWID;)sql",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_stmt* ins = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "INSERT INTO jobs(id, state, priority, resolved, create_us) "
+                               "VALUES ('job-old', 1, 0, ?, 1)",
+                               -1, &ins, nullptr),
+            SQLITE_OK);
+  sqlite3_bind_blob(ins, 1, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  ASSERT_EQ(sqlite3_step(ins), SQLITE_DONE);
+  sqlite3_finalize(ins);
+  sqlite3_close(db);
+
+  for (int open = 0; open < 2; ++open) {  // the second open finds the column there
+    auto s = SqliteJobStore::Create({path, &clock_});
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+    auto old = store_->GetJob("job-old");
+    ASSERT_TRUE(old.ok()) << old.status();
+    EXPECT_EQ(old->tenant(), "default");
+    EXPECT_EQ(old->spec().backbone(), "resnet18");
+    EXPECT_EQ(store_->ListJobs({}, 100, "default")->size(), 1u + open);
+    EXPECT_EQ(*store_->CountActive("default"), 1 + open);
+    if (open == 0) {
+      EXPECT_EQ(Create(0, "", "vision").tenant(), "vision");
+      Create(0);
+    }
+  }
+  EXPECT_EQ(store_->ListJobs({}, 100, "vision")->size(), 1u);
 }
 
 }  // namespace
