@@ -24,7 +24,6 @@ JSON lines on stderr as it goes, a Markdown summary on stdout. Wall times are
 what this machine gave on that run; nothing asserts them.
 """
 import argparse
-import glob
 import json
 import os
 import random
@@ -45,20 +44,6 @@ harness = None  # imported once FT_BIN_DIR is set
 
 def log(**kv):
     print(json.dumps(kv), file=sys.stderr, flush=True)
-
-
-def worker_pids(server_pid):
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = open(stat).read()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
-        if ppid == server_pid and comm.startswith("finetune-worke"):
-            out.append(int(stat.split("/")[2]))
-    return out
 
 
 class Watch:
@@ -158,7 +143,7 @@ def time_to_training(a, work, data):
                 while not any("progress" in e and e["progress"].get("phase") == "train" for _, e in w.events):
                     time.sleep(0.2)
                 time.sleep(rng.uniform(3, 10))
-                pids = worker_pids(server.proc.pid)
+                pids = harness.worker_pids(server.proc.pid)
                 killed_at = time.time()
                 for p in pids:
                     os.kill(p, sig)

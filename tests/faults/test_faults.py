@@ -51,22 +51,6 @@ def report(**kv):
 wait_for = harness.wait_for
 
 
-def children(pid, name="finetune-worker"):
-    """Processes named `name` whose parent is `pid`."""
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                text = f.read()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
-        if ppid == pid and comm.startswith(name[:15]):
-            out.append(int(stat.split("/")[2]))
-    return out
-
-
 class Faults(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -191,7 +175,7 @@ class Faults(unittest.TestCase):
                 seen = newest()
                 wait_for(lambda: newest() > seen or self.get(self.server, job_id)["state"] == "SUCCEEDED", 120)
                 time.sleep(rng.uniform(0.0, 1.0))
-            pids = children(self.server.proc.pid)
+            pids = harness.worker_pids(self.server.proc.pid)
             if pids and self.get(self.server, job_id)["state"] == "RUNNING":
                 for p in pids:
                     os.kill(p, signal.SIGKILL)
@@ -242,7 +226,7 @@ class Faults(unittest.TestCase):
     def test_c_sigterm_resumes_where_it_stopped(self):
         job_id = self.submit(self.server)
         self.assertTrue(wait_for(lambda: self.checkpointed_epoch(self.server.log_path, job_id) >= 2, 300))
-        for p in children(self.server.proc.pid):
+        for p in harness.worker_pids(self.server.proc.pid):
             os.kill(p, signal.SIGTERM)
         events = self.events(self.server, job_id)
         job = self.get(self.server, job_id)
@@ -269,7 +253,7 @@ class Faults(unittest.TestCase):
         job_id = self.submit(self.server)
         ckpt_dir = os.path.join(self.server.data_dir, "checkpoints", job_id)
         self.assertTrue(wait_for(lambda: len(glob.glob(os.path.join(ckpt_dir, "*.record"))) >= 2, 300))
-        workers = children(self.server.proc.pid)
+        workers = harness.worker_pids(self.server.proc.pid)
         for p in workers:
             os.kill(p, signal.SIGSTOP)  # no new checkpoint while we damage the newest
         newest = max(glob.glob(os.path.join(ckpt_dir, "*.ckpt")), key=lambda p: int(os.path.basename(p)[:-5]))
@@ -329,7 +313,7 @@ class Faults(unittest.TestCase):
 
         # A whole job first, so the worker is warm (LibTorch's code and pools).
         self.assertEqual(self.run_to_end(self.server, "--epochs=1")["state"], "SUCCEEDED")
-        pids = children(self.server.proc.pid)
+        pids = harness.worker_pids(self.server.proc.pid)
         self.assertEqual(len(pids), 1)
         time.sleep(1)
         before = rss(pids[0])
@@ -342,7 +326,7 @@ class Faults(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(wait_for(lambda: self.get(self.server, job_id)["state"] == "CANCELLED", 120))
         time.sleep(2)
-        self.assertEqual(children(self.server.proc.pid), pids, "the worker should not have restarted")
+        self.assertEqual(harness.worker_pids(self.server.proc.pid), pids, "the worker should not have restarted")
         after = rss(pids[0])
         report(scenario="f", rss_before=before, rss_during=during, rss_after=after,
                ratio=round(after / before, 3))

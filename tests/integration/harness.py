@@ -4,6 +4,7 @@ They start the real `finetuned` (with its real local `finetune-worker`) on
 port 0 in a temporary directory, and drive it with the real `ftctl`, as a
 user would. Run with /usr/bin/python3 (Debian's torch and torchvision).
 """
+import glob
 import json
 import os
 import random
@@ -174,6 +175,22 @@ class Worker:
     def log(self):
         with open(self.log_path, errors="replace") as f:
             return f.read()[-4000:]
+
+
+def worker_pids(parent_pid):
+    """The finetune-worker processes whose parent is `parent_pid` (a server's local workers)."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]  # truncated to 15 characters
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        if ppid == parent_pid and comm == "finetune-worker"[:15]:
+            out.append(int(stat.split("/")[2]))
+    return out
 
 
 def free_port():
