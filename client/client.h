@@ -54,9 +54,10 @@ class Client {
   // (e.g. INVALID_ARGUMENT naming an unsafe entry).
   absl::StatusOr<pb::Dataset> UploadDataset(const std::string& archive_path, const std::string& name,
                                             const std::string& sha256, const std::string& format);
-  absl::StatusOr<pb::Dataset> GetDataset(const std::string& name);
+  // `tenant`: admins only, another tenant's dataset (empty: the caller's).
+  absl::StatusOr<pb::Dataset> GetDataset(const std::string& name, const std::string& tenant = "");
   absl::StatusOr<std::vector<pb::Dataset>> ListDatasets(const std::string& tenant);
-  absl::Status DeleteDataset(const std::string& name);
+  absl::Status DeleteDataset(const std::string& name, const std::string& tenant = "");
   // grpc.health.v1 check of the whole server.
   absl::Status Health();
 

@@ -1,4 +1,4 @@
-// Client's dataset calls: UploadDataset, ListDatasets, DeleteDataset.
+// Client's dataset calls: UploadDataset, GetDataset, ListDatasets, DeleteDataset.
 #include <algorithm>
 #include <chrono>
 #include <thread>
@@ -49,11 +49,12 @@ absl::StatusOr<pb::Dataset> Client::UploadDataset(const std::string& archive_pat
   return dataset;
 }
 
-absl::StatusOr<pb::Dataset> Client::GetDataset(const std::string& name) {
+absl::StatusOr<pb::Dataset> Client::GetDataset(const std::string& name, const std::string& tenant) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
   pb::GetDatasetRequest req;
   req.set_name(name);
+  req.set_tenant(tenant);
   pb::Dataset dataset;
   FT_RETURN_IF_ERROR(FromGrpcStatus(stub_->GetDataset(&ctx, req, &dataset)));
   return dataset;
@@ -69,11 +70,12 @@ absl::StatusOr<std::vector<pb::Dataset>> Client::ListDatasets(const std::string&
   return std::vector<pb::Dataset>(resp.datasets().begin(), resp.datasets().end());
 }
 
-absl::Status Client::DeleteDataset(const std::string& name) {
+absl::Status Client::DeleteDataset(const std::string& name, const std::string& tenant) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kUnaryTimeout);
   pb::DeleteDatasetRequest req;
   req.set_name(name);
+  req.set_tenant(tenant);
   pb::DeleteDatasetResponse resp;
   return FromGrpcStatus(stub_->DeleteDataset(&ctx, req, &resp));
 }

@@ -1,4 +1,4 @@
-// ftctl's dataset commands: datasets upload, list and delete.
+// ftctl's dataset commands: datasets upload, get, list and delete.
 #include <unistd.h>
 
 #include <cstdint>
@@ -28,6 +28,22 @@ std::string StateText(pb::DatasetState state) {
   return name.rfind("DATASET_", 0) == 0 ? name.substr(8) : name;
 }
 
+// One dataset, as JSON or as the lines upload and get print.
+void PrintDataset(Invocation& inv, const pb::Dataset& dataset) {
+  if (inv.json()) {
+    std::cout << util::ToJson(dataset) << std::endl;
+    return;
+  }
+  std::cout << absl::StrFormat("dataset   %s\ntenant    %s\nstate     %s\nsha256    %s\nlayout    %s, %d classes, %d images\n"
+                               "archive   %s, %s (%s extracted)\ncreated   %s\n",
+                               dataset.name(), dataset.tenant(), StateText(dataset.state()), dataset.sha256(),
+                               dataset.format(), dataset.num_classes(), dataset.num_images(), dataset.archive_format(),
+                               Size(dataset.size_bytes()), Size(dataset.extracted_bytes()),
+                               TimeText(dataset.create_time()));
+  if (dataset.state() == pb::DATASET_FAILED) std::cout << "failed    " << dataset.error() << "\n";
+  std::cout << "use       --dataset dataset://" << dataset.name() << std::endl;
+}
+
 }  // namespace
 
 int UploadDataset(Invocation& inv) {
@@ -50,16 +66,7 @@ int UploadDataset(Invocation& inv) {
   auto dataset = inv.client().UploadDataset(archive, inv.Flag("name"), inv.Flag("sha256"), inv.Flag("format"));
   if (!packed.empty()) fs::remove(packed, ec);
   if (!dataset.ok()) return inv.Fail(dataset.status());
-  if (inv.json()) {
-    std::cout << util::ToJson(*dataset) << std::endl;
-  } else {
-    std::cout << absl::StrFormat("dataset   %s\nsha256    %s\nlayout    %s, %d classes, %d images\n"
-                                 "archive   %s, %s (%s extracted)\n",
-                                 dataset->name(), dataset->sha256(), dataset->format(), dataset->num_classes(),
-                                 dataset->num_images(), dataset->archive_format(), Size(dataset->size_bytes()),
-                                 Size(dataset->extracted_bytes()))
-              << "use       --dataset dataset://" << dataset->name() << std::endl;
-  }
+  PrintDataset(inv, *dataset);
   return kExitOk;
 }
 
@@ -79,8 +86,15 @@ int ListDatasets(Invocation& inv) {
   return kExitOk;
 }
 
+int GetDataset(Invocation& inv) {
+  auto dataset = inv.client().GetDataset(inv.args()[0], inv.Flag("tenant"));
+  if (!dataset.ok()) return inv.Fail(dataset.status());
+  PrintDataset(inv, *dataset);
+  return kExitOk;
+}
+
 int DeleteDataset(Invocation& inv) {
-  return inv.Deleted(inv.client().DeleteDataset(inv.args()[0]), inv.args()[0]);
+  return inv.Deleted(inv.client().DeleteDataset(inv.args()[0], inv.Flag("tenant")), inv.args()[0]);
 }
 
 }  // namespace ft::client::ftctl

@@ -28,6 +28,7 @@ int Predict(Invocation& inv);
 // client/ftctl_datasets.cc. A DIR is packed into a deterministic tar in
 // $TMPDIR first (deleted afterwards).
 int UploadDataset(Invocation& inv);
+int GetDataset(Invocation& inv);
 int ListDatasets(Invocation& inv);
 int DeleteDataset(Invocation& inv);
 

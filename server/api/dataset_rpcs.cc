@@ -136,7 +136,9 @@ grpc::ServerUnaryReactor* FineTuneService::GetDataset(grpc::CallbackServerContex
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
   if (manager_->dataset_store() == nullptr) return Done(ctx, NoStore());
   // Names are per tenant: another tenant's "pets" is simply not in this one.
-  auto dataset = manager_->dataset_store()->Get(CallerOf(ctx).tenant, request->name());
+  auto tenant = NamedTenant(CallerOf(ctx), request->tenant());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  auto dataset = manager_->dataset_store()->Get(*tenant, request->name());
   if (dataset.ok()) *response = *std::move(dataset);
   return Done(ctx, dataset.status());
 }
@@ -145,9 +147,11 @@ grpc::ServerUnaryReactor* FineTuneService::DeleteDataset(grpc::CallbackServerCon
                                                          const pb::DeleteDatasetRequest* request,
                                                          pb::DeleteDatasetResponse* response) {
   if (absl::Status s = Admit(ctx); !s.ok()) return Done(ctx, s);
+  auto tenant = NamedTenant(CallerOf(ctx), request->tenant());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
   return Defer(
       ctx, options_.slow,
-      [this, request, tenant = CallerOf(ctx).tenant] { return DeleteUnusedDataset(manager_, tenant, request->name()); },
+      [this, request, tenant = *tenant] { return DeleteUnusedDataset(manager_, tenant, request->name()); },
       [] { return absl::UnavailableError("the server is shutting down"); });
 }
 

@@ -248,6 +248,13 @@ absl::StatusOr<std::string> ListedTenant(const Caller& caller, const std::string
       absl::StrCat("tenant: only an admin may list another tenant's objects; you are in tenant ", caller.tenant));
 }
 
+absl::StatusOr<std::string> NamedTenant(const Caller& caller, const std::string& requested) {
+  if (requested.empty() || requested == caller.tenant) return caller.tenant;
+  if (caller.admin) return requested;
+  return absl::PermissionDeniedError(
+      absl::StrCat("tenant: only an admin may name another tenant's objects; you are in tenant ", caller.tenant));
+}
+
 absl::Status CheckStorageQuota(JobManager* manager, const Caller& caller, int64_t adding) {
   const std::optional<int64_t>& max = caller.submitter.max_storage_bytes;
   if (!max.has_value()) return absl::OkStatus();

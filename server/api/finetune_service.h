@@ -29,6 +29,10 @@ bool Sees(const Caller& caller, const std::string& tenant);
 // asked for (empty: every tenant). PERMISSION_DENIED when a non-admin asks
 // for another tenant.
 absl::StatusOr<std::string> ListedTenant(const Caller& caller, const std::string& requested);
+// The tenant a per-tenant name (a dataset's) is looked up in: the caller's
+// own when `requested` is empty; another only for an admin, else
+// PERMISSION_DENIED.
+absl::StatusOr<std::string> NamedTenant(const Caller& caller, const std::string& requested);
 // RESOURCE_EXHAUSTED when `adding` more bytes would take the caller's tenant
 // past its max_storage_bytes.
 absl::Status CheckStorageQuota(JobManager* manager, const Caller& caller, int64_t adding);

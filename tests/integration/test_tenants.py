@@ -151,6 +151,32 @@ class TenantsTest(unittest.TestCase):
         r = self.ftctl("ops", "get", self.jobs["vision-user"]["id"])
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_admin_reaches_another_tenants_dataset_by_name(self):
+        """Dataset names are per tenant, so get and delete take --tenant; only
+        an admin may name another tenant."""
+        r = self.ftctl("vision-user", "datasets", "upload", self.vision_tar, "--name=scratch")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # Without --tenant the admin looks in its own tenant, which has none.
+        r = self.ftctl("ops", "datasets", "get", "scratch")
+        self.assertEqual(r.returncode, 2, r.stdout)
+        self.assertIn("NOT_FOUND", r.stderr)
+        r = self.ftctl("ops", "datasets", "get", "scratch", "--tenant=vision", json_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        self.assertEqual((got["tenant"], got["name"]), ("vision", "scratch"))
+        r = self.ftctl("ops", "datasets", "get", "scratch", "--tenant=vision")
+        self.assertIn("tenant    vision", r.stdout)
+        # A user may not name another tenant, for get or delete.
+        for verb in ("get", "delete"):
+            r = self.ftctl("audio-user", "datasets", verb, "scratch", "--tenant=vision")
+            self.assertEqual(r.returncode, 2, r.stdout)
+            self.assertIn("PERMISSION_DENIED", r.stderr)
+            self.assertIn("only an admin may name another tenant", r.stderr)
+        r = self.ftctl("ops", "datasets", "delete", "scratch", "--tenant=vision")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("scratch", [d["name"] for d in self.datasets("vision-user")])
+        self.assertIn("pets", [d["name"] for d in self.datasets("vision-user")])
+
     def test_every_rpc_naming_another_tenants_object_is_not_found(self):
         job, model = self.jobs["vision-user"]["id"], self.jobs["vision-user"]["model_id"]
         for args in (["get", "{}"], ["cancel", "{}"], ["watch", "{}"]):
@@ -160,6 +186,7 @@ class TenantsTest(unittest.TestCase):
                      ["predict", "{}", self.image], ["models", "delete", "{}"]):
             self.assert_hidden(args, model, "mdl-000000000000")
         self.assertFalse(os.path.exists(os.path.join(out, "model.pt")))
+        self.assert_hidden(["datasets", "get", "{}"], "only-vision", "no-such-dataset")
         self.assert_hidden(["datasets", "delete", "{}"], "only-vision", "no-such-dataset")
         spec = ["--backbone=resnet18", "--image-size=32", "--epochs=1"]
         self.assert_hidden(["submit", "--dataset=dataset://{}", *spec], "only-vision", "no-such-dataset")
