@@ -24,6 +24,15 @@ TEST_PACKAGES=(
   dataset-fashion-mnist prometheus
   openssl python3-grpcio python3-protobuf
 )
+# The BLAS every worker runs on: Debian's LibTorch (and Python torch) call
+# whatever provides libblas.so.3, and on a bare machine that is the reference
+# BLAS, 2-9x slower (bench/README.md, "BLAS"). BLIS, not OpenBLAS: OpenBLAS's
+# 60 KiB of static TLS does not fit the 100 KiB thread stacks Debian's
+# civetweb starts, and the worker's --metrics-listen then fails.
+# select_blas makes it the system's libblas.so.3; the Dockerfiles do the same.
+BLAS_PACKAGES=(
+  libblis4-pthread liblapack3
+)
 # Installed only when the command is missing: some machines carry their own
 # kubectl or Node.js, and Debian's packages would clash with them.
 OPTIONAL_TOOLS=(kubectl:kubernetes-client npm:npm node:nodejs)
@@ -36,7 +45,7 @@ as_root() {
 
 deps() {
   local missing=()
-  for p in "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
+  for p in "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${BLAS_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   for t in "${OPTIONAL_TOOLS[@]}"; do
@@ -46,6 +55,26 @@ deps() {
     log "installing ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  select_blas
+}
+
+# libblas.so.3 -> BLIS, and liblapack.so.3 -> the reference LAPACK (on BLIS):
+# OpenBLAS's liblapack.so.3, where OpenBLAS is installed, would load
+# libopenblas.so.0, and its TLS, all the same.
+select_blas() {
+  local arch lib
+  arch=$(gcc -dumpmachine)
+  lib=/usr/lib/$arch
+  set_alternative "libblas.so.3-$arch" "$lib/blis-pthread/libblas.so.3"
+  set_alternative "liblapack.so.3-$arch" "$lib/lapack/liblapack.so.3"
+}
+
+set_alternative() {
+  local name=$1 path=$2
+  if [ "$(update-alternatives --query "$name" 2>/dev/null | sed -n 's/^Value: //p')" != "$path" ]; then
+    log "selecting $path as $name"
+    as_root update-alternatives --set "$name" "$path" >/dev/null
   fi
 }
 

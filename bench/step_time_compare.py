@@ -5,8 +5,15 @@ side that goes first alternates), and prints a markdown table of the medians
 over repetitions of each run's median step time.
 
   step_time_compare.py --bench-bin DIR [--arch LIST|priority|all] [--reps 3] [--threads 2] ...
+                       [--blas system|ref,blis,openblas]
+
+--blas runs every (architecture, side) under each named BLAS in turn, in the
+same repetition, by pointing LD_LIBRARY_PATH at a folder of two links,
+libblas.so.3 and liblapack.so.3 (see BLAS below; Debian's packages
+libblas3/liblapack3, libblis4-pthread, libopenblas0-pthread provide them).
+Both sides load libblas.so.3 through LibTorch, so both get the same one.
 """
-import argparse, json, os, statistics, subprocess, sys
+import argparse, json, os, statistics, subprocess, sys, tempfile
 
 PRIORITY = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "vgg11", "densenet121",
             "convnext_tiny", "inception_v3"]
@@ -22,8 +29,36 @@ def all_archs(bench_bin):
     return [n for n in names if n != "torchscript"]
 
 
-def run(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+LIB = "/usr/lib/x86_64-linux-gnu"
+# name -> (libblas.so.3, liblapack.so.3). BLIS has no LAPACK: the reference
+# LAPACK on top of it, as Debian's alternatives give.
+BLAS = {
+    "ref": (f"{LIB}/blas/libblas.so.3", f"{LIB}/lapack/liblapack.so.3"),
+    "blis": (f"{LIB}/blis-pthread/libblas.so.3", f"{LIB}/lapack/liblapack.so.3"),
+    "openblas": (f"{LIB}/openblas-pthread/libblas.so.3", f"{LIB}/openblas-pthread/liblapack.so.3"),
+}
+
+
+def blas_env(name, scratch):
+    """The environment that makes a process load BLAS `name` (None: as installed)."""
+    if name == "system":
+        return None
+    blas, lapack = BLAS[name]
+    for f in (blas, lapack):
+        if not os.path.exists(f):
+            sys.exit(f"--blas {name}: {f} is missing (install its Debian package)")
+    d = os.path.join(scratch, name)
+    os.makedirs(d, exist_ok=True)
+    for link, target in (("libblas.so.3", blas), ("liblapack.so.3", lapack)):
+        if not os.path.lexists(os.path.join(d, link)):
+            os.symlink(target, os.path.join(d, link))
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = d + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return env
+
+
+def run(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
@@ -39,7 +74,11 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json-out", help="append raw JSON lines here")
+    p.add_argument("--blas", default="system", help="comma list of system, ref, blis, openblas")
     a = p.parse_args()
+    blases = a.blas.split(",")
+    scratch = tempfile.mkdtemp(prefix="ft-blas-")
+    envs = {b: blas_env(b, scratch) for b in blases}
     if a.arch == "priority":
         archs = PRIORITY
     elif a.arch == "all":
@@ -52,29 +91,49 @@ def main():
               "--threads", str(a.threads), "--warmup", str(a.warmup), "--iters", str(a.iters)]
     cpp = [os.path.join(a.bench_bin, "ft_bench_step_time")] + common
     py = ["/usr/bin/python3", os.path.join(HERE, "step_time.py")] + common
-    res = {arch: {"finetuned": [], "pytorch": []} for arch in archs}
+    res = {(arch, b): {"finetuned": [], "pytorch": []} for arch in archs for b in blases}
     sink = open(a.json_out, "a") if a.json_out else None
     for rep in range(a.reps):
         for i, arch in enumerate(archs):
-            order = [("finetuned", cpp), ("pytorch", py)]
-            if (rep + i) % 2:
-                order.reverse()
-            for side, cmd in order:
-                for r in run(cmd + ["--arch", arch]):
-                    res[arch][side].append(r["ms_median"])
-                    if sink:
-                        sink.write(json.dumps(dict(r, rep=rep)) + "\n")
-                        sink.flush()
-                print(f"rep {rep} {arch} {side}: {res[arch][side][-1]:.1f} ms", file=sys.stderr, flush=True)
+            for j, b in enumerate(blases):
+                order = [("finetuned", cpp), ("pytorch", py)]
+                if (rep + i + j) % 2:
+                    order.reverse()
+                for side, cmd in order:
+                    for r in run(cmd + ["--arch", arch], envs[b]):
+                        res[(arch, b)][side].append(r["ms_median"])
+                        if sink:
+                            sink.write(json.dumps(dict(r, rep=rep, side=side, blas=b)) + "\n")
+                            sink.flush()
+                    print(f"rep {rep} {arch} {b} {side}: {res[(arch, b)][side][-1]:.1f} ms", file=sys.stderr,
+                          flush=True)
     print(f"\nbatch {a.batch}, {a.size} px ({a.inception_size} px for inception_v3), {a.threads} threads, "
           f"Adam, {a.warmup} warm-up + {a.iters} timed steps per run, median of {a.reps} runs per side\n")
-    print("| arch | finetuned ms/step | PyTorch ms/step | ratio (PyTorch/finetuned) |")
-    print("| --- | ---: | ---: | ---: |")
+    if blases == ["system"]:
+        print("| arch | finetuned ms/step | PyTorch ms/step | ratio (PyTorch/finetuned) |")
+        print("| --- | ---: | ---: | ---: |")
+        for arch in archs:
+            f = statistics.median(res[(arch, "system")]["finetuned"])
+            t = statistics.median(res[(arch, "system")]["pytorch"])
+            print(f"| {arch} | {f:.1f} | {t:.1f} | {t / f:.2f} |")
+        return
+    # One row per architecture: finetuned / PyTorch ms per BLAS, the ratio
+    # PyTorch/finetuned, and each BLAS's speed-up over ref on our side.
+    head = ["arch"] + [f"{b} ours / PyTorch ms (ratio)" for b in blases]
+    if "ref" in blases:
+        head += [f"{b} vs ref (ours)" for b in blases if b != "ref"]
+    print("| " + " | ".join(head) + " |")
+    print("| --- |" + " ---: |" * (len(head) - 1))
     for arch in archs:
-        f = statistics.median(res[arch]["finetuned"])
-        t = statistics.median(res[arch]["pytorch"])
-        print(f"| {arch} | {f:.1f} | {t:.1f} | {t / f:.2f} |")
-
+        cells = [arch]
+        med = {b: (statistics.median(res[(arch, b)]["finetuned"]), statistics.median(res[(arch, b)]["pytorch"]))
+               for b in blases}
+        for b in blases:
+            f, t = med[b]
+            cells.append(f"{f:.0f} / {t:.0f} ({t / f:.2f})")
+        if "ref" in blases:
+            cells += [f"{med['ref'][0] / med[b][0]:.2f}x" for b in blases if b != "ref"]
+        print("| " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

@@ -122,7 +122,8 @@ int main(int argc, char** argv) {
   ft::util::SetLogFormat(format);
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << "finetune-worker 0.1.0, LibTorch " << TORCH_VERSION
-              << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << std::endl;
+              << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << ", BLAS "
+              << ft::worker::BlasInUse() << std::endl;
     return 0;
   }
   ft::worker::AgentOptions options;
@@ -205,7 +206,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   std::cerr << "finetune-worker " << options.worker_id << ": " << options.device.str() << ", " << threads
-            << " threads, server " << options.server_address << std::endl;
+            << " threads, BLAS " << ft::worker::BlasInUse() << ", server " << options.server_address << std::endl;
   auto status = agent.Run();
   if (!status.ok()) {
     std::cerr << "finetune-worker: " << status.message() << std::endl;

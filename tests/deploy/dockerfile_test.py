@@ -163,6 +163,7 @@ def main():
     self_test()
     failures = []
     build_packages = bash_array(DEV_SH.read_text(), "BUILD_PACKAGES")
+    blas_packages = bash_array(DEV_SH.read_text(), "BLAS_PACKAGES")
     if len(build_packages) != len(set(build_packages)):
         failures.append("dev.sh BUILD_PACKAGES lists a package twice")
     check_apt = apt_has_lists()
@@ -210,6 +211,14 @@ def main():
                 for pkg in runtime:
                     if pkg not in known:
                         failures.append(f"{name}: run-time package {pkg} does not exist in this Debian")
+            # The fast BLAS under every worker, selected as dev.sh selects it.
+            lacking = [p for p in blas_packages if p not in runtime]
+            if lacking:
+                failures.append(f"{name}: the runtime stage lacks {lacking} (dev.sh BLAS_PACKAGES)")
+            for alt, target in (("libblas.so.3", "/blis-pthread/libblas.so.3"), ("liblapack.so.3", "/lapack/liblapack.so.3")):
+                if not any(re.search(rf"update-alternatives --set {re.escape(alt)}-\S+ \S*{re.escape(target)}", l)
+                           for l in lines):
+                    failures.append(f"{name}: does not select {target} as {alt} (dev.sh select_blas)")
     if not check_apt:
         print("note: no apt package lists here; run-time package names were not looked up")
     for f in failures:

@@ -53,6 +53,9 @@ struct Backbone {
   // State-dict prefixes of torchvision's own head (replaced, so skipped when
   // loading weights), e.g. "fc." for ResNet.
   std::vector<std::string> head_prefixes;
+  // Its module has forward_stages (DefineStagedForward), so that a frozen
+  // prefix of stages can run apart from the rest.
+  bool staged = false;
   // The input normalisation its weights say they expect, if they say.
   std::optional<Normalization> normalization;
 };

@@ -23,6 +23,30 @@ torch::jit::Module NewModule(const std::string& cls) {
   return m;
 }
 
+void DefineStagedForward(torch::jit::Module& m, const std::vector<std::vector<std::string>>& stage_lines,
+                         const std::vector<std::string>& tail) {
+  std::string forward = "def forward(self, x):\n";
+  std::string staged = absl::StrCat("def ", kForwardStages, "(self, x, start: int, stop: int):\n");
+  const size_t n = stage_lines.size();
+  for (size_t i = 0; i < n; ++i) {
+    absl::StrAppend(&staged, "    if start <= ", i, " and ", i, " < stop:\n");
+    for (const auto& line : stage_lines[i]) {
+      absl::StrAppend(&forward, "    ", line, "\n");
+      absl::StrAppend(&staged, "        ", line, "\n");
+    }
+    if (stage_lines[i].empty()) absl::StrAppend(&staged, "        pass\n");
+  }
+  absl::StrAppend(&staged, "    if stop >= ", n, ":\n");
+  for (const auto& line : tail) {
+    absl::StrAppend(&forward, "    ", line, "\n");
+    absl::StrAppend(&staged, "        ", line, "\n");
+  }
+  if (tail.empty()) absl::StrAppend(&staged, "        pass\n");
+  absl::StrAppend(&forward, "    return x\n");
+  absl::StrAppend(&staged, "    return x\n");
+  m.define(forward + staged);
+}
+
 void AddParameter(torch::jit::Module& m, const std::string& name, torch::Tensor value) {
   m.register_parameter(name, value.detach().requires_grad_(true), /*is_buffer=*/false);
 }

@@ -40,6 +40,20 @@ torch::jit::Module Linear(int64_t in, int64_t out);
 // torch.nn.Sequential over modules named "0", "1", ...
 torch::jit::Module Sequential(const std::vector<torch::jit::Module>& modules);
 
+// Defines a backbone's forward from its stages, and forward_stages, which
+// runs only some of them: stage i runs the statements stage_lines[i] (on
+// `x`, in TorchScript, as in a define() source), and `tail` (statements
+// too) follows the last stage, e.g. the pooling. Defines
+//   forward(self, x) -> Tensor: every stage, then the tail;
+//   forward_stages(self, x, start: int, stop: int) -> Tensor: stages
+//     start..stop-1, then the tail when stop is the number of stages.
+// Both run the same statements in the same order, so forward_stages(x, 0, k)
+// then forward_stages(., k, n) computes exactly forward(x), bit for bit:
+// the activation cache of a partly frozen backbone stores the first half.
+void DefineStagedForward(torch::jit::Module& m, const std::vector<std::vector<std::string>>& stage_lines,
+                         const std::vector<std::string>& tail);
+inline constexpr char kForwardStages[] = "forward_stages";
+
 // Registers a parameter that requires grad.
 void AddParameter(torch::jit::Module& m, const std::string& name, torch::Tensor value);
 

@@ -87,16 +87,14 @@ Backbone BuildResNet(const std::string& name, int depth, int64_t groups, int64_t
     }
     m.register_module(absl::StrCat("layer", layer + 1), Sequential(layer_blocks));
   }
-  m.define(R"(
-def forward(self, x):
-    x = torch.relu(self.bn1.forward(self.conv1.forward(x)))
-    x = torch.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
-    x = self.layer1.forward(x)
-    x = self.layer2.forward(x)
-    x = self.layer3.forward(x)
-    x = self.layer4.forward(x)
-    return torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
-)");
+  DefineStagedForward(m,
+                      {{"x = torch.relu(self.bn1.forward(self.conv1.forward(x)))",
+                        "x = torch.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)"},
+                       {"x = self.layer1.forward(x)"},
+                       {"x = self.layer2.forward(x)"},
+                       {"x = self.layer3.forward(x)"},
+                       {"x = self.layer4.forward(x)"}},
+                      {"x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)"});
   Backbone b;
   b.name = name;
   b.module = m;
@@ -104,6 +102,7 @@ def forward(self, x):
   b.stages = {{"conv1", "bn1"}, {"layer1"}, {"layer2"}, {"layer3"}, {"layer4"}};
   b.feature_dim = 512 * expansion;
   b.head_prefixes = {"fc."};
+  b.staged = true;
   return b;
 }
 

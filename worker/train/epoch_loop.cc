@@ -17,6 +17,7 @@
 #include "common/util/clock.h"
 #include "common/util/log.h"
 #include "common/util/status.h"
+#include "worker/backbones/jit_modules.h"
 
 namespace ft::worker {
 namespace {
@@ -89,28 +90,62 @@ absl::Status Diverged(int epoch, const std::string& what, double lr) {
 
 }  // namespace
 
-EpochData PrepareEpochData(torch::jit::Module& model, const ImageSet& train, const ImageSet& val,
-                           const LoaderOptions& train_loader, const LoaderOptions& eval_loader, bool cache,
-                           int64_t feature_dim, int epochs, torch::Device device, const Reporter& report) {
+EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, const ImageSet& train,
+                           const ImageSet& val, const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
+                           const CachePlan& plan, int64_t budget_bytes, int epochs, torch::Device device,
+                           const Reporter& report) {
   EpochData data;
   data.train = &train;
   data.val = &val;
   data.train_loader = train_loader;
   data.eval_loader = eval_loader;
-  data.cached = cache;
-  if (cache) {
-    const auto t0 = Clock::now();
-    pb::Progress p;
-    p.set_phase("cache");
-    p.set_epochs(epochs);
-    report.Progress(p);
-    data.train_features = ComputeFeatures(model, train, eval_loader, device);
-    data.val_features = ComputeFeatures(model, val, eval_loader, device);
-    report.Info(absl::StrFormat(
-        "backbone frozen and transform deterministic: cached %d-d features of %d images in %.1fs", feature_dim, data.train_features.size(0) + data.val_features.size(0), Seconds(t0)));
-  }
   data.train_labels = torch::tensor(train.labels).to(device);
   data.val_labels = torch::tensor(val.labels);
+  if (!plan.features && plan.prefix_stages <= 0) return data;
+  const int k = plan.features ? 0 : plan.prefix_stages;
+  const std::string stage = plan.features ? "features" : backbone.stage_names[static_cast<size_t>(k - 1)];
+  // The bytes it would take, from one image's worth.
+  int64_t per_image = 0;
+  {
+    model.eval();
+    torch::NoGradGuard no_grad;
+    const int64_t size = eval_loader.transform.image_size;
+    auto probe = torch::zeros({1, 3, size, size}, torch::TensorOptions().device(device));
+    auto out = k == 0 ? model.get_method("features")({probe}).toTensor()
+                      : model.attr("backbone").toModule().get_method(kForwardStages)({probe, 0, k}).toTensor();
+    per_image = out.numel() * static_cast<int64_t>(out.element_size());
+  }
+  const int64_t images = static_cast<int64_t>(train.images.size() + val.images.size());
+  const int64_t bytes = per_image * images;
+  if (budget_bytes >= 0 && bytes > budget_bytes) {
+    report.Info(absl::StrFormat("not caching the output of %s: %d images would take %.0f MiB, over the %.0f MiB left "
+                                "of the worker's --decode-cache-mb; every epoch runs %s",
+                                stage, images, bytes / 1048576.0, budget_bytes / 1048576.0,
+                                k == 0 ? "the backbone" : "the frozen stages"));
+    return data;
+  }
+  const auto t0 = Clock::now();
+  pb::Progress p;
+  p.set_phase("cache");
+  p.set_epochs(epochs);
+  report.Progress(p);
+  data.train_features = ComputeFeatures(model, train, eval_loader, device, k);
+  data.val_features = ComputeFeatures(model, val, eval_loader, device, k);
+  data.cached = plan.features;
+  data.prefix_stages = k;
+  data.cache_stage = stage;
+  data.cache_bytes = bytes;
+  if (k == 0) {
+    report.Info(absl::StrFormat(
+        "backbone frozen and transform deterministic: cached %d-d features of %d images (%.1f MiB) in %.1fs",
+        data.train_features.size(1), images, bytes / 1048576.0, Seconds(t0)));
+  } else {
+    report.Info(absl::StrFormat(
+        "stages %s to %s frozen and transform deterministic: cached the output of %s, [%s] per image, of %d images "
+        "(%.1f MiB) in %.1fs; every epoch trains the rest on it",
+        backbone.stage_names.front(), stage, stage, absl::StrJoin(data.train_features.sizes().slice(1), ", "), images,
+        bytes / 1048576.0, Seconds(t0)));
+  }
   return data;
 }
 
@@ -153,6 +188,7 @@ EpochLoop::EpochLoop(const Recipe& recipe, const EpochLoopOptions& options, torc
       options_(options),
       model_(model),
       head_(model.attr("head").toModule()),
+      stages_(backbone.staged ? model.attr("backbone").toModule().find_method(kForwardStages) : c10::nullopt),
       backbone_(backbone),
       data_(data),
       loss_(std::move(loss)),
@@ -212,7 +248,7 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
   ApplyFreeze(model_, backbone_, freeze_depth_);
   std::unique_ptr<BatchLoader> loader;
   torch::Tensor order_tensor;
-  if (data_.cached) {
+  if (data_.precomputed()) {
     order_tensor = torch::tensor(order).to(options_.device);
   } else {
     data_.train_loader.seed = static_cast<uint64_t>(spec.seed()) * kEpochSeedStride + static_cast<uint64_t>(epoch);
@@ -247,9 +283,11 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       return stats;
     }
     torch::Tensor x, y;
-    if (data_.cached) {
+    if (data_.precomputed()) {
       if (step >= steps_per_epoch_) break;
-      auto idx = order_tensor.slice(0, step * spec.batch_size(), (step + 1) * spec.batch_size());
+      // The last batch takes what is left: a merged tail (PlanPhases) too.
+      const int64_t end = step + 1 == steps_per_epoch_ ? order_tensor.size(0) : (step + 1) * spec.batch_size();
+      auto idx = order_tensor.slice(0, step * spec.batch_size(), end);
       x = data_.train_features.index_select(0, idx);
       y = data_.train_labels.index_select(0, idx);
     } else {
@@ -265,7 +303,7 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
     const auto step_start = Clock::now();
     stats.lr = recipe_.LearningRateAt((epoch - 1) + static_cast<double>(step) / steps_per_epoch_, base_lr_);
     SetLearningRate(*optimizer_, stats.lr);
-    auto logits = data_.cached ? head_.forward({x}).toTensor() : model_.forward({x}).toTensor();
+    auto logits = Logits(x);
     auto loss = torch::nn::functional::cross_entropy(logits, y, loss_);
     // Gradients start undefined at every step, as after a resume: nothing
     // carries over from one step to the next but the optimiser's state.
@@ -314,6 +352,24 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
   return stats;
 }
 
+torch::Tensor EpochLoop::Logits(const torch::Tensor& x) {
+  if (data_.cached) return head_.forward({x}).toTensor();
+  const int n = static_cast<int>(backbone_.stages.size());
+  if (data_.prefix_stages > 0) {
+    auto features = (*stages_)({x.to(torch::kFloat), data_.prefix_stages, n}).toTensor();
+    return head_.forward({features}).toTensor();
+  }
+  if (stages_.has_value() && freeze_depth_ > 0 && freeze_depth_ < n) {
+    torch::Tensor frozen;
+    {
+      torch::NoGradGuard no_grad;
+      frozen = (*stages_)({x, 0, freeze_depth_}).toTensor();
+    }
+    return head_.forward({(*stages_)({frozen, freeze_depth_, n}).toTensor()}).toTensor();
+  }
+  return model_.forward({x}).toTensor();
+}
+
 EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   pb::Progress vp;
   vp.set_phase("validate");
@@ -324,6 +380,10 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   vp.set_loss(static_cast<float>(stats.loss_sum / std::max<int64_t>(1, stats.seen)));
   report_.Progress(vp);
   if (data_.cached) return EvaluateFeatures(head_, data_.val_features, data_.val_labels, num_classes_);
+  if (data_.prefix_stages > 0) {
+    return EvaluateActivations(model_, data_.val_features, data_.val_labels, data_.prefix_stages,
+                               static_cast<int>(backbone_.stages.size()), data_.eval_loader.batch_size, num_classes_);
+  }
   return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_);
 }
 
@@ -587,7 +647,9 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     summary.set_epoch_seconds(static_cast<float>(stats.seconds_before + Seconds(stats.start)));
     summary.set_loader_wait_seconds(static_cast<float>(stats.loader_wait_seconds));
     summary.set_freeze_depth(freeze_depth_);
-    summary.set_features_cached(data_.cached);
+    summary.set_features_cached(data_.precomputed());
+    summary.set_cache_stage(data_.cache_stage);
+    summary.set_cache_bytes(data_.cache_bytes);
     metrics->set_trained_images(metrics->trained_images() + stats.seen);
     metrics->set_epochs_completed(epoch);
     // Never a NaN epoch, even if one got this far.

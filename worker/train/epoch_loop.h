@@ -44,17 +44,34 @@ struct EpochData {
   // The epoch loop sets train_loader's seed and merge_single_tail.
   LoaderOptions train_loader;
   LoaderOptions eval_loader;
+  // The whole backbone's features are in train_features/val_features.
   bool cached = false;
+  // Or, when above 0, the output of the backbone's first prefix_stages
+  // stages (a partly frozen backbone); the epochs run the rest of it.
+  int prefix_stages = 0;
+  std::string cache_stage;  // the stage whose output is stored, for events
+  int64_t cache_bytes = 0;
   torch::Tensor train_features, train_labels;  // on the device, when cached
   torch::Tensor val_features, val_labels;      // val_labels on the CPU
+  // Either cache: the epochs draw batches from train_features.
+  bool precomputed() const { return cached || prefix_stages > 0; }
+};
+
+// What to compute once, before the epochs: the whole backbone's features
+// (`features`), or the output of its first `prefix_stages` stages.
+struct CachePlan {
+  bool features = false;
+  int prefix_stages = 0;
 };
 
 // EpochData over `train` and `val` (not owned; they must outlive it). With
-// `cache`, computes `model`'s features of both sets now, reported as the
-// "cache" phase of `epochs` epochs and logged.
-EpochData PrepareEpochData(torch::jit::Module& model, const ImageSet& train, const ImageSet& val,
-                           const LoaderOptions& train_loader, const LoaderOptions& eval_loader, bool cache,
-                           int64_t feature_dim, int epochs, torch::Device device, const Reporter& report);
+// a `plan`, computes what it says of both sets now, reported as the "cache"
+// phase of `epochs` epochs and logged, unless it would take more than
+// `budget_bytes` (negative: no limit), which is logged instead.
+EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, const ImageSet& train,
+                           const ImageSet& val, const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
+                           const CachePlan& plan, int64_t budget_bytes, int epochs, torch::Device device,
+                           const Reporter& report);
 
 // How each phase's epochs are cut into batches.
 struct PhasePlans {
@@ -181,11 +198,17 @@ class EpochLoop {
   absl::Status SaveCheckpoint(const CheckpointPosition& position, const EpochStats& stats);
   absl::Status RestoreFrom(CheckpointReader& reader);
   absl::Time Now() const;
+  // The logits of a training batch `x`: images, or what the cache holds for
+  // them. With frozen leading stages and no cache, those stages run
+  // without autograd (they train nothing) before the rest.
+  torch::Tensor Logits(const torch::Tensor& x);
 
   const Recipe& recipe_;
   const EpochLoopOptions options_;
   torch::jit::Module& model_;
   torch::jit::Module head_;
+  // The backbone's forward_stages, when it has one.
+  c10::optional<torch::jit::Method> stages_;
   const Backbone& backbone_;
   EpochData& data_;
   const torch::nn::functional::CrossEntropyFuncOptions loss_;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/util/status.h"
+#include "worker/backbones/jit_modules.h"
 
 namespace ft::worker {
 namespace {
@@ -71,15 +72,39 @@ EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& featu
   return eval.Result();
 }
 
-torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device) {
+EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& activations,
+                               const torch::Tensor& labels, int prefix_stages, int num_stages, int64_t batch_size,
+                               int64_t classes) {
   model.eval();
   torch::NoGradGuard no_grad;
-  BatchLoader loader(&set, InOrder(set), options);
+  auto rest = model.attr("backbone").toModule().get_method(kForwardStages);
+  auto head = model.attr("head").toModule();
+  Evaluator eval(classes);
+  const int64_t n = activations.size(0);
+  for (int64_t i = 0; i < n; i += batch_size) {
+    const int64_t end = std::min(n, i + batch_size);
+    auto features = rest({activations.slice(0, i, end).to(torch::kFloat), prefix_stages, num_stages}).toTensor();
+    eval.Add(head.forward({features}).toTensor(), labels.slice(0, i, end));
+  }
+  return eval.Result();
+}
+
+torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device, int prefix_stages) {
+  model.eval();
+  torch::NoGradGuard no_grad;
+  // No batch of one image: oneDNN runs a convolution of one image with
+  // other kernels than a batch (results differ by ~1e-6), and the training
+  // batches that the cached values stand in for hold two or more.
+  LoaderOptions batched = options;
+  batched.merge_single_tail = true;
+  BatchLoader loader(&set, InOrder(set), batched);
   std::vector<torch::Tensor> parts;
-  auto features = model.get_method("features");
+  auto features = prefix_stages == 0 ? model.get_method("features")
+                                     : model.attr("backbone").toModule().get_method(kForwardStages);
   while (auto batch = loader.Next()) {
-    parts.push_back(features({batch->images.to(device, /*non_blocking=*/true)}).toTensor());
+    auto x = batch->images.to(device, /*non_blocking=*/true);
+    parts.push_back(prefix_stages == 0 ? features({x}).toTensor() : features({x, 0, prefix_stages}).toTensor());
   }
   return torch::cat(parts);
 }

@@ -50,10 +50,21 @@ EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const Loader
 EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& features, const torch::Tensor& labels,
                             int64_t classes);
 
-// Pooled backbone features (the model's features() method) of a whole set,
-// in eval mode and without gradients, on `device`.
+// The classifier `model` (eval mode, without gradients) over activations
+// computed once: the output of its backbone's first `prefix_stages` stages
+// (ComputeFeatures), run through the rest of the backbone and the head in
+// batches of `batch_size`.
+EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& activations,
+                               const torch::Tensor& labels, int prefix_stages, int num_stages, int64_t batch_size,
+                               int64_t classes);
+
+// What a whole set makes of the classifier `model`, in eval mode and
+// without gradients, on `device`: with prefix_stages 0, the pooled backbone
+// features (its features() method); else the output of the backbone's
+// first `prefix_stages` stages (its forward_stages method, which the
+// backbone must have).
 torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device);
+                              torch::Device device, int prefix_stages = 0);
 
 // Per-class precision, recall, F1 and support, and the confusion matrix
 // (row-major, true x predicted), as the metrics' test_* fields.

@@ -105,6 +105,16 @@ torch::nn::functional::CrossEntropyFuncOptions Recipe::LossOptions(const std::ve
   return loss;
 }
 
+int Recipe::CachedPrefixStages(int backbone_stages, bool staged) const {
+  const int depth = spec_.freeze_depth();
+  if (!staged || depth <= 0 || depth >= backbone_stages) return 0;
+  if (options_.cache_features == spec::CacheFeatures::kOff || options_.augment != spec::Augment::kNone ||
+      spec_.unfreeze_at() != 0) {
+    return 0;
+  }
+  return depth;
+}
+
 bool Recipe::CachesFeatures(int backbone_stages) const {
   const int depth = spec_.freeze_depth();
   const bool frozen_all = depth < 0 || depth >= backbone_stages;

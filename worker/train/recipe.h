@@ -80,6 +80,12 @@ class Recipe {
   // whole backbone (of `backbone_stages` stages) stays frozen, the train
   // transform is deterministic, and cache_features is not off.
   bool CachesFeatures(int backbone_stages) const;
+  // The number of leading stages whose output the epochs may compute once
+  // and train the rest on (a partly frozen backbone): freeze_depth, when it
+  // is between 1 and backbone_stages - 1, `staged` (the backbone can run
+  // its stages apart), the train transform is deterministic, there is no
+  // fine-tuning phase, and cache_features is not off; else 0.
+  int CachedPrefixStages(int backbone_stages, bool staged) const;
 
   bool skips_bad_images() const { return options_.on_bad_image == spec::OnBadImage::kSkip; }
   bool exports_last_epoch() const { return options_.export_weights == spec::ExportWeights::kLast; }

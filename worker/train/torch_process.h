@@ -3,6 +3,8 @@
 #ifndef FT_WORKER_TRAIN_TORCH_PROCESS_H_
 #define FT_WORKER_TRAIN_TORCH_PROCESS_H_
 
+#include <string>
+
 #include <torch/types.h>
 
 namespace ft::worker {
@@ -20,6 +22,14 @@ void InitTorchProcess(int threads);
 // (emptyCache, in builds linked with libc10_cuda), and the heap pages that
 // glibc keeps. Call between jobs, with no tensor of the job left.
 void ReleaseCachedMemory(torch::Device device);
+
+// The BLAS this process's LibTorch computes with, for --version and the
+// job's first log line, so that a slow machine explains itself: "BLIS
+// (/usr/lib/x86_64-linux-gnu/blis-pthread/libblas.so.3)", "OpenBLAS (...)",
+// "reference BLAS (...; slow: install libblis4-pthread)", or "MKL (inside
+// LibTorch)" for builds that carry their own. Read from the shared objects
+// loaded now (dl_iterate_phdr), following links to the file.
+std::string BlasInUse();
 
 }  // namespace ft::worker
 

@@ -1,5 +1,6 @@
 #include "worker/train/trainer.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include <torch/torch.h>
@@ -18,6 +19,7 @@
 #include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
 #include "worker/train/starting_model.h"
+#include "worker/train/torch_process.h"
 
 namespace ft::worker {
 namespace {
@@ -28,6 +30,9 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   FT_ASSIGN_OR_RETURN(const Recipe recipe, Recipe::Create(job.spec()));
   const pb::JobSpec& spec = recipe.spec();
   const Reporter report(hooks);
+  // First, so that a slow machine explains itself.
+  report.Info(absl::StrCat("compute: ", options.device.str(), ", ", torch::get_num_threads(), " threads, BLAS ",
+                           BlasInUse()));
   pb::Progress load_progress;
   load_progress.set_phase("load");
   load_progress.set_epochs(spec.epochs());
@@ -65,10 +70,20 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   eval_loader.transform.train = false;
   auto loss = recipe.LossOptions(data.train.labels, data.num_classes(), options.device, report);
 
-  // Epochs, on features computed once while the whole backbone stays frozen.
-  const bool cached = recipe.CachesFeatures(static_cast<int>(backbone.stages.size()));
-  EpochData epoch_data = PrepareEpochData(model, data.train, data.val, train_loader, eval_loader, cached,
-                                          backbone.feature_dim, spec.epochs(), options.device, report);
+  // Epochs, on what the frozen stages make of the images computed once,
+  // where the transform is deterministic: the whole backbone's features, or
+  // the output of a partly frozen backbone's frozen stages.
+  const int num_stages = static_cast<int>(backbone.stages.size());
+  CachePlan cache_plan;
+  cache_plan.features = recipe.CachesFeatures(num_stages);
+  if (!cache_plan.features) cache_plan.prefix_stages = recipe.CachedPrefixStages(num_stages, backbone.staged);
+  EpochData epoch_data = PrepareEpochData(model, backbone, data.train, data.val, train_loader, eval_loader,
+                                          cache_plan, data.decode.cache_budget_bytes, spec.epochs(),
+                                          options.device, report);
+  const bool cached = epoch_data.cached;
+  if (data.decode.cache_budget_bytes >= 0) {
+    data.decode.cache_budget_bytes = std::max<int64_t>(0, data.decode.cache_budget_bytes - epoch_data.cache_bytes);
+  }
   FT_ASSIGN_OR_RETURN(const PhasePlans plans,
                       PlanPhases(model, backbone, recipe, static_cast<int64_t>(data.train.images.size()), cached,
                                  report));
