@@ -8,6 +8,8 @@ Scenarios:
   a  frozen backbone: --freeze-depth all --augment none, 5 epochs (finetuned caches features)
   b  full fine-tune:  --freeze-depth 0 --augment standard, 1 epoch
   c  decode + augment alone: finetuned's DecodeSamples + BatchLoader vs ImageFolder + DataLoader
+  d  partly frozen: --freeze-depth 4 (stem..layer3) --augment none, 5 epochs (finetuned caches layer3's output)
+  e  partly frozen, augmented: --freeze-depth 4 --augment standard, 1 epoch (the frozen stages run without autograd)
 
   job_compare.py --bin build/bin --bench-bin build/bin [--scenarios a,b,c] [--reps 3] [--threads 2]
 """
@@ -18,6 +20,10 @@ PY = "/usr/bin/python3"
 SCEN = {
     "a": dict(freeze="all", augment="none", epochs=5, title="frozen backbone, 5 epochs (--freeze-depth all --augment none)"),
     "b": dict(freeze="0", augment="standard", epochs=1, title="full fine-tune, 1 epoch (--freeze-depth 0 --augment standard)"),
+    "d": dict(freeze="4", augment="none", epochs=5,
+              title="partly frozen, 5 epochs (--freeze-depth 4: stem to layer3 frozen, --augment none)"),
+    "e": dict(freeze="4", augment="standard", epochs=1,
+              title="partly frozen, augmented, 1 epoch (--freeze-depth 4 --augment standard)"),
 }
 
 

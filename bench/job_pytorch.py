@@ -6,7 +6,9 @@ finetuned (train: RandomResizedCrop + flip, or the eval transform with
 normalisation), validation after every epoch, then a TorchScript export
 (torch.jit.script + save) and metadata.json, as finetuned exports.
 --freeze-depth all trains the head only and keeps the backbone (and its
-BatchNorm statistics) in eval mode, as finetuned does; 0 trains everything.
+BatchNorm statistics) in eval mode, as finetuned does; 0 trains everything;
+K (1-4, ResNet) freezes the first K of finetuned's stages (stem = conv1 +
+bn1, layer1, layer2, layer3) the same way, the usual fine-tuning recipe.
 Prints one JSON line: seconds (after imports, to export done), val accuracy.
 """
 import time
@@ -27,7 +29,7 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--freeze-depth", default="0", choices=["0", "all"])
+    p.add_argument("--freeze-depth", default="0", choices=["0", "1", "2", "3", "4", "all"])
     p.add_argument("--augment", default="standard", choices=["standard", "light", "none"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
@@ -52,10 +54,15 @@ def main():
 
     model = getattr(torchvision.models, a.arch)(weights=None)
     model.fc = nn.Linear(model.fc.in_features, len(train.classes))
-    frozen = a.freeze_depth == "all"
-    if frozen:
-        for name, q in model.named_parameters():
-            q.requires_grad_(name.startswith("fc."))
+    stages = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
+    if a.freeze_depth == "all":
+        frozen_children = [n for n, _ in model.named_children() if n != "fc"]
+    else:
+        frozen_children = [c for st in stages[:int(a.freeze_depth)] for c in st]
+    frozen = bool(frozen_children)
+    for name, q in model.named_parameters():
+        if name.split(".")[0] in frozen_children:
+            q.requires_grad_(False)
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr)
     history = []
     for epoch in range(1, a.epochs + 1):
@@ -63,7 +70,7 @@ def main():
         model.train()
         if frozen:
             for name, m in model.named_children():
-                if name != "fc":
+                if name in frozen_children:
                     m.eval()
         loss_sum, seen = 0.0, 0
         for x, y in train_dl:

@@ -24,6 +24,8 @@
 #include "worker/data/loader.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/evaluation.h"
+#include "worker/train/frozen_prefix.h"
+#include "worker/backbones/jit_modules.h"
 #include "worker/train/guards.h"
 #include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
@@ -32,6 +34,46 @@
 
 namespace ft::worker {
 namespace {
+
+// The frozen stages as an inference graph (BatchNorm folded) stay within
+// 1e-5 relative of the module that trains, for a partial prefix and for the
+// whole backbone, and leave that module working and unchanged.
+TEST(FrozenPrefixTest, MatchesTheUnfoldedStages) {
+  ft::worker::InitTorchProcess(2);  // as in the worker: calls are not inlined
+  for (const std::string name : {"resnet18", "mobilenet_v3_small", "vgg11_bn", "efficientnet_b0", "convnext_tiny"}) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(1);
+    auto backbone = ft::worker::BuildBackbone(name);
+    ASSERT_TRUE(backbone.ok()) << backbone.status();
+    // Running statistics that folding has to honour.
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& b : backbone->module.named_buffers()) {
+        if (b.name.find("running_mean") != std::string::npos) b.value.uniform_(-0.5, 0.5);
+        if (b.name.find("running_var") != std::string::npos) b.value.uniform_(0.5, 2.0);
+      }
+    }
+    auto model = ft::worker::BuildClassifier(backbone->module, backbone->feature_dim, {"a", "b", "c"});
+    model.eval();
+    const auto x = torch::randn({4, 3, 64, 64});
+    const int n = static_cast<int>(backbone->stages.size());
+    for (int stages : {n - 1, -1}) {
+      auto prefix = ft::worker::BuildFrozenPrefix(model, stages, 64);
+      ASSERT_TRUE(prefix.ok()) << prefix.status();
+      torch::NoGradGuard no_grad;
+      auto want = stages < 0 ? model.get_method("features")({x}).toTensor()
+                             : model.attr("backbone").toModule().get_method(ft::worker::kForwardStages)(
+                                   {x, 0, stages}).toTensor();
+      auto got = prefix->forward({x}).toTensor();
+      ASSERT_EQ(got.sizes(), want.sizes());
+      const double rel = (got - want).abs().max().item<double>() / want.abs().max().item<double>();
+      EXPECT_LT(rel, 1e-5) << stages << " stages";
+    }
+    // The model still runs, as it did.
+    torch::NoGradGuard no_grad;
+    EXPECT_EQ(model.forward({x}).toTensor().size(1), 3);
+  }
+}
 
 TEST(GuardsTest, PlanBatchesKeepsMergesOrRefuses) {
   const std::string bn = "backbone.layer4.0.bn1";

@@ -174,13 +174,33 @@ torch::jit::Module FeaturesPoolClassifier(const std::string& cls, const std::vec
   torch::jit::Module m = NewModule(cls);
   m.register_module("features", Sequential(features));
   m.register_module("classifier", Sequential(classifier));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)
-    return self.classifier.forward(x)
-)");
   return m;
+}
+
+void DefineStagedFeatures(torch::jit::Module& m, const std::vector<std::vector<std::string>>& stages,
+                          const std::vector<std::string>& pool) {
+  const std::string classifier_line = "x = self.classifier.forward(x)";
+  std::vector<std::vector<std::string>> lines;
+  bool classified = false;
+  for (const auto& stage : stages) {
+    lines.emplace_back();
+    for (const auto& path : stage) {
+      if (path == "classifier") {
+        lines.back().insert(lines.back().end(), pool.begin(), pool.end());
+        lines.back().push_back(classifier_line);
+        classified = true;
+      } else {
+        lines.back().push_back(absl::StrCat("x = getattr(self.features, \"", path.substr(path.find('.') + 1),
+                                            "\").forward(x)"));
+      }
+    }
+  }
+  std::vector<std::string> tail;
+  if (!classified) {
+    tail = pool;
+    tail.push_back(classifier_line);
+  }
+  DefineStagedForward(m, lines, tail);
 }
 
 }  // namespace ft::worker

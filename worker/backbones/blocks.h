@@ -69,8 +69,18 @@ torch::jit::Module SqueezeExcitation(int64_t channels, int64_t squeeze_channels,
 // ChildPaths("features", 2, 3).
 // torchvision's MobileNet/EfficientNet layout: `features`, adaptive average
 // pooling to 1x1, flatten, then `classifier` (everything before the head).
+// Its forward comes from DefineStagedFeatures, once the stages are known.
 torch::jit::Module FeaturesPoolClassifier(const std::string& cls, const std::vector<torch::jit::Module>& features,
                                           const std::vector<torch::jit::Module>& classifier);
+
+// The forward (and forward_stages, see DefineStagedForward) of a module laid
+// out as `features` (a Sequential), `pool` (statements on x), then
+// `classifier`, with `stages` that name "features.<i>" children in order and
+// "classifier" (in the last stage, or else after every stage): each child
+// runs on its own, the pool right before the classifier. The ops, and so
+// the results, are those of features -> pool -> classifier.
+void DefineStagedFeatures(torch::jit::Module& m, const std::vector<std::vector<std::string>>& stages,
+                          const std::vector<std::string>& pool);
 
 std::vector<std::string> ChildPaths(const std::string& parent, int first, int last);
 

@@ -91,12 +91,6 @@ Backbone BuildConvNeXt(const std::string& name, bool small) {
   Module m = NewModule("ConvNeXtBackbone");
   m.register_module("features", Sequential(features));
   m.register_module("classifier", Sequential({LayerNorm2d(dim, kNormEps), Flatten()}));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.adaptive_avg_pool2d(x, [1, 1])
-    return self.classifier.forward(x)
-)");
   Backbone b;
   b.name = name;
   b.module = m;
@@ -109,6 +103,8 @@ def forward(self, x):
               {"classifier"}};
   b.feature_dim = dim;
   b.head_prefixes = {"classifier.2."};
+  DefineStagedFeatures(b.module, b.stages, {"x = torch.adaptive_avg_pool2d(x, [1, 1])"});
+  b.staged = true;
   return b;
 }
 

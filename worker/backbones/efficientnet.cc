@@ -104,6 +104,8 @@ Backbone BuildEfficientNet(const std::string& name, int variant) {
               {"features.8", "classifier"}};
   b.feature_dim = lastconv_out;
   b.head_prefixes = {"classifier.1."};
+  DefineStagedFeatures(b.module, b.stages, {"x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)"});
+  b.staged = true;
   return b;
 }
 

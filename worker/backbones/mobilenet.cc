@@ -98,6 +98,8 @@ Backbone BuildMobileNetV2(const std::string& name) {
               ChildPaths("features", 7, 13), ChildPaths("features", 14, 17), {"features.18", "classifier"}};
   b.feature_dim = kLastChannel;
   b.head_prefixes = {"classifier.1."};
+  DefineStagedFeatures(b.module, b.stages, {"x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)"});
+  b.staged = true;
   return b;
 }
 
@@ -147,6 +149,8 @@ Backbone BuildMobileNetV3(const std::string& name, bool large) {
   b.stages.push_back(Concat(ChildPaths("features", last, last), {"classifier"}));
   b.feature_dim = last_channel;
   b.head_prefixes = {"classifier.3."};
+  DefineStagedFeatures(b.module, b.stages, {"x = torch.flatten(torch.adaptive_avg_pool2d(x, [1, 1]), 1)"});
+  b.staged = true;
   return b;
 }
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "worker/backbones/blocks.h"
 #include "worker/backbones/jit_modules.h"
 
 namespace ft::worker {
@@ -99,18 +100,14 @@ Backbone BuildVgg(const std::string& name, int depth, bool batch_norm) {
   m.register_module("features", Sequential(features));
   m.register_module("classifier", Sequential({VggLinear(kPooled, kFeatureDim), ReLU(), Dropout(),
                                               VggLinear(kFeatureDim, kFeatureDim), ReLU(), Dropout()}));
-  m.define(R"(
-def forward(self, x):
-    x = self.features.forward(x)
-    x = torch.flatten(torch.adaptive_avg_pool2d(x, [7, 7]), 1)
-    return self.classifier.forward(x)
-)");
   b.name = name;
   b.module = m;
   b.stage_names.push_back("classifier");
   b.stages.push_back({"classifier"});
   b.feature_dim = kFeatureDim;
   b.head_prefixes = {"classifier.6."};
+  DefineStagedFeatures(b.module, b.stages, {"x = torch.flatten(torch.adaptive_avg_pool2d(x, [7, 7]), 1)"});
+  b.staged = true;
   return b;
 }
 

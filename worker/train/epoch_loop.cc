@@ -18,6 +18,7 @@
 #include "common/util/log.h"
 #include "common/util/status.h"
 #include "worker/backbones/jit_modules.h"
+#include "worker/train/frozen_prefix.h"
 
 namespace ft::worker {
 namespace {
@@ -90,10 +91,11 @@ absl::Status Diverged(int epoch, const std::string& what, double lr) {
 
 }  // namespace
 
-EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, const ImageSet& train,
-                           const ImageSet& val, const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
-                           const CachePlan& plan, int64_t budget_bytes, int epochs, torch::Device device,
-                           const Reporter& report) {
+absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Backbone& backbone,
+                                           const ImageSet& train, const ImageSet& val,
+                                           const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
+                                           const CachePlan& plan, int64_t budget_bytes, int epochs,
+                                           torch::Device device, const Reporter& report) {
   EpochData data;
   data.train = &train;
   data.val = &val;
@@ -104,16 +106,20 @@ EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, 
   if (!plan.features && plan.prefix_stages <= 0) return data;
   const int k = plan.features ? 0 : plan.prefix_stages;
   const std::string stage = plan.features ? "features" : backbone.stage_names[static_cast<size_t>(k - 1)];
+  // Computed through the frozen stages' inference graph.
+  auto built = BuildFrozenPrefix(model, k == 0 ? -1 : k, eval_loader.transform.image_size);
+  if (!built.ok()) {
+    report.Log("warning", absl::StrCat("not caching the output of ", stage, ": ", built.status().message()));
+    return data;
+  }
+  torch::jit::Module& prefix = *built;
   // The bytes it would take, from one image's worth.
   int64_t per_image = 0;
   {
-    model.eval();
     torch::NoGradGuard no_grad;
     const int64_t size = eval_loader.transform.image_size;
-    auto probe = torch::zeros({1, 3, size, size}, torch::TensorOptions().device(device));
-    auto out = k == 0 ? model.get_method("features")({probe}).toTensor()
-                      : model.attr("backbone").toModule().get_method(kForwardStages)({probe, 0, k}).toTensor();
-    per_image = out.numel() * static_cast<int64_t>(out.element_size());
+    auto out = prefix.forward({torch::zeros({2, 3, size, size}, torch::TensorOptions().device(device))}).toTensor();
+    per_image = out[0].numel() * static_cast<int64_t>(out.element_size());
   }
   const int64_t images = static_cast<int64_t>(train.images.size() + val.images.size());
   const int64_t bytes = per_image * images;
@@ -129,8 +135,8 @@ EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, 
   p.set_phase("cache");
   p.set_epochs(epochs);
   report.Progress(p);
-  data.train_features = ComputeFeatures(model, train, eval_loader, device, k);
-  data.val_features = ComputeFeatures(model, val, eval_loader, device, k);
+  data.train_features = ComputeFeatures(prefix, train, eval_loader, device);
+  data.val_features = ComputeFeatures(prefix, val, eval_loader, device);
   data.cached = plan.features;
   data.prefix_stages = k;
   data.cache_stage = stage;
@@ -217,7 +223,7 @@ bool EpochLoop::StopsEarly(int epoch) const {
          epoch < spec.epochs();
 }
 
-void EpochLoop::EnterPhase(bool finetune) {
+absl::Status EpochLoop::EnterPhase(bool finetune) {
   const TrainingPhase phase = finetune ? recipe_.finetune_phase() : recipe_.first_phase();
   const BatchPlan& plan = finetune ? plans_.finetune : plans_.first;
   finetune_ = finetune;
@@ -227,6 +233,28 @@ void EpochLoop::EnterPhase(bool finetune) {
   optimizer_ = recipe_.MakeOptimizer(TrainableParameters(model_), base_lr_);
   steps_per_epoch_ = plan.num_batches;
   data_.train_loader.merge_single_tail = plan.merged_tail;
+  // Without a cache, the stages this phase keeps frozen run as an inference
+  // graph, the same one a cache would have been computed with.
+  prefix_.reset();
+  prefix_stages_ = 0;
+  const int n = static_cast<int>(backbone_.stages.size());
+  if (!data_.precomputed()) {
+    if (freeze_depth_ < 0 || freeze_depth_ >= n) {
+      prefix_stages_ = -1;
+    } else if (stages_.has_value() && freeze_depth_ > 0) {
+      prefix_stages_ = freeze_depth_;
+    }
+    if (prefix_stages_ != 0) {
+      auto prefix = BuildFrozenPrefix(model_, prefix_stages_, recipe_.spec().image_size());
+      if (prefix.ok()) {
+        prefix_ = *std::move(prefix);
+      } else {
+        report_.Log("warning", absl::StrCat("the frozen stages run as they train: ", prefix.status().message()));
+        prefix_stages_ = 0;
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 void EpochLoop::LogTrainable() const {
@@ -359,13 +387,14 @@ torch::Tensor EpochLoop::Logits(const torch::Tensor& x) {
     auto features = (*stages_)({x.to(torch::kFloat), data_.prefix_stages, n}).toTensor();
     return head_.forward({features}).toTensor();
   }
-  if (stages_.has_value() && freeze_depth_ > 0 && freeze_depth_ < n) {
+  if (prefix_.has_value()) {
     torch::Tensor frozen;
     {
       torch::NoGradGuard no_grad;
-      frozen = (*stages_)({x, 0, freeze_depth_}).toTensor();
+      frozen = prefix_->forward({x}).toTensor();
     }
-    return head_.forward({(*stages_)({frozen, freeze_depth_, n}).toTensor()}).toTensor();
+    if (prefix_stages_ < 0) return head_.forward({frozen}).toTensor();
+    return head_.forward({(*stages_)({frozen, prefix_stages_, n}).toTensor()}).toTensor();
   }
   return model_.forward({x}).toTensor();
 }
@@ -383,6 +412,13 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   if (data_.prefix_stages > 0) {
     return EvaluateActivations(model_, data_.val_features, data_.val_labels, data_.prefix_stages,
                                static_cast<int>(backbone_.stages.size()), data_.eval_loader.batch_size, num_classes_);
+  }
+  if (prefix_.has_value()) {
+    // Through the same frozen graph as training, as a cache would.
+    model_.eval();
+    torch::NoGradGuard no_grad;
+    return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_,
+                    [&](const torch::Tensor& x) { return Logits(x); });
   }
   return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_);
 }
@@ -575,7 +611,7 @@ absl::Status EpochLoop::RestoreFrom(CheckpointReader& reader) {
   resume.stopped_early = at.epoch_end && StopsEarly(at.epoch);
   const bool more = resume.epoch <= spec.epochs() && !resume.stopped_early;
   if (more) {
-    EnterPhase(FineTunes(resume.epoch));
+    FT_RETURN_IF_ERROR(EnterPhase(FineTunes(resume.epoch)));
     if (resume.step >= steps_per_epoch_) {
       return absl::FailedPreconditionError(absl::StrCat("the checkpoint is at step ", resume.step, " of epoch ",
                                                         resume.epoch, ", which has ", steps_per_epoch_, " steps"));
@@ -607,7 +643,7 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     metrics->set_trained_images(resume_->trained_images);
     metrics->set_epochs_completed(resume_->epochs_completed);
   } else {
-    EnterPhase(/*finetune=*/false);
+    FT_RETURN_IF_ERROR(EnterPhase(/*finetune=*/false));
     LogTrainable();
   }
   last_checkpoint_ = Now();
@@ -616,7 +652,7 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     const bool resumed_here = resume_ && epoch == first_epoch;
     if (recipe_.StartsFineTuning(epoch) && !resumed_here) {
       // The classic second phase: unfreeze deeper stages, lower learning rate, fresh optimiser.
-      EnterPhase(/*finetune=*/true);
+      FT_RETURN_IF_ERROR(EnterPhase(/*finetune=*/true));
       report_.Info(absl::StrCat("epoch ", epoch, ": fine-tuning phase"));
       LogTrainable();
     }

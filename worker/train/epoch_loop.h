@@ -68,10 +68,13 @@ struct CachePlan {
 // a `plan`, computes what it says of both sets now, reported as the "cache"
 // phase of `epochs` epochs and logged, unless it would take more than
 // `budget_bytes` (negative: no limit), which is logged instead.
-EpochData PrepareEpochData(torch::jit::Module& model, const Backbone& backbone, const ImageSet& train,
-                           const ImageSet& val, const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
-                           const CachePlan& plan, int64_t budget_bytes, int epochs, torch::Device device,
-                           const Reporter& report);
+// Computed through the frozen stages' inference graph (BuildFrozenPrefix),
+// whose errors it returns.
+absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Backbone& backbone,
+                                           const ImageSet& train, const ImageSet& val,
+                                           const LoaderOptions& train_loader, const LoaderOptions& eval_loader,
+                                           const CachePlan& plan, int64_t budget_bytes, int epochs,
+                                           torch::Device device, const Reporter& report);
 
 // How each phase's epochs are cut into batches.
 struct PhasePlans {
@@ -180,8 +183,8 @@ class EpochLoop {
   };
 
   // The first phase, or the fine-tuning one: its freeze depth, rate and
-  // batches, and a fresh optimiser.
-  void EnterPhase(bool finetune);
+  // batches, a fresh optimiser, and its frozen stages' inference graph.
+  absl::Status EnterPhase(bool finetune);
   // The phase that epoch `epoch` trains in.
   bool FineTunes(int epoch) const;
   // Early stopping ends the job after epoch `epoch`.
@@ -209,6 +212,10 @@ class EpochLoop {
   torch::jit::Module head_;
   // The backbone's forward_stages, when it has one.
   c10::optional<torch::jit::Method> stages_;
+  // Without a cache: the phase's frozen stages as an inference graph
+  // (BuildFrozenPrefix) of prefix_stages_ stages (-1: the whole backbone).
+  c10::optional<torch::jit::Module> prefix_;
+  int prefix_stages_ = 0;
   const Backbone& backbone_;
   EpochData& data_;
   const torch::nn::functional::CrossEntropyFuncOptions loss_;

@@ -89,24 +89,29 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
   return eval.Result();
 }
 
-torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device, int prefix_stages) {
-  model.eval();
+torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device) {
   torch::NoGradGuard no_grad;
-  // No batch of one image: oneDNN runs a convolution of one image with
-  // other kernels than a batch (results differ by ~1e-6), and the training
-  // batches that the cached values stand in for hold two or more.
   LoaderOptions batched = options;
+  batched.batch_size = std::max(options.batch_size, 128);
   batched.merge_single_tail = true;
   BatchLoader loader(&set, InOrder(set), batched);
   std::vector<torch::Tensor> parts;
-  auto features = prefix_stages == 0 ? model.get_method("features")
-                                     : model.attr("backbone").toModule().get_method(kForwardStages);
   while (auto batch = loader.Next()) {
-    auto x = batch->images.to(device, /*non_blocking=*/true);
-    parts.push_back(prefix_stages == 0 ? features({x}).toTensor() : features({x, 0, prefix_stages}).toTensor());
+    parts.push_back(prefix.forward({batch->images.to(device, /*non_blocking=*/true)}).toTensor());
   }
   return torch::cat(parts);
+}
+
+EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::Device device, int64_t classes,
+                    const std::function<torch::Tensor(const torch::Tensor&)>& logits) {
+  torch::NoGradGuard no_grad;
+  BatchLoader loader(&set, InOrder(set), options);
+  Evaluator eval(classes);
+  while (auto batch = loader.Next()) {
+    eval.Add(logits(batch->images.to(device, /*non_blocking=*/true)), batch->labels);
+  }
+  return eval.Result();
 }
 
 void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -58,13 +60,18 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
                                const torch::Tensor& labels, int prefix_stages, int num_stages, int64_t batch_size,
                                int64_t classes);
 
-// What a whole set makes of the classifier `model`, in eval mode and
-// without gradients, on `device`: with prefix_stages 0, the pooled backbone
-// features (its features() method); else the output of the backbone's
-// first `prefix_stages` stages (its forward_stages method, which the
-// backbone must have).
-torch::Tensor ComputeFeatures(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device, int prefix_stages = 0);
+// What `prefix` (BuildFrozenPrefix: frozen stages as an inference graph)
+// makes of a whole set, without gradients, on `device`, in batches of at
+// least 128 images and never of one (oneDNN runs one image with other
+// kernels than a batch, ~1e-6 apart, and the training batches the values
+// stand in for hold two or more).
+torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device);
+
+// `logits` (called without gradients) over `set` in order, batched by
+// `options`.
+EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::Device device, int64_t classes,
+                    const std::function<torch::Tensor(const torch::Tensor&)>& logits);
 
 // Per-class precision, recall, F1 and support, and the confusion matrix
 // (row-major, true x predicted), as the metrics' test_* fields.

@@ -77,9 +77,9 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   CachePlan cache_plan;
   cache_plan.features = recipe.CachesFeatures(num_stages);
   if (!cache_plan.features) cache_plan.prefix_stages = recipe.CachedPrefixStages(num_stages, backbone.staged);
-  EpochData epoch_data = PrepareEpochData(model, backbone, data.train, data.val, train_loader, eval_loader,
-                                          cache_plan, data.decode.cache_budget_bytes, spec.epochs(),
-                                          options.device, report);
+  FT_ASSIGN_OR_RETURN(EpochData epoch_data,
+                      PrepareEpochData(model, backbone, data.train, data.val, train_loader, eval_loader, cache_plan,
+                                       data.decode.cache_budget_bytes, spec.epochs(), options.device, report));
   const bool cached = epoch_data.cached;
   if (data.decode.cache_budget_bytes >= 0) {
     data.decode.cache_budget_bytes = std::max<int64_t>(0, data.decode.cache_budget_bytes - epoch_data.cache_bytes);
