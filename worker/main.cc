@@ -104,7 +104,35 @@ void OnSignal(int sig) {
 
 }  // namespace
 
+namespace {
+
+// GNU OpenMP's threads spin at every barrier before they sleep. Where other
+// processes share the cores (a second job's worker, the server's tools,
+// other pods), a job then ran 3x slower; with OMP_WAIT_POLICY=passive, 1.0x
+// (bench/contention.py, bench/README.md "Contention"), for up to ~7% alone.
+// libgomp reads the variable when it loads, before main(), so a worker
+// started without it sets it and executes itself again (same pid, same
+// arguments); an OMP_WAIT_POLICY of the user's own is kept. Tool runs
+// (--tool=...), short and many, are left as they are.
+void PreferPassiveOpenMp(int argc, char** argv) {
+  if (::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  for (int i = 1; i < argc; ++i) {
+    if (absl::StartsWith(argv[i], "--tool")) return;
+  }
+  // By its real path: the process name (ps, pkill) comes from it.
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return;  // no /proc: go on as started
+  self[n] = '\0';
+  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/1);
+  ::execv(self, argv);
+  ::unsetenv("OMP_WAIT_POLICY");  // it did not run: go on as started
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  PreferPassiveOpenMp(argc, argv);
   absl::SetProgramUsageMessage("finetune-worker --server ADDR [--device auto|cpu|cuda[:N]] [--threads N]");
   std::vector<std::string> args = ft::util::DashedFlagsToAbseil(argc, argv);
   std::vector<char*> argv2;

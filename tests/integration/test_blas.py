@@ -2,7 +2,8 @@
 BLIS the system's libblas.so.3. Under it, finetune-worker --version and a
 job's first log line name it, and the worker's /metrics answers: with
 OpenBLAS it could not (civetweb's 100 KiB thread stacks cannot hold
-OpenBLAS's static TLS), which is why BLIS was chosen."""
+OpenBLAS's static TLS), which is why BLIS was chosen. The worker also makes OpenMP's threads
+sleep rather than spin at barriers (OMP_WAIT_POLICY=passive)."""
 import json
 import os
 import shutil
@@ -51,6 +52,10 @@ class ShippedBlasTest(unittest.TestCase):
             self.assertIsNotNone(text, "the worker's /metrics never answered:\n" + worker.log())
             self.assertIn("finetune_worker_", text)
             self.assertIn("BLAS BLIS (", worker.log(), SETUP_HINT)
+            # Started without OMP_WAIT_POLICY, the worker runs with it passive
+            # (it executes itself again: libgomp reads it at load time).
+            with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
+                self.assertIn(b"OMP_WAIT_POLICY=passive", f.read().split(b"\0"))
             r, events, job = server.submit(f"--dataset=file://{data}", "--backbone=resnet18", "--image-size=32",
                                            "--epochs=1", "--batch-size=8")
             self.assertEqual(r.returncode, 0, r.stderr + server.log())
