@@ -34,6 +34,7 @@ COMMANDS = {
     "models download": (["dir"], ["mdl-x", "--dir=out"]),
     "models delete": ([], ["mdl-x"]),
     "datasets upload": (["name", "sha256", "format"], ["x.tar", "--name=x"]),
+    "datasets get": ([], ["x"]),
     "datasets list": ([], []),
     "datasets delete": ([], ["x"]),
     "health": ([], []),
