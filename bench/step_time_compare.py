@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def all_archs(bench_bin):
     # The catalog is the source of truth; ask the C++ side for nothing, parse the catalog file.
-    src = os.path.join(HERE, "..", "worker", "catalog", "catalog.cc")
+    src = os.path.join(HERE, "..", "common", "catalog", "catalog.cc")
     import re
     # An entry is {"name", {"stage", ...}, ...}; the name is what a stage list follows.
     names = re.findall(r'\{"([a-z0-9_]+)",\s*\{"', open(src).read())
