@@ -11,39 +11,30 @@ Configurations alternate within each repetition; medians over repetitions.
 
   contention.py --bin build/bin [--reps 3] [--train-per-class 100] [--epochs 1]
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = "/usr/bin/python3"
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+harness = None  # imported once FT_BIN_DIR is set
 
 
 def run(a, ds, work, threads, policy):
     d = tempfile.mkdtemp(prefix="ct-", dir=work)
-    port_file = os.path.join(d, "port")
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
+    # The server's workers inherit the environment it starts with.
+    os.environ.pop("OMP_WAIT_POLICY", None)
     if policy != "default":
-        env["OMP_WAIT_POLICY"] = policy
-    log = open(os.path.join(d, "server.log"), "wb")
-    srv = subprocess.Popen([os.path.join(a.bin, "finetuned"), "--listen=127.0.0.1:0", f"--port-file={port_file}",
-                            f"--data-dir={d}/var", f"--dataset-roots={work}", "--local-workers=2",
-                            f"--worker-threads={threads}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        os.environ["OMP_WAIT_POLICY"] = policy
+    srv = harness.Server(os.path.join(d, "var"), [work], local_workers=2,
+                         extra=[f"--worker-threads={threads}"]).start()
     try:
-        for _ in range(300):
-            if os.path.exists(port_file) and open(port_file).read().strip():
-                break
-            time.sleep(0.1)
-        port = open(port_file).read().strip()
         # Both workers dialled in (their banners), then a second.
-        for _ in range(300):
-            if open(os.path.join(d, "server.log")).read().count("finetune-worker local-") >= 2:
-                break
-            time.sleep(0.1)
+        harness.wait_for(lambda: srv.log().count("finetune-worker local-") >= 2, 30)
         time.sleep(1.0)
-        cmd = [os.path.join(a.bin, "ftctl"), "--server", f"127.0.0.1:{port}", "--output", "json", "submit",
-               "--dataset", f"file://{ds}", "--backbone", "resnet18", "--weights", "none", "--epochs",
-               str(a.epochs), "--batch-size", "32", "--image-size", "64", "--freeze-depth", "0", "--augment",
-               "standard", "--seed", "0", "--follow"]
+        args = ["submit", "--dataset", f"file://{ds}", "--backbone", "resnet18", "--weights", "none", "--epochs",
+                str(a.epochs), "--batch-size", "32", "--image-size", "64", "--freeze-depth", "0", "--augment",
+                "standard", "--seed", "0", "--follow"]
+        cmd = [harness.FTCTL, f"--server={srv.address}", "--output=json"] + args
         t0 = time.perf_counter()
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outs = [p.communicate() for p in procs]
@@ -57,13 +48,8 @@ def run(a, ds, work, threads, policy):
         return dict(threads=threads, policy=policy, seconds=round(secs, 2),
                     images_per_second=round(statistics.median(ips), 1))
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait()
-        log.close()
+        srv.stop()
+        os.environ.pop("OMP_WAIT_POLICY", None)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -78,7 +64,10 @@ def main():
     p.add_argument("--policies", default="default,passive,active")
     p.add_argument("--json-out")
     a = p.parse_args()
-    a.bin = os.path.abspath(a.bin)
+    global harness
+    os.environ["FT_BIN_DIR"] = os.path.abspath(a.bin)
+    import harness as h
+    harness = h
     work = os.path.realpath(tempfile.mkdtemp(prefix="ftcontention-"))
     ds = os.path.join(work, "ds")
     subprocess.run([PY, os.path.join(HERE, "make_dataset.py"), ds, "--train-per-class", str(a.train_per_class),

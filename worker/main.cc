@@ -102,10 +102,6 @@ void OnSignal(int sig) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // GNU OpenMP's threads spin at every barrier before they sleep. Where other
 // processes share the cores (a second job's worker, the server's tools,
 // other pods), a job then ran 3x slower; with OMP_WAIT_POLICY=passive, 1.0x

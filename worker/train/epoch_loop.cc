@@ -381,22 +381,20 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
 }
 
 torch::Tensor EpochLoop::Logits(const torch::Tensor& x) {
-  if (data_.cached) return head_.forward({x}).toTensor();
-  const int n = static_cast<int>(backbone_.stages.size());
-  if (data_.prefix_stages > 0) {
-    auto features = (*stages_)({x.to(torch::kFloat), data_.prefix_stages, n}).toTensor();
-    return head_.forward({features}).toTensor();
+  // The head on what stages `from`.. of the backbone make of `a`.
+  auto rest = [&](const torch::Tensor& a, int from) {
+    const int n = static_cast<int>(backbone_.stages.size());
+    return head_.forward({from < 0 ? a : (*stages_)({a, from, n}).toTensor()}).toTensor();
+  };
+  if (data_.cached) return rest(x, -1);
+  if (data_.prefix_stages > 0) return rest(x, data_.prefix_stages);
+  if (!prefix_.has_value()) return model_.forward({x}).toTensor();
+  torch::Tensor frozen;
+  {
+    torch::NoGradGuard no_grad;
+    frozen = prefix_->forward({x}).toTensor();
   }
-  if (prefix_.has_value()) {
-    torch::Tensor frozen;
-    {
-      torch::NoGradGuard no_grad;
-      frozen = prefix_->forward({x}).toTensor();
-    }
-    if (prefix_stages_ < 0) return head_.forward({frozen}).toTensor();
-    return head_.forward({(*stages_)({frozen, prefix_stages_, n}).toTensor()}).toTensor();
-  }
-  return model_.forward({x}).toTensor();
+  return rest(frozen, prefix_stages_);
 }
 
 EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {

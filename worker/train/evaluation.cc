@@ -53,14 +53,7 @@ EvalResult Evaluator::Result() const {
 EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
                     torch::Device device, int64_t classes) {
   model.eval();
-  torch::NoGradGuard no_grad;
-  BatchLoader loader(&set, InOrder(set), options);
-  Evaluator eval(classes);
-  while (auto batch = loader.Next()) {
-    auto x = batch->images.to(device, /*non_blocking=*/true);
-    eval.Add(model.forward({x}).toTensor(), batch->labels);
-  }
-  return eval.Result();
+  return Evaluate(set, options, device, classes, [&](const torch::Tensor& x) { return model.forward({x}).toTensor(); });
 }
 
 EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& features, const torch::Tensor& labels,
@@ -83,7 +76,7 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
   const int64_t n = activations.size(0);
   for (int64_t i = 0; i < n; i += batch_size) {
     const int64_t end = std::min(n, i + batch_size);
-    auto features = rest({activations.slice(0, i, end).to(torch::kFloat), prefix_stages, num_stages}).toTensor();
+    auto features = rest({activations.slice(0, i, end), prefix_stages, num_stages}).toTensor();
     eval.Add(head.forward({features}).toTensor(), labels.slice(0, i, end));
   }
   return eval.Result();

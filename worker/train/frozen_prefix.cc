@@ -21,8 +21,6 @@ bool HasCalls(const torch::jit::Block& block) {
   return false;
 }
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 }  // namespace
 
 absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& model, int stages, int image_size) {
@@ -52,8 +50,10 @@ absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& m
       const torch::Device device = (*model.attr("head").toModule().parameters().begin()).device();
       frozen.forward({torch::zeros({2, 3, image_size, image_size}, torch::TensorOptions().device(device))});
       return frozen;
-    } catch (const std::exception& e) {
-      why = FirstLine(e.what());
+    } catch (const c10::Error& e) {
+      why = e.what_without_backtrace();
+    } catch (const std::exception& e) {  // the interpreter's errors are not c10::Errors
+      why = e.what();
     }
   }
   return absl::InternalError(absl::StrCat("cannot freeze the frozen stages for inference: ", why));

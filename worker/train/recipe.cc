@@ -105,21 +105,19 @@ torch::nn::functional::CrossEntropyFuncOptions Recipe::LossOptions(const std::ve
   return loss;
 }
 
+bool Recipe::MayCache() const {
+  return options_.cache_features != spec::CacheFeatures::kOff && options_.augment == spec::Augment::kNone &&
+         spec_.unfreeze_at() == 0;
+}
+
 int Recipe::CachedPrefixStages(int backbone_stages, bool staged) const {
   const int depth = spec_.freeze_depth();
-  if (!staged || depth <= 0 || depth >= backbone_stages) return 0;
-  if (options_.cache_features == spec::CacheFeatures::kOff || options_.augment != spec::Augment::kNone ||
-      spec_.unfreeze_at() != 0) {
-    return 0;
-  }
-  return depth;
+  return MayCache() && staged && depth > 0 && depth < backbone_stages ? depth : 0;
 }
 
 bool Recipe::CachesFeatures(int backbone_stages) const {
   const int depth = spec_.freeze_depth();
-  const bool frozen_all = depth < 0 || depth >= backbone_stages;
-  return options_.cache_features != spec::CacheFeatures::kOff && frozen_all &&
-         options_.augment == spec::Augment::kNone && spec_.unfreeze_at() == 0;
+  return MayCache() && (depth < 0 || depth >= backbone_stages);
 }
 
 }  // namespace ft::worker

@@ -91,6 +91,9 @@ class Recipe {
   bool exports_last_epoch() const { return options_.export_weights == spec::ExportWeights::kLast; }
 
  private:
+  // What either cache needs: cache_features not off, a deterministic train
+  // transform (augment none), and one phase (no unfreeze_at).
+  bool MayCache() const;
   Recipe(const pb::JobSpec& spec, const spec::SpecOptions& options) : spec_(spec), options_(options) {}
 
   pb::JobSpec spec_;
