@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
   openssl python3-grpcio python3-protobuf
+  python3-venv python3-pip python3-setuptools python3-wheel
 )
 # The BLAS every worker runs on: Debian's LibTorch (and Python torch) call
 # whatever provides libblas.so.3, and on a bare machine that is the reference
