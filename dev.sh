@@ -17,13 +17,16 @@ BUILD_PACKAGES=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev libssl-dev zlib1g-dev nlohmann-json3-dev prometheus-cpp-dev libarchive-dev
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libgoogle-perftools-dev libcairo2-dev
+  libonnx-dev
 )
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
   openssl python3-grpcio python3-protobuf
   python3-venv python3-pip python3-setuptools python3-wheel
+  chromium
+  python3-onnx
 )
 # The BLAS every worker runs on: Debian's LibTorch (and Python torch) call
 # whatever provides libblas.so.3, and on a bare machine that is the reference

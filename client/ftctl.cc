@@ -84,12 +84,33 @@ const std::vector<Command>& Commands() {
        &WatchJob},
       {"cancel", "Jobs", {{"JOB", "a job id"}}, {}, "cancel a queued or running job",
        "A queued job is cancelled at once, a running one at its next training step.", &CancelJob},
+      {"report", "Jobs", {{"JOB", "a finished job's id"}},
+       {{"out", "DIR", "the folder to write report.html and the charts' PNGs to (created if needed)", true}},
+       "a finished job's report: curves, confusion matrix, mistakes",
+       "Writes DIR/report.html, one self-contained page (images embedded, no scripts, nothing fetched): loss "
+       "and accuracy per epoch, the per-step loss, the learning rate, the confusion matrix, per-class "
+       "precision, recall and F1, the most confused pairs, misclassified images, the spec and the timings; "
+       "and each chart as DIR/NAME.png. The per-class figures come from the test split, or from validation "
+       "when the dataset has none. A queued or running job is refused (exit 2); a FAILED or CANCELLED one gets "
+       "what it recorded. Prints the files written; --output json prints them as JSON.",
+       &Report},
       {"models list", "Models", {}, {{"tenant", "TENANT", "admins: only this tenant's (default: every tenant; others always see their own)"}}, "list trained models", "", &ListModels},
       {"models get", "Models", {{"MODEL", "a model id"}}, {}, "show one model's record, as JSON", "", &GetModel},
       {"models download", "Models", {{"MODEL", "a model id"}},
-       {{"dir", "DIR", "the folder to write to (created if needed)", true}}, "download a model's files",
+       {{"dir", "DIR", "the folder to write the model's files to (created if needed)"},
+        {"triton-repo", "REPO",
+         "lay the model out as a Triton model repository: REPO/NAME/1/model.pt (pytorch_libtorch) and "
+         "REPO/NAME-onnx/1/model.onnx (onnxruntime_onnx) where the model has one, each with config.pbtxt and "
+         "labels.txt"},
+        {"name", "NAME", "with --triton-repo: the Triton model name (default: the model id)"},
+        {"force", "", "with --triton-repo: replace an existing REPO/NAME and REPO/NAME-onnx"}},
+       "download a model's files, or a Triton model repository",
        "Writes model.pt (TorchScript), metadata.json, the model card README.md and model.onnx where the model "
-       "has one, checking each file's sha256, and prints their paths.",
+       "has one, checking each file's sha256, and prints their paths. Needs --dir, --triton-repo or both. "
+       "--triton-repo refuses an existing REPO/NAME or REPO/NAME-onnx unless --force, and changes nothing in "
+       "REPO until every file has arrived intact. Its config.pbtxt files name model.pt's input INPUT__0 and "
+       "output OUTPUT__0 (Triton's convention for TorchScript), model.onnx's input, logits and features, all "
+       "TYPE_FP32 with dims [3, S, S], [classes] and [features], and a dynamic batch up to 64.",
        &DownloadModel},
       {"models delete", "Models", {{"MODEL", "a model id"}}, {}, "delete a model", "", &DeleteModel},
       {"predict", "Models", {{"MODEL", "a model id"}, {"IMAGE...", "image files"}},

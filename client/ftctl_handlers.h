@@ -35,6 +35,10 @@ int DeleteDataset(Invocation& inv);
 // client/ftctl_auth.cc. Talks to no server.
 int NewToken(Invocation& inv);
 
+// client/ftctl_report.cc. A finished job only (exit 2 while it is queued or
+// running); FAILED and CANCELLED jobs get what they recorded.
+int Report(Invocation& inv);
+
 }  // namespace ft::client::ftctl
 
 #endif  // FT_CLIENT_FTCTL_HANDLERS_H_

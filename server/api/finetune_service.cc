@@ -406,7 +406,7 @@ grpc::ServerWriteReactor<pb::ModelChunk>* FineTuneService::DownloadModel(grpc::C
   if (auto visible = VisibleModel(CallerOf(ctx), request->model_id()); !visible.ok()) {
     return new ErrorWriter<pb::ModelChunk>(visible.status());
   }
-  auto reader = ModelFileReader::Open(manager_->models(), request->model_id(), {"metadata.json", "model.pt"});
+  auto reader = ModelFileReader::OpenAll(manager_->models(), request->model_id());
   if (!reader.ok()) return new ErrorWriter<pb::ModelChunk>(reader.status());
   return new DownloadReactor(*std::move(reader));
 }

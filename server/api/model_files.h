@@ -16,10 +16,14 @@ namespace ft::server {
 // first chunk carries its total size and sha256. Not thread-safe.
 class ModelFileReader {
  public:
-  // NOT_FOUND for an unknown model.
+  // The named files of the model. NOT_FOUND for an unknown model, or one
+  // without one of the files.
   static absl::StatusOr<std::unique_ptr<ModelFileReader>> Open(FilesystemModelStore* store,
                                                                const std::string& model_id,
                                                                const std::vector<std::string>& files);
+  // Every file the model has (StoredModelFiles: metadata.json first).
+  static absl::StatusOr<std::unique_ptr<ModelFileReader>> OpenAll(FilesystemModelStore* store,
+                                                                  const std::string& model_id);
   // Fills `chunk` and returns true, or returns false at the end.
   absl::StatusOr<bool> Next(pb::ModelChunk* chunk);
 

@@ -101,16 +101,24 @@ grpc::Status WorkerGatewayService::UploadModel(grpc::ServerContext* ctx,
   }
   auto upload = manager_->models()->BeginUpload();
   if (!upload.ok()) return ToGrpcStatus(upload.status());
+  // The bytes after the header are model.pt's; each `file` starts another.
+  if (auto s = (*upload)->StartFile("model.pt", header.size_bytes(), header.sha256()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
   while (reader->Read(&chunk)) {
-    if (!chunk.has_data()) {
-      return ToGrpcStatus(absl::InvalidArgumentError("UploadModel: a second header"));
+    absl::Status s;
+    if (chunk.has_data()) {
+      s = (*upload)->Append(chunk.data());
+    } else if (chunk.has_file()) {
+      s = (*upload)->StartFile(chunk.file().name(), chunk.file().size_bytes(), chunk.file().sha256());
+    } else {
+      s = absl::InvalidArgumentError("UploadModel: a second header");
     }
-    if (auto s = (*upload)->Append(chunk.data()); !s.ok()) return ToGrpcStatus(s);
+    if (!s.ok()) return ToGrpcStatus(s);
   }
   auto job = manager_->Get(header.job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
-  auto model = manager_->models()->Commit(*std::move(upload), header.size_bytes(), header.sha256(),
-                                          header.job_id(), job->spec().name(),
+  auto model = manager_->models()->Commit(*std::move(upload), header.job_id(), job->spec().name(),
                                           header.metadata_json(), job->tenant());
   if (!model.ok()) return ToGrpcStatus(model.status());
   response->set_model_id(model->id());

@@ -199,7 +199,17 @@ absl::StatusOr<pb::Job> JobManager::Get(const std::string& job_id) {
 absl::StatusOr<std::vector<pb::Job>> JobManager::List(const std::vector<pb::JobState>& states, int limit,
                                                       const std::string& tenant) {
   if (limit <= 0) limit = 100;
-  return store_->ListJobs(states, std::min(limit, 10000), tenant);
+  FT_ASSIGN_OR_RETURN(std::vector<pb::Job> jobs, store_->ListJobs(states, std::min(limit, 10000), tenant));
+  // A list is a summary: the thumbnails of misclassified images (up to
+  // 160 KB a job) come with GetJob only, so that a list of many jobs stays
+  // within a client's default message size (4 MB in most gRPC libraries).
+  for (pb::Job& job : jobs) {
+    for (auto* list : {job.mutable_metrics()->mutable_test_misclassified(),
+                       job.mutable_metrics()->mutable_val_misclassified()}) {
+      for (pb::Misclassified& m : *list) m.clear_thumbnail_jpeg();
+    }
+  }
+  return jobs;
 }
 
 absl::StatusOr<pb::Job> JobManager::Cancel(const std::string& job_id) {

@@ -101,7 +101,8 @@ class JobManager {
   absl::StatusOr<pb::ResolvedJob> Resolve(const pb::JobSpec& spec, const Submitter& submitter);
   // Any tenant's job; tenant checks are the caller's.
   absl::StatusOr<pb::Job> Get(const std::string& job_id);
-  // An empty `tenant` means every tenant.
+  // An empty `tenant` means every tenant. Without the thumbnails of the
+  // jobs' misclassified images (Get has them).
   absl::StatusOr<std::vector<pb::Job>> List(const std::vector<pb::JobState>& states, int limit,
                                             const std::string& tenant);
   // Bytes the tenant stores: its models and uploaded dataset archives.

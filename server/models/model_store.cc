@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <random>
 
 #include "absl/status/status.h"
@@ -17,6 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "common/util/files.h"
 #include "common/util/proto_json.h"
+#include "common/util/sha256.h"
 #include "common/util/status.h"
 #include "common/util/tenant.h"
 
@@ -32,7 +34,28 @@ std::string RandomHex() {
   return absl::StrFormat("%012x", rng() & 0xffffffffffffULL);
 }
 
+bool IsModelFileName(const std::string& name) {
+  return std::any_of(std::begin(kModelFileNames), std::end(kModelFileNames),
+                     [&name](const char* known) { return name == known; });
+}
+
+int FileRank(const std::string& name) {
+  const auto* it = std::find_if(std::begin(kModelFileNames), std::end(kModelFileNames),
+                                [&name](const char* known) { return name == known; });
+  return static_cast<int>(it - std::begin(kModelFileNames));
+}
+
 }  // namespace
+
+std::vector<pb::ModelFile> StoredModelFiles(const pb::Model& model) {
+  if (model.files_size() > 0) return {model.files().begin(), model.files().end()};
+  std::vector<pb::ModelFile> files(2);
+  files[0].set_name("metadata.json");
+  files[1].set_name("model.pt");
+  files[1].set_size_bytes(model.size_bytes());
+  files[1].set_sha256(model.sha256());
+  return files;
+}
 
 ModelUpload::ModelUpload(std::string dir, int64_t max_bytes)
     : dir_(std::move(dir)), max_bytes_(max_bytes) {}
@@ -45,7 +68,58 @@ ModelUpload::~ModelUpload() {
   }
 }
 
+absl::Status ModelUpload::StartFile(const std::string& name, int64_t size_bytes, const std::string& sha256) {
+  FT_RETURN_IF_ERROR(FinishFile());
+  if (name == "metadata.json") {
+    return absl::InvalidArgumentError("model file metadata.json travels in the upload's header, not as a file");
+  }
+  if (!IsModelFileName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no model file may be named '", name, "' (model.pt, README.md or model.onnx)"));
+  }
+  if (std::any_of(done_.begin(), done_.end(), [&name](const pb::ModelFile& f) { return f.name() == name; })) {
+    return absl::InvalidArgumentError(absl::StrCat("model file ", name, " was sent twice"));
+  }
+  if (size_bytes < 0) return absl::InvalidArgumentError(absl::StrCat("model file ", name, ": negative size"));
+  const std::string part = absl::StrCat(dir_, "/", name, ".part");
+  fd_ = ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) {
+    return absl::InternalError(absl::StrCat("cannot create ", part, ": ", std::strerror(errno)));
+  }
+  current_.Clear();
+  current_.set_name(name);
+  current_.set_size_bytes(size_bytes);
+  current_.set_sha256(sha256);
+  current_bytes_ = 0;
+  sha_ = std::make_unique<util::Sha256>();
+  return absl::OkStatus();
+}
+
+absl::Status ModelUpload::FinishFile() {
+  if (fd_ < 0) return absl::OkStatus();
+  const std::string name = current_.name();
+  if (current_bytes_ != current_.size_bytes()) {
+    return absl::DataLossError(absl::StrCat("model upload: ", name, " has ", current_bytes_,
+                                            " bytes, but its header declared ", current_.size_bytes()));
+  }
+  const std::string digest = sha_->HexDigest();
+  if (digest != current_.sha256()) {
+    return absl::DataLossError(absl::StrCat("model upload: ", name, " has sha256 ", digest,
+                                            ", which does not match the declared ", current_.sha256()));
+  }
+  const bool synced = ::fsync(fd_) == 0;
+  ::close(fd_);
+  fd_ = -1;
+  if (!synced) return absl::InternalError(absl::StrCat("cannot write model upload ", name, ": ", std::strerror(errno)));
+  std::error_code ec;
+  fs::rename(absl::StrCat(dir_, "/", name, ".part"), absl::StrCat(dir_, "/", name), ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot store model file ", name, ": ", ec.message()));
+  done_.push_back(current_);
+  return absl::OkStatus();
+}
+
 absl::Status ModelUpload::Append(absl::string_view data) {
+  if (fd_ < 0) return absl::InvalidArgumentError("model upload: bytes before a file was started");
   if (bytes_ + static_cast<int64_t>(data.size()) > max_bytes_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("model upload exceeds the limit of ", max_bytes_, " bytes"));
@@ -59,8 +133,9 @@ absl::Status ModelUpload::Append(absl::string_view data) {
     }
     done += static_cast<size_t>(n);
   }
-  sha_.Update(data);
+  sha_->Update(data);
   bytes_ += static_cast<int64_t>(data.size());
+  current_bytes_ += static_cast<int64_t>(data.size());
   return absl::OkStatus();
 }
 
@@ -89,33 +164,20 @@ FilesystemModelStore::FilesystemModelStore(const FilesystemModelStoreOptions& op
 absl::StatusOr<std::unique_ptr<ModelUpload>> FilesystemModelStore::BeginUpload() {
   const std::string dir = (fs::path(options_.root) / kIncoming / RandomHex()).string();
   FT_RETURN_IF_ERROR(util::MakeDirs(dir));
-  std::unique_ptr<ModelUpload> upload(new ModelUpload(dir, options_.max_model_bytes));
-  upload->fd_ = ::open((dir + "/model.pt").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (upload->fd_ < 0) {
-    return absl::InternalError(absl::StrCat("cannot create upload in ", dir, ": ", std::strerror(errno)));
-  }
-  return upload;
+  return std::unique_ptr<ModelUpload>(new ModelUpload(dir, options_.max_model_bytes));
 }
 
 absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUpload> upload,
-                                                       int64_t size_bytes,
-                                                       const std::string& sha256,
                                                        const std::string& job_id,
                                                        const std::string& job_name,
                                                        const std::string& metadata_json,
                                                        const std::string& tenant) {
-  if (upload->bytes_ != size_bytes) {
-    return absl::DataLossError(absl::StrCat("model upload has ", upload->bytes_,
-                                            " bytes, but the header declared ", size_bytes));
-  }
-  const std::string digest = upload->sha_.HexDigest();
-  if (digest != sha256) {
-    return absl::DataLossError(
-        absl::StrCat("model upload sha256 ", digest, " does not match the declared ", sha256));
-  }
-  ::fsync(upload->fd_);
-  ::close(upload->fd_);
-  upload->fd_ = -1;
+  FT_RETURN_IF_ERROR(upload->FinishFile());
+  std::vector<pb::ModelFile> files = upload->done_;
+  const auto pt =
+      std::find_if(files.begin(), files.end(), [](const pb::ModelFile& f) { return f.name() == "model.pt"; });
+  if (pt == files.end()) return absl::InvalidArgumentError("model upload has no model.pt");
+  const std::string model_sha256 = pt->sha256();
 
   pb::Model model;
   nlohmann::json meta = nlohmann::json::parse(metadata_json, nullptr, /*allow_exceptions=*/false);
@@ -126,8 +188,7 @@ absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUplo
   model.set_job_id(job_id);
   model.set_name(job_name);
   model.set_tenant(util::TenantOrDefault(tenant));
-  model.set_size_bytes(size_bytes);
-  model.set_sha256(digest);
+  model.set_sha256(model_sha256);
   *model.mutable_create_time() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
       absl::ToUnixMicros(clock_->Now()));
   if (meta.contains("backbone") && meta["backbone"].is_string()) {
@@ -146,7 +207,21 @@ absl::StatusOr<pb::Model> FilesystemModelStore::Commit(std::unique_ptr<ModelUplo
   }
   meta["model_id"] = model.id();
   meta["job_id"] = job_id;
-  FT_RETURN_IF_ERROR(util::WriteFileAtomic(upload->dir_ + "/metadata.json", meta.dump(2)));
+  const std::string metadata = meta.dump(2);
+  FT_RETURN_IF_ERROR(util::WriteFileAtomic(upload->dir_ + "/metadata.json", metadata));
+  pb::ModelFile metadata_file;
+  metadata_file.set_name("metadata.json");
+  metadata_file.set_size_bytes(static_cast<int64_t>(metadata.size()));
+  metadata_file.set_sha256(util::Sha256Hex(metadata));
+  files.push_back(metadata_file);
+  std::sort(files.begin(), files.end(),
+            [](const pb::ModelFile& a, const pb::ModelFile& b) { return FileRank(a.name()) < FileRank(b.name()); });
+  int64_t size_bytes = 0;
+  for (const pb::ModelFile& f : files) {
+    size_bytes += f.size_bytes();
+    *model.add_files() = f;
+  }
+  model.set_size_bytes(size_bytes);
   FT_RETURN_IF_ERROR(util::WriteFileAtomic(upload->dir_ + "/" + kModelJson, util::ToJson(model)));
 
   absl::MutexLock lock(&mu_);
@@ -209,9 +284,7 @@ absl::Status FilesystemModelStore::Delete(const std::string& model_id) {
 
 absl::StatusOr<std::string> FilesystemModelStore::FilePath(const std::string& model_id,
                                                            const std::string& file) {
-  if (file != "model.pt" && file != "metadata.json") {
-    return absl::InvalidArgumentError(absl::StrCat("no model file named ", file));
-  }
+  if (!IsModelFileName(file)) return absl::InvalidArgumentError(absl::StrCat("no model file named ", file));
   FT_RETURN_IF_ERROR(Get(model_id).status());
   return (fs::path(options_.root) / model_id / file).string();
 }

@@ -16,8 +16,18 @@ namespace ft::server {
 
 namespace pb = ::finetune::v1;
 
+// The files a stored model may have: metadata.json (written by the store
+// from the upload's header), model.pt (required), README.md (the model
+// card) and model.onnx. Downloads stream them in this order.
+inline constexpr const char* kModelFileNames[] = {"metadata.json", "model.pt", "README.md", "model.onnx"};
+
+// The model's files as its record lists them; a record stored before files
+// were listed has metadata.json (sha256 unknown: empty) and model.pt.
+std::vector<pb::ModelFile> StoredModelFiles(const pb::Model& model);
+
 struct FilesystemModelStoreOptions {
-  // Models live in <root>/<model_id>/{model.pt,metadata.json,model.json}.
+  // Models live in <root>/<model_id>/: the files of kModelFileNames that
+  // the model has, and model.json (its record).
   std::string root;
   // Not owned; defaults to the real clock.
   util::Clock* clock = nullptr;
@@ -25,22 +35,37 @@ struct FilesystemModelStoreOptions {
   int64_t max_model_bytes = int64_t{8} << 30;
 };
 
-// One model upload in progress, written under the store's incoming folder.
-// Not thread-safe; owned by one upload stream. Abandoned uploads are deleted.
+// One model upload in progress, written under the store's incoming folder:
+// its files one after another, each into "<name>.part" and renamed to its
+// name once its size and sha256 match. Not thread-safe; owned by one upload
+// stream. Abandoned uploads are deleted.
 class ModelUpload {
  public:
   ~ModelUpload();
+  // Ends the file before (DATA_LOSS unless it matched its declared size and
+  // sha256) and starts file `name`: model.pt, README.md or model.onnx, each
+  // at most once (INVALID_ARGUMENT otherwise, naming it).
+  absl::Status StartFile(const std::string& name, int64_t size_bytes, const std::string& sha256);
+  // Bytes of the current file. INVALID_ARGUMENT before StartFile;
+  // RESOURCE_EXHAUSTED once all files together pass the store's limit.
   absl::Status Append(absl::string_view data);
+  // All files so far.
   int64_t bytes() const { return bytes_; }
 
  private:
   friend class FilesystemModelStore;
   ModelUpload(std::string dir, int64_t max_bytes);
+  absl::Status FinishFile();
+
   std::string dir_;
   int64_t max_bytes_;
   int64_t bytes_ = 0;
+  // The file being written, and the files done (checked and renamed).
+  pb::ModelFile current_;
+  int64_t current_bytes_ = 0;
   int fd_ = -1;
-  util::Sha256 sha_;
+  std::unique_ptr<util::Sha256> sha_;
+  std::vector<pb::ModelFile> done_;
   bool committed_ = false;
 };
 
@@ -53,11 +78,12 @@ class FilesystemModelStore {
       const FilesystemModelStoreOptions& options);
 
   absl::StatusOr<std::unique_ptr<ModelUpload>> BeginUpload();
-  // Checks size and sha256 (DATA_LOSS on mismatch), parses metadata.json
-  // (INVALID_ARGUMENT when malformed) and publishes the model as the job's
-  // tenant's (empty: the default tenant).
-  absl::StatusOr<pb::Model> Commit(std::unique_ptr<ModelUpload> upload, int64_t size_bytes,
-                                   const std::string& sha256, const std::string& job_id,
+  // Ends the last file (DATA_LOSS unless it matched its size and sha256),
+  // requires model.pt (INVALID_ARGUMENT), parses metadata.json
+  // (INVALID_ARGUMENT when malformed), writes it, and publishes the model,
+  // all its files at once, as the job's tenant's (empty: the default
+  // tenant). The record lists every file with its size and sha256.
+  absl::StatusOr<pb::Model> Commit(std::unique_ptr<ModelUpload> upload, const std::string& job_id,
                                    const std::string& job_name, const std::string& metadata_json,
                                    const std::string& tenant);
 
@@ -69,7 +95,9 @@ class FilesystemModelStore {
   // Bytes of the tenant's stored models (its storage quota).
   int64_t TenantBytes(const std::string& tenant);
   absl::Status Delete(const std::string& model_id);
-  // Path of one of the model's files: "model.pt" or "metadata.json".
+  // Path of one of the model's files (kModelFileNames): INVALID_ARGUMENT
+  // for another name; the file may be absent (README.md and model.onnx of
+  // older models).
   absl::StatusOr<std::string> FilePath(const std::string& model_id, const std::string& file);
   int64_t TotalBytes();
 

@@ -191,6 +191,7 @@ class PythonClientTest(unittest.TestCase):
     def test_downloaded_model_loads_in_torch(self):
         self.assertIn("model.pt", self.out["files"])
         self.assertIn("metadata.json", self.out["files"])
+        self.assertIn("README.md", self.out["files"])
         self.assertFalse([f for f in os.listdir(self.model_dir) if f.endswith(".part")])
         self.assertEqual(self.out["model"]["job_id"], self.out["job"]["id"])
         r = subprocess.run(["/usr/bin/python3", "-c", f"""

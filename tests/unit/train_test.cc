@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -465,6 +466,37 @@ TEST(EvaluationTest, TopKLossConfusionAndClassMetrics) {
   EXPECT_EQ(std::vector<int64_t>(m.test_confusion().begin(), m.test_confusion().end()),
             (std::vector<int64_t>{1, 1, 0, 0, 0, 1, 0, 0, 1}));
   EXPECT_EQ(Evaluator(2).Result().top1, 0);
+}
+
+TEST(EvaluationTest, MisclassifiedPicksSpreadOverClassesMostConfidentFirst) {
+  // Class 0: three mistakes (confidence 0.5, 0.9, 0.7); class 1: one; class 2: none.
+  const std::vector<Prediction> p = {{0, 1, 0.5f}, {0, 0, 0.99f}, {0, 2, 0.9f}, {1, 0, 0.6f},
+                                     {0, 1, 0.7f}, {2, 2, 0.8f}, {1, 1, 0.9f}};
+  EXPECT_EQ(PickMisclassified(p, 24), (std::vector<size_t>{2, 3, 4, 0}));
+  EXPECT_EQ(PickMisclassified(p, 2), (std::vector<size_t>{2, 3}));
+  EXPECT_EQ(PickMisclassified(p, 0), (std::vector<size_t>{}));
+  EXPECT_EQ(PickMisclassified({{0, 0, 1.0f}}, 24), (std::vector<size_t>{}));
+}
+
+TEST(EvaluationTest, ThumbnailIsAJpegWithItsLongerSideAt96) {
+  for (const auto& [rows, cols, type] : std::vector<std::tuple<int, int, int>>{
+           {36, 36, CV_8UC3}, {28, 28, CV_8UC1}, {300, 200, CV_8UC3}}) {
+    cv::Mat image(rows, cols, type, cv::Scalar(200, 30, 30));
+    auto jpeg = ThumbnailJpeg(image, kThumbnailSide);
+    ASSERT_TRUE(jpeg.ok()) << jpeg.status();
+    EXPECT_LT(jpeg->size(), 8000u);
+    cv::Mat decoded = cv::imdecode(std::vector<uchar>(jpeg->begin(), jpeg->end()), cv::IMREAD_UNCHANGED);
+    ASSERT_FALSE(decoded.empty());
+    EXPECT_EQ(std::max(decoded.rows, decoded.cols), kThumbnailSide);
+    EXPECT_EQ(decoded.rows * cols, decoded.cols * rows);
+    if (type == CV_8UC3) {
+      // RGB in, so red stays red (OpenCV writes BGR).
+      const cv::Vec3b bgr = decoded.at<cv::Vec3b>(decoded.rows / 2, decoded.cols / 2);
+      EXPECT_GT(bgr[2], 150);
+      EXPECT_LT(bgr[0], 80);
+    }
+  }
+  EXPECT_FALSE(ThumbnailJpeg(cv::Mat(), kThumbnailSide).ok());
 }
 
 // A whole job through RunTraining, on a small ImageFolder of two colours.

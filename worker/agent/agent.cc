@@ -28,6 +28,9 @@
 #include "worker/agent/device_memory.h"
 #include "worker/agent/job_session.h"
 #include "worker/agent/worker_metrics.h"
+#include "worker/export/metadata.h"
+#include "worker/export/model_card.h"
+#include "worker/export/onnx_export.h"
 #include "worker/export/torchscript.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/torch_process.h"
@@ -148,21 +151,56 @@ absl::StatusOr<std::string> FetchModel(pb::WorkerGateway::Stub* stub, const std:
   return path;
 }
 
-// Uploads the model file at `model_path`, described by `metadata_json`, for
-// `lease`; returns the id the server stored it under.
+// The files of an export that go to the server, from the job's folder:
+// model.pt (required), then the model card and the ONNX file where the
+// export wrote them. metadata.json travels in the upload's header.
+constexpr const char* kOptionalModelFiles[] = {"README.md", "model.onnx"};
+
+// Uploads the model in `dir` (model.pt and whichever kOptionalModelFiles
+// exist), described by `metadata_json`, for `lease`; returns the id the
+// server stored it under.
 absl::StatusOr<std::string> UploadModel(pb::WorkerGateway::Stub* stub, const pb::Lease& lease,
-                                        const std::string& model_path, const std::string& metadata_json) {
-  FT_ASSIGN_OR_RETURN(auto source, transfer::FileSource::Open(model_path));
+                                        const std::string& dir, const std::string& metadata_json) {
+  FT_ASSIGN_OR_RETURN(auto model, transfer::FileSource::Open(dir + "/model.pt"));
+  std::vector<std::pair<std::string, std::unique_ptr<transfer::FileSource>>> extra;
+  for (const char* name : kOptionalModelFiles) {
+    const std::string path = absl::StrCat(dir, "/", name);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) continue;
+    FT_ASSIGN_OR_RETURN(auto source, transfer::FileSource::Open(path));
+    extra.emplace_back(name, std::move(source));
+  }
   pb::UploadModelChunk header;
   header.mutable_header()->set_lease_id(lease.lease_id());
   header.mutable_header()->set_job_id(lease.job_id());
   header.mutable_header()->set_metadata_json(metadata_json);
-  header.mutable_header()->set_size_bytes(source->size());
-  header.mutable_header()->set_sha256(source->sha256());
+  header.mutable_header()->set_size_bytes(model->size());
+  header.mutable_header()->set_sha256(model->sha256());
   pb::UploadModelResponse up;
-  FT_RETURN_IF_ERROR(SendWithHeader(
-      [stub](grpc::ClientContext* ctx, pb::UploadModelResponse* r) { return stub->UploadModel(ctx, r); }, header,
-      *source, "uploading the model", &up));
+  grpc::ClientContext ctx;
+  auto writer = stub->UploadModel(&ctx, &up);
+  const auto write_data = [&writer](int64_t, std::string data) {
+    pb::UploadModelChunk chunk;
+    chunk.set_data(std::move(data));
+    return writer->Write(chunk);
+  };
+  // A failed write means the server has answered; Finish() says why.
+  absl::Status sent = absl::UnavailableError("uploading the model: the receiver refused the header");
+  if (writer->Write(header)) {
+    sent = transfer::SendFile(*model, write_data, "uploading model.pt");
+    for (auto& [name, source] : extra) {
+      if (!sent.ok()) break;
+      pb::UploadModelChunk start;
+      start.mutable_file()->set_name(name);
+      start.mutable_file()->set_size_bytes(source->size());
+      start.mutable_file()->set_sha256(source->sha256());
+      const std::string what = absl::StrCat("uploading ", name);
+      sent = writer->Write(start) ? transfer::SendFile(*source, write_data, what)
+                                  : absl::UnavailableError(absl::StrCat(what, ": the receiver went away"));
+    }
+  }
+  writer->WritesDone();
+  FT_RETURN_IF_ERROR(transfer::UploadOutcome(sent, FromGrpcStatus(writer->Finish(), "uploading the model")));
   return up.model_id();
 }
 
@@ -473,6 +511,29 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
   return RunTraining(*prepared, std::move(trainer_options), hooks);
 }
 
+namespace {
+
+// model.onnx beside model.pt, or why not: an op the converter does not map
+// costs the job its ONNX file, with a warning, never the job.
+OnnxFacts ExportOnnxFile(const TrainResult& trained, const std::string& path, const TrainerHooks& hooks) {
+  std::vector<std::string> notes;
+  const absl::Status written = WriteOnnx(trained.model, trained.metadata.spec.image_size(), path, &notes);
+  for (const std::string& note : notes) hooks.on_log("info", absl::StrCat("model.onnx: ", note));
+  OnnxFacts facts;
+  if (written.ok()) {
+    facts.file = "model.onnx";
+    facts.opset = kOnnxOpset;
+    facts.converter = kOnnxConverterVersion;
+    facts.verified_with = kOnnxVerifiedWith;
+  } else {
+    facts.error = std::string(written.message());
+    hooks.on_log("warning", absl::StrCat(facts.error, "; the model is exported as model.pt only"));
+  }
+  return facts;
+}
+
+}  // namespace
+
 pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, RunningJob* job,
                               const TrainerHooks& hooks) {
   pb::JobResult result;
@@ -488,15 +549,21 @@ pb::JobResult Agent::Conclude(const absl::StatusOr<TrainResult>& trained, Runnin
   pb::Progress p;
   p.set_phase("export");
   hooks.on_progress(p);
-  std::string model_path = job->dir + "/model.pt";
+  const std::string model_path = job->dir + "/model.pt";
   absl::Status saved = util::MakeDirs(job->dir);
   if (saved.ok()) saved = SaveTorchScript(trained->model, model_path);
+  // The export's own facts (ONNX) join the metadata before metadata.json and
+  // the model card are written from it.
+  ModelMetadata metadata = trained->metadata;
+  if (saved.ok()) metadata.onnx = ExportOnnxFile(*trained, job->dir + "/model.onnx", hooks);
+  if (saved.ok()) saved = util::WriteFileAtomic(job->dir + "/README.md", ModelCard(metadata));
+  const std::string metadata_json = MetadataJson(metadata);
   absl::StatusOr<std::string> model_id = std::string();
   if (!saved.ok()) model_id = saved;
   if (saved.ok()) {
     const absl::Status uploaded = WithRetries(
         [&] {
-          model_id = UploadModel(stub_.get(), job->lease, model_path, trained->metadata_json);
+          model_id = UploadModel(stub_.get(), job->lease, job->dir, metadata_json);
           return model_id.status();
         },
         options_.retry_for, [this, job] { return Abandoned(*job); }, "uploading the model");

@@ -27,6 +27,23 @@ std::string MetadataJson(const ModelMetadata& m) {
                {"metrics", proto(m.metrics)}, {"history", history}});
   if (!m.test_source.empty()) meta["test_source"] = m.test_source;
   if (m.test_images > 0) meta["test_images"] = m.test_images;
+  nlohmann::json dataset = {{"uri", m.spec.dataset_uri()}, {"format", m.dataset_format},
+                            {"listing_sha256", m.dataset_listing_sha256}, {"train_images", m.train_images},
+                            {"val_images", m.val_images}, {"test_images", m.test_images}};
+  if (!m.dataset_sha256.empty()) dataset["sha256"] = m.dataset_sha256;
+  meta["dataset"] = dataset;
+  meta["weights"] = {{"uri", m.spec.weights_uri()}, {"file", m.weights_file}, {"sha256", m.weights_sha256}};
+  meta["seed"] = m.spec.seed();
+  meta["software"] = {{"finetuned", m.software.finetuned}, {"libtorch", m.software.libtorch},
+                      {"opencv", m.software.opencv}, {"blas", m.software.blas}};
+  if (m.onnx.has_value()) {
+    if (m.onnx->error.empty()) {
+      meta["onnx"] = {{"file", m.onnx->file}, {"opset", m.onnx->opset}, {"converter", m.onnx->converter},
+                      {"verified_with", m.onnx->verified_with}};
+    } else {
+      meta["onnx"] = {{"error", m.onnx->error}};
+    }
+  }
   return meta.dump(2);
 }
 

@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +22,53 @@ std::vector<int64_t> InOrder(const ImageSet& set) {
   std::vector<int64_t> order(set.images.size());
   std::iota(order.begin(), order.end(), 0);
   return order;
+}
+
+// The JPEG quality of thumbnails: a 96 px thumbnail is 2-5 KB.
+constexpr int kThumbnailQuality = 85;
+
+// Per-class precision, recall, F1 and support, and the confusion matrix
+// (row-major, true x predicted), into the fields of one split.
+void FillClassMetricsInto(const EvalResult& r, const std::vector<std::string>& classes,
+                          google::protobuf::RepeatedPtrField<pb::ClassMetrics>* per_class,
+                          google::protobuf::RepeatedField<int64_t>* confusion) {
+  auto conf = r.confusion;
+  const int64_t c = conf.size(0);
+  auto acc = conf.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < c; ++i) {
+    int64_t tp = acc[i][i], predicted = 0, actual = 0;
+    for (int64_t j = 0; j < c; ++j) {
+      predicted += acc[j][i];
+      actual += acc[i][j];
+    }
+    auto* cm = per_class->Add();
+    cm->set_name(classes[static_cast<size_t>(i)]);
+    const double precision = predicted > 0 ? static_cast<double>(tp) / predicted : 0;
+    const double recall = actual > 0 ? static_cast<double>(tp) / actual : 0;
+    cm->set_precision(static_cast<float>(precision));
+    cm->set_recall(static_cast<float>(recall));
+    cm->set_f1(static_cast<float>(precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0));
+    cm->set_support(actual);
+    for (int64_t j = 0; j < c; ++j) confusion->Add(acc[i][j]);
+  }
+}
+
+// Entry `i` of a decoded set, as a path relative to the dataset's folder.
+std::string RelativeSamplePath(const ImageSet& set, const std::vector<datasets::Sample>& samples, size_t i,
+                               const std::string& root) {
+  std::string path = i < set.paths.size() ? set.paths[i] : "";
+  if (path.empty() && set.size() == samples.size()) {
+    // An IDX record: its file and index (IDX records are never skipped, so
+    // the set's entries are the samples').
+    const datasets::Sample& s = samples[i];
+    const size_t slash = s.path.rfind('/');
+    return absl::StrCat(slash == std::string::npos ? s.path : s.path.substr(slash + 1), "#", s.index);
+  }
+  if (!root.empty()) {
+    const std::string prefix = root.back() == '/' ? root : root + "/";
+    if (path.compare(0, prefix.size(), prefix) == 0) return path.substr(prefix.size());
+  }
+  return path;
 }
 
 }  // namespace
@@ -108,37 +159,112 @@ EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::De
 }
 
 void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m) {
-  auto conf = r.confusion;
-  const int64_t c = conf.size(0);
-  auto acc = conf.accessor<int64_t, 2>();
-  for (int64_t i = 0; i < c; ++i) {
-    int64_t tp = acc[i][i], predicted = 0, actual = 0;
-    for (int64_t j = 0; j < c; ++j) {
-      predicted += acc[j][i];
-      actual += acc[i][j];
+  FillClassMetricsInto(r, classes, m->mutable_test_per_class(), m->mutable_test_confusion());
+}
+
+EvalResult EvaluatePredicting(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device, int64_t classes, std::vector<Prediction>* predictions) {
+  model.eval();
+  torch::NoGradGuard no_grad;
+  BatchLoader loader(&set, InOrder(set), options);
+  Evaluator eval(classes);
+  predictions->clear();
+  predictions->reserve(set.size());
+  while (auto batch = loader.Next()) {
+    auto logits = model.forward({batch->images.to(device, /*non_blocking=*/true)}).toTensor();
+    eval.Add(logits, batch->labels);
+    auto [confidence, predicted] = torch::softmax(logits.to(torch::kCPU).to(torch::kFloat32), 1).max(1);
+    const torch::Tensor labels = batch->labels.to(torch::kCPU).to(torch::kInt64).contiguous();
+    confidence = confidence.contiguous();
+    predicted = predicted.contiguous();
+    auto y = labels.accessor<int64_t, 1>();
+    auto top = predicted.accessor<int64_t, 1>();
+    auto p = confidence.accessor<float, 1>();
+    for (int64_t i = 0; i < y.size(0); ++i) predictions->push_back({y[i], top[i], p[i]});
+  }
+  return eval.Result();
+}
+
+std::vector<size_t> PickMisclassified(const std::vector<Prediction>& predictions, size_t max) {
+  // The wrong ones per true class, most confident first.
+  std::map<int64_t, std::vector<size_t>> wrong;
+  for (size_t i = 0; i < predictions.size(); ++i) {
+    if (predictions[i].predicted != predictions[i].label) wrong[predictions[i].label].push_back(i);
+  }
+  for (auto& [label, indices] : wrong) {
+    std::stable_sort(indices.begin(), indices.end(), [&](size_t a, size_t b) {
+      return predictions[a].confidence > predictions[b].confidence;
+    });
+  }
+  std::vector<size_t> picks;
+  for (size_t round = 0; picks.size() < max; ++round) {
+    bool any = false;
+    for (const auto& [label, indices] : wrong) {
+      if (round >= indices.size()) continue;
+      any = true;
+      picks.push_back(indices[round]);
+      if (picks.size() == max) break;
     }
-    auto* cm = m->add_test_per_class();
-    cm->set_name(classes[static_cast<size_t>(i)]);
-    const double precision = predicted > 0 ? static_cast<double>(tp) / predicted : 0;
-    const double recall = actual > 0 ? static_cast<double>(tp) / actual : 0;
-    cm->set_precision(static_cast<float>(precision));
-    cm->set_recall(static_cast<float>(recall));
-    cm->set_f1(static_cast<float>(precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0));
-    cm->set_support(actual);
-    for (int64_t j = 0; j < c; ++j) m->add_test_confusion(acc[i][j]);
+    if (!any) break;
+  }
+  return picks;
+}
+
+absl::StatusOr<std::string> ThumbnailJpeg(const cv::Mat& image, int longer_side) {
+  if (image.empty() || longer_side <= 0) return absl::InvalidArgumentError("no image to make a thumbnail of");
+  try {
+    const double scale = static_cast<double>(longer_side) / std::max(image.cols, image.rows);
+    const cv::Size size(std::max(1, static_cast<int>(std::lround(image.cols * scale))),
+                        std::max(1, static_cast<int>(std::lround(image.rows * scale))));
+    cv::Mat resized;
+    // Area averaging to shrink; nearest neighbour to enlarge small images
+    // (28 px digits, 36 px crops), whose pixels then stay sharp.
+    cv::resize(image, resized, size, 0, 0, scale < 1 ? cv::INTER_AREA : cv::INTER_NEAREST);
+    if (resized.channels() == 3) cv::cvtColor(resized, resized, cv::COLOR_RGB2BGR);  // imencode wants BGR
+    std::vector<uchar> bytes;
+    if (!cv::imencode(".jpg", resized, bytes, {cv::IMWRITE_JPEG_QUALITY, kThumbnailQuality})) {
+      return absl::InternalError("OpenCV could not encode a thumbnail as JPEG");
+    }
+    return std::string(bytes.begin(), bytes.end());
+  } catch (const cv::Exception& e) {
+    return absl::InternalError(absl::StrCat("OpenCV could not make a thumbnail: ", e.what()));
   }
 }
 
+absl::Status FillMisclassified(const ImageSet& set, const std::vector<datasets::Sample>& samples,
+                               const std::vector<Prediction>& predictions, const std::string& dataset_root,
+                               google::protobuf::RepeatedPtrField<pb::Misclassified>* out) {
+  size_t bytes = 0;
+  for (size_t i : PickMisclassified(predictions, kMaxMisclassified)) {
+    cv::Mat image;
+    try {
+      image = set.Get(i);
+    } catch (const std::exception& e) {
+      return absl::FailedPreconditionError(e.what());
+    }
+    FT_ASSIGN_OR_RETURN(std::string jpeg, ThumbnailJpeg(image, kThumbnailSide));
+    if (bytes + jpeg.size() > kMaxThumbnailBytes) break;
+    bytes += jpeg.size();
+    pb::Misclassified* m = out->Add();
+    m->set_path(RelativeSamplePath(set, samples, i, dataset_root));
+    m->set_true_class(static_cast<int32_t>(predictions[i].label));
+    m->set_predicted_class(static_cast<int32_t>(predictions[i].predicted));
+    m->set_confidence(predictions[i].confidence);
+    m->set_thumbnail_jpeg(std::move(jpeg));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<datasets::Sample>& samples,
-                                  const std::vector<std::string>& classes, const DecodeOptions& decode,
-                                  const LoaderOptions& eval_loader, torch::Device device, const Reporter& report,
-                                  pb::JobMetrics* metrics) {
+                                  const std::vector<std::string>& classes, const SplitEvalOptions& options,
+                                  const Reporter& report, pb::JobMetrics* metrics) {
   pb::Progress p;
   p.set_phase("test");
   report.Progress(p);
-  FT_ASSIGN_OR_RETURN(ImageSet test_set, DecodeSamples(samples, decode));
-  const EvalResult test =
-      Evaluate(model, test_set, eval_loader, device, static_cast<int64_t>(classes.size()));
+  FT_ASSIGN_OR_RETURN(ImageSet test_set, DecodeSamples(samples, options.decode));
+  std::vector<Prediction> predictions;
+  const EvalResult test = EvaluatePredicting(model, test_set, options.loader, options.device,
+                                             static_cast<int64_t>(classes.size()), &predictions);
   metrics->set_has_test(true);
   metrics->set_test_accuracy(static_cast<float>(test.top1));
   metrics->set_test_top5_accuracy(static_cast<float>(test.top5));
@@ -148,9 +274,29 @@ absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<d
         "the trained model's test loss is ", std::isnan(test.loss) ? "NaN" : "infinite", "; it is not stored"));
   }
   FillClassMetrics(test, classes, metrics);
+  FT_RETURN_IF_ERROR(FillMisclassified(test_set, samples, predictions, options.dataset_root,
+                                       metrics->mutable_test_misclassified()));
   report.Info(absl::StrFormat("test: top-1 %.4f, top-5 %.4f on %d images", test.top1, test.top5,
                               test_set.images.size()));
   return static_cast<int64_t>(test_set.images.size());
+}
+
+absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val,
+                                const std::vector<datasets::Sample>& samples,
+                                const std::vector<std::string>& classes, const SplitEvalOptions& options,
+                                const Reporter& report, pb::JobMetrics* metrics) {
+  std::vector<Prediction> predictions;
+  const EvalResult r = EvaluatePredicting(model, val, options.loader, options.device,
+                                          static_cast<int64_t>(classes.size()), &predictions);
+  FillClassMetricsInto(r, classes, metrics->mutable_val_per_class(), metrics->mutable_val_confusion());
+  FT_RETURN_IF_ERROR(
+      FillMisclassified(val, samples, predictions, options.dataset_root, metrics->mutable_val_misclassified()));
+  report.Info(absl::StrFormat("no test split: per-class metrics of the exported weights on the %d validation "
+                              "images (top-1 %.4f), %d of them misclassified",
+                              val.size(), r.top1,
+                              std::count_if(predictions.begin(), predictions.end(),
+                                            [](const Prediction& p) { return p.predicted != p.label; })));
+  return absl::OkStatus();
 }
 
 }  // namespace ft::worker

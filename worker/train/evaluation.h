@@ -77,15 +77,65 @@ EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::De
 // (row-major, true x predicted), as the metrics' test_* fields.
 void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m);
 
-// The test split: decodes `samples` with `decode`, evaluates the model on
-// them (reported as the "test" phase) and fills the metrics' test figures
-// and per-class metrics. Returns the number of test images.
-// FAILED_PRECONDITION when the test loss is not finite (the model is then
-// not to be stored), and DecodeSamples' errors.
+// One image's label, the model's top-1 class and its softmax probability.
+struct Prediction {
+  int64_t label = 0;
+  int64_t predicted = 0;
+  float confidence = 0;
+};
+
+// As Evaluate(model, ...), and also each image's prediction, in the order
+// of `set`.
+EvalResult EvaluatePredicting(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
+                              torch::Device device, int64_t classes, std::vector<Prediction>* predictions);
+
+// The misclassified images recorded per split (JobMetrics.*_misclassified),
+// at most, and their thumbnails' size and budget: a job's record stays small.
+inline constexpr size_t kMaxMisclassified = 24;
+inline constexpr int kThumbnailSide = 96;                 // the longer side, px
+inline constexpr size_t kMaxThumbnailBytes = 160 * 1024;  // all thumbnails of a split together
+
+// Up to `max` indices of the wrong `predictions`, spread over the true
+// classes: one per class in turn (classes in label order), and within a
+// class the most confident mistakes first (ties: the lower index). The same
+// predictions always give the same picks.
+std::vector<size_t> PickMisclassified(const std::vector<Prediction>& predictions, size_t max);
+
+// `image` (8-bit gray or RGB, as ImageSet holds) resized so that its longer
+// side is `longer_side` px, encoded as JPEG. INTERNAL when OpenCV fails.
+absl::StatusOr<std::string> ThumbnailJpeg(const cv::Mat& image, int longer_side);
+
+// Records the picked mistakes of `set` (evaluated into `predictions`) with
+// their thumbnails, in pick order, until kMaxThumbnailBytes is spent. Paths
+// are relative to `dataset_root` (the entries of `samples` name IDX records).
+absl::Status FillMisclassified(const ImageSet& set, const std::vector<datasets::Sample>& samples,
+                               const std::vector<Prediction>& predictions, const std::string& dataset_root,
+                               google::protobuf::RepeatedPtrField<pb::Misclassified>* out);
+
+// Where the test split and the validation details are read from and how.
+struct SplitEvalOptions {
+  DecodeOptions decode;     // decodes the test split
+  LoaderOptions loader;     // the eval loader
+  torch::Device device = torch::kCPU;
+  std::string dataset_root;  // misclassified paths are relative to it
+};
+
+// The test split: decodes `samples`, evaluates the model on them (reported
+// as the "test" phase) and fills the metrics' test figures, per-class
+// metrics, confusion matrix and misclassified images. Returns the number of
+// test images. FAILED_PRECONDITION when the test loss is not finite (the
+// model is then not to be stored), and DecodeSamples' errors.
 absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<datasets::Sample>& samples,
-                                  const std::vector<std::string>& classes, const DecodeOptions& decode,
-                                  const LoaderOptions& eval_loader, torch::Device device, const Reporter& report,
-                                  pb::JobMetrics* metrics);
+                                  const std::vector<std::string>& classes, const SplitEvalOptions& options,
+                                  const Reporter& report, pb::JobMetrics* metrics);
+
+// For a dataset without a test split: the model (the exported weights) on
+// the already decoded validation split `val` (of `samples`), filling the
+// metrics' val_per_class, val_confusion and val_misclassified.
+absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val,
+                                const std::vector<datasets::Sample>& samples,
+                                const std::vector<std::string>& classes, const SplitEvalOptions& options,
+                                const Reporter& report, pb::JobMetrics* metrics);
 
 }  // namespace ft::worker
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 
+#include <opencv2/core/version.hpp>
 #include <torch/torch.h>
 
 #include "absl/status/status.h"
@@ -11,7 +13,9 @@
 #include "worker/backbones/backbone.h"
 #include "worker/data/images.h"
 #include "worker/data/loader.h"
+#include "common/util/sha256.h"
 #include "worker/export/metadata.h"
+#include "worker/export/model_card.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/epoch_loop.h"
 #include "worker/train/evaluation.h"
@@ -24,6 +28,28 @@
 namespace ft::worker {
 namespace {
 
+// ModelMetadata::dataset_listing_sha256: each split's samples in order, by
+// class and by path relative to the dataset, so that the server's and a
+// worker's copies of one archive list the same.
+std::string DatasetListingSha256(const datasets::DatasetLayout& layout, const std::string& root) {
+  util::Sha256 h;
+  const std::string prefix = root.empty() || root.back() == '/' ? root : root + "/";
+  auto add = [&](const char* split, const std::vector<datasets::Sample>& samples) {
+    for (const datasets::Sample& s : samples) {
+      const bool inside = !prefix.empty() && s.path.compare(0, prefix.size(), prefix) == 0;
+      const std::string name = s.label >= 0 && static_cast<size_t>(s.label) < layout.classes.size()
+                                   ? layout.classes[static_cast<size_t>(s.label)]
+                                   : absl::StrCat(s.label);
+      h.Update(absl::StrCat(split, "\t", name, "\t", inside ? s.path.substr(prefix.size()) : s.path, "\t", s.index,
+                            "\n"));
+    }
+  };
+  add("train", layout.train);
+  add("val", layout.val);
+  add("test", layout.test);
+  return h.HexDigest();
+}
+
 // The job, in the order of torchvision's train.py: data, model, recipe,
 // epochs, then the exported epoch's test and description.
 absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& options, const TrainerHooks& hooks) {
@@ -32,7 +58,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   const Reporter report(hooks);
   // First, so that a slow machine explains itself.
   report.Info(absl::StrCat("compute: ", options.device.str(), ", ", torch::get_num_threads(), " threads, BLAS ",
-                           BlasInUse()));
+                           BlasInUse(), ", allocator ", AllocatorInUse()));
   pb::Progress load_progress;
   load_progress.set_phase("load");
   load_progress.set_epochs(spec.epochs());
@@ -52,7 +78,22 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
 
   // Model: its new head (and a backbone without weights) drawn from the job's seed.
   torch::manual_seed(static_cast<uint64_t>(spec.seed()));
-  FT_ASSIGN_OR_RETURN(StartingModel start, BuildStartingModel(job, data.layout.classes, hooks, report));
+  // The starting weights' file, for the model card's sha256: a model://
+  // source's is the model.pt fetched for it.
+  std::string weights_path = job.weights_path();
+  TrainerHooks start_hooks = hooks;
+  if (hooks.fetch_model) {
+    start_hooks.fetch_model = [&hooks, &weights_path](const std::string& model_id) -> absl::StatusOr<std::string> {
+      absl::StatusOr<std::string> path = hooks.fetch_model(model_id);
+      if (path.ok()) weights_path = *path;
+      return path;
+    };
+  }
+  FT_ASSIGN_OR_RETURN(StartingModel start, BuildStartingModel(job, data.layout.classes, start_hooks, report));
+  std::string weights_sha256;
+  if (!weights_path.empty()) {
+    FT_ASSIGN_OR_RETURN(weights_sha256, util::Sha256File(weights_path));
+  }
   const Backbone& backbone = start.backbone;
   torch::jit::Module& model = start.model;
   model.to(options.device);
@@ -109,9 +150,18 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   // The exported epoch: the best unless asked for the last, tested.
   SelectExportedEpoch(recipe, model, &epochs, &result.metrics);
   int64_t test_images = 0;
+  SplitEvalOptions split_eval;
+  split_eval.decode = data.decode;
+  split_eval.loader = eval_loader;
+  split_eval.device = options.device;
+  split_eval.dataset_root = job.dataset_path();
   if (!data.layout.test.empty()) {
-    FT_ASSIGN_OR_RETURN(test_images, TestModel(model, data.layout.test, data.layout.classes, data.decode, eval_loader,
-                                               options.device, report, &result.metrics));
+    FT_ASSIGN_OR_RETURN(test_images,
+                        TestModel(model, data.layout.test, data.layout.classes, split_eval, report, &result.metrics));
+  } else {
+    // The report's confusion matrix and gallery then come from validation.
+    FT_RETURN_IF_ERROR(
+        DescribeValidation(model, data.val, data.layout.val, data.layout.classes, split_eval, report, &result.metrics));
   }
   model.eval();
   model.to(torch::kCPU);
@@ -137,8 +187,23 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   meta.test_images = test_images;
   meta.best_epoch = epochs.best_epoch;
   meta.metrics = result.metrics;
+  // The misclassified images belong to the job's record (GetJob), not to the
+  // model's description, nor to every ListModels answer.
+  meta.metrics.clear_test_misclassified();
+  meta.metrics.clear_val_misclassified();
   meta.history = std::move(epochs.history);
+  meta.dataset_format = data.layout.format;
+  meta.dataset_sha256 = job.dataset_digest();
+  meta.dataset_listing_sha256 = DatasetListingSha256(data.layout, job.dataset_path());
+  if (!job.weights_model_id().empty()) {
+    meta.weights_file = absl::StrCat(job.weights_model_id(), "/model.pt");
+  } else if (!weights_path.empty()) {
+    meta.weights_file = std::filesystem::path(weights_path).filename().string();
+  }
+  meta.weights_sha256 = weights_sha256;
+  meta.software = {FinetunedVersion(), TORCH_VERSION, CV_VERSION, BlasInUse()};
   result.metadata_json = MetadataJson(meta);
+  result.metadata = std::move(meta);
   return result;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "finetune/v1/worker.pb.h"
+#include "worker/export/metadata.h"
 #include "worker/train/hooks.h"
 
 namespace ft::util {
@@ -45,7 +46,10 @@ struct TrainResult {
   bool preempted = false;
   torch::jit::Module model;  // FineTunedClassifier, in eval mode, on CPU
   pb::JobMetrics metrics;
-  std::string metadata_json;  // metadata.json for the export
+  std::string metadata_json;  // metadata.json for the export: MetadataJson(metadata)
+  // What metadata.json and the model card (ModelCard) say; the export adds
+  // its ONNX facts.
+  ModelMetadata metadata;
 };
 
 // Runs a whole job: reads and decodes the data, builds the backbone, loads

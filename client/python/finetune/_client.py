@@ -288,8 +288,9 @@ class Client:
         self._call("DeleteModel", pb.DeleteModelRequest(model_id=model_id))
 
     def download_model(self, model_id, dir):
-        """Writes the files the server streams for the model (metadata.json and
-        model.pt) into `dir`, created if needed, each checked against its
+        """Writes every file the server streams for the model (metadata.json,
+        model.pt, the model card README.md, and model.onnx where the model has
+        one) into `dir`, created if needed, each checked against its size and
         sha256 (DATA_LOSS otherwise) and renamed into place only then, as
         `ftctl models download` does. Returns the paths written."""
         os.makedirs(dir, exist_ok=True)
