@@ -17,7 +17,7 @@ BUILD_PACKAGES=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libsqlite3-dev libssl-dev zlib1g-dev nlohmann-json3-dev prometheus-cpp-dev libarchive-dev
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libgoogle-perftools-dev
 )
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy

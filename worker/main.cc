@@ -5,6 +5,7 @@
 #include <iostream>
 #include <iterator>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -102,33 +103,45 @@ void OnSignal(int sig) {
   }
 }
 
-// GNU OpenMP's threads spin at every barrier before they sleep. Where other
-// processes share the cores (a second job's worker, the server's tools,
-// other pods), a job then ran 3x slower; with OMP_WAIT_POLICY=passive, 1.0x
-// (bench/contention.py, bench/README.md "Contention"), for up to ~7% alone.
-// libgomp reads the variable when it loads, before main(), so a worker
-// started without it sets it and executes itself again (same pid, same
-// arguments); an OMP_WAIT_POLICY of the user's own is kept. Tool runs
+// Two settings that libraries read once, when they load, before main():
+// - OMP_WAIT_POLICY=passive. GNU OpenMP's threads spin at every barrier
+//   before they sleep. Where other processes share the cores (a second
+//   job's worker, the server's tools, other pods), a job then ran 3x slower;
+//   passive, 1.0x (bench/contention.py, bench/README.md "Contention"), for
+//   up to ~7% alone.
+// - TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD: tcmalloc (linked: bench/README.md
+//   "Allocator") prints a stack trace to stderr for every allocation over
+//   1 GiB, which a large feature cache or decoded dataset makes; 1 TiB.
+// A worker started without them sets what is missing and executes itself
+// again (same pid, same arguments); what the user set is kept. Tool runs
 // (--tool=...), short and many, are left as they are.
-void PreferPassiveOpenMp(int argc, char** argv) {
-  if (::getenv("OMP_WAIT_POLICY") != nullptr) return;
+void PreferProcessEnvironment(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (absl::StartsWith(argv[i], "--tool")) return;
   }
+  static constexpr std::pair<const char*, const char*> kDefaults[] = {
+      {"OMP_WAIT_POLICY", "passive"},
+      {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", "1099511627776"},
+  };
+  std::vector<const char*> missing;
+  for (const auto& [name, value] : kDefaults) {
+    if (::getenv(name) == nullptr) missing.push_back(name);
+  }
+  if (missing.empty()) return;
   // By its real path: the process name (ps, pkill) comes from it.
   char self[4096];
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (n <= 0) return;  // no /proc: go on as started
   self[n] = '\0';
-  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/1);
+  for (const auto& [name, value] : kDefaults) ::setenv(name, value, /*overwrite=*/0);
   ::execv(self, argv);
-  ::unsetenv("OMP_WAIT_POLICY");  // it did not run: go on as started
+  for (const char* name : missing) ::unsetenv(name);  // it did not run: go on as started
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  PreferPassiveOpenMp(argc, argv);
+  PreferProcessEnvironment(argc, argv);
   absl::SetProgramUsageMessage("finetune-worker --server ADDR [--device auto|cpu|cuda[:N]] [--threads N]");
   std::vector<std::string> args = ft::util::DashedFlagsToAbseil(argc, argv);
   std::vector<char*> argv2;
@@ -147,7 +160,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_version)) {
     std::cout << "finetune-worker 0.1.0, LibTorch " << TORCH_VERSION
               << (torch::cuda::is_available() ? ", CUDA available" : ", CPU only") << ", BLAS "
-              << ft::worker::BlasInUse() << std::endl;
+              << ft::worker::BlasInUse() << ", allocator " << ft::worker::AllocatorInUse() << std::endl;
     return 0;
   }
   ft::worker::AgentOptions options;
@@ -230,7 +243,8 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   std::cerr << "finetune-worker " << options.worker_id << ": " << options.device.str() << ", " << threads
-            << " threads, BLAS " << ft::worker::BlasInUse() << ", server " << options.server_address << std::endl;
+            << " threads, BLAS " << ft::worker::BlasInUse() << ", allocator " << ft::worker::AllocatorInUse()
+            << ", server " << options.server_address << std::endl;
   auto status = agent.Run();
   if (!status.ok()) {
     std::cerr << "finetune-worker: " << status.message() << std::endl;

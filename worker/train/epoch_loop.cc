@@ -411,12 +411,24 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
     return EvaluateActivations(model_, data_.val_features, data_.val_labels, data_.prefix_stages,
                                static_cast<int>(backbone_.stages.size()), data_.eval_loader.batch_size, num_classes_);
   }
-  if (prefix_.has_value()) {
+  model_.eval();
+  torch::NoGradGuard no_grad;
+  if (prefix_stages_ < 0) {
     // Through the same frozen graph as training, as a cache would.
-    model_.eval();
-    torch::NoGradGuard no_grad;
     return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_,
                     [&](const torch::Tensor& x) { return Logits(x); });
+  }
+  // Stages that train: this epoch's weights as an inference graph of their
+  // own (BatchNorm folded, oneDNN layouts), the whole backbone through it.
+  // Built anew each validation, since the weights changed (bench/README.md,
+  // "Full fine-tune").
+  if (auto frozen = BuildFrozenPrefix(model_, -1, recipe_.spec().image_size()); frozen.ok()) {
+    return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_, [&](const torch::Tensor& x) {
+      return head_.forward({frozen->forward({x}).toTensor()}).toTensor();
+    });
+  } else if (!warned_unfrozen_validation_) {
+    warned_unfrozen_validation_ = true;
+    report_.Log("warning", absl::StrCat("validation runs the model as it trains: ", frozen.status().message()));
   }
   return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_);
 }

@@ -216,6 +216,8 @@ class EpochLoop {
   // (BuildFrozenPrefix) of prefix_stages_ stages (-1: the whole backbone).
   c10::optional<torch::jit::Module> prefix_;
   int prefix_stages_ = 0;
+  // Validation fell back to the training module once, and said so.
+  bool warned_unfrozen_validation_ = false;
   const Backbone& backbone_;
   EpochData& data_;
   const torch::nn::functional::CrossEntropyFuncOptions loss_;

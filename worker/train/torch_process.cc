@@ -44,6 +44,12 @@ void ReleaseCachedMemory(torch::Device device) {
 #else
   (void)device;
 #endif
+  // The heap pages the allocator keeps: tcmalloc's (the worker links it;
+  // looked up, so that a binary on glibc's malloc links too), or glibc's.
+  using Release = void (*)();
+  if (auto release = reinterpret_cast<Release>(::dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"))) {
+    release();
+  }
   ::malloc_trim(0);
 }
 
@@ -84,6 +90,17 @@ std::string BlasInUse() {
     return "reference BLAS (" + blas + "; slow: install libblis4-pthread)";
   }
   return blas;
+}
+
+std::string AllocatorInUse() {
+  std::vector<std::string> objects;
+  ::dl_iterate_phdr(&CollectObject, &objects);
+  for (const auto& o : objects) {
+    const std::string base = std::filesystem::path(o).filename().string();
+    if (base.rfind("libtcmalloc", 0) == 0) return "tcmalloc";
+    if (base.rfind("libjemalloc", 0) == 0) return "jemalloc";
+  }
+  return "glibc malloc";
 }
 
 }  // namespace ft::worker

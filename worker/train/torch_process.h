@@ -31,6 +31,11 @@ void ReleaseCachedMemory(torch::Device device);
 // loaded now (dl_iterate_phdr), following links to the file.
 std::string BlasInUse();
 
+// The malloc this process runs on: "tcmalloc" (finetune-worker links
+// libtcmalloc_minimal: bench/README.md "Allocator"), "jemalloc" where one is
+// preloaded, else "glibc malloc".
+std::string AllocatorInUse();
+
 }  // namespace ft::worker
 
 #endif  // FT_WORKER_TRAIN_TORCH_PROCESS_H_

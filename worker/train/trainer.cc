@@ -32,7 +32,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   const Reporter report(hooks);
   // First, so that a slow machine explains itself.
   report.Info(absl::StrCat("compute: ", options.device.str(), ", ", torch::get_num_threads(), " threads, BLAS ",
-                           BlasInUse()));
+                           BlasInUse(), ", allocator ", AllocatorInUse()));
   pb::Progress load_progress;
   load_progress.set_phase("load");
   load_progress.set_epochs(spec.epochs());
