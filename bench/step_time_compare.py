@@ -12,6 +12,11 @@ same repetition, by pointing LD_LIBRARY_PATH at a folder of two links,
 libblas.so.3 and liblapack.so.3 (see BLAS below; Debian's packages
 libblas3/liblapack3, libblis4-pthread, libopenblas0-pthread provide them).
 Both sides load libblas.so.3 through LibTorch, so both get the same one.
+
+Our side runs on tcmalloc, preloaded, as finetune-worker links it
+(worker/CMakeLists.txt); PyTorch runs as a user's script does, on glibc's
+malloc. --also-glibc adds a third side, ours on glibc's malloc, to show
+what the allocator gives (bench/README.md, "Allocator").
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
@@ -30,6 +35,7 @@ def all_archs(bench_bin):
 
 
 LIB = "/usr/lib/x86_64-linux-gnu"
+TCMALLOC = f"{LIB}/libtcmalloc_minimal.so.4"
 # name -> (libblas.so.3, liblapack.so.3). BLIS has no LAPACK: the reference
 # LAPACK on top of it, as Debian's alternatives give.
 BLAS = {
@@ -57,6 +63,14 @@ def blas_env(name, scratch):
     return env
 
 
+def with_tcmalloc(env):
+    if not os.path.exists(TCMALLOC):
+        sys.exit(f"{TCMALLOC} is missing (apt install libtcmalloc-minimal4)")
+    env = dict(env or os.environ)
+    env["LD_PRELOAD"] = TCMALLOC + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    return env
+
+
 def run(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
@@ -75,6 +89,7 @@ def main():
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json-out", help="append raw JSON lines here")
     p.add_argument("--blas", default="system", help="comma list of system, ref, blis, openblas")
+    p.add_argument("--also-glibc", action="store_true", help="also run our side on glibc's malloc")
     a = p.parse_args()
     blases = a.blas.split(",")
     scratch = tempfile.mkdtemp(prefix="ft-blas-")
@@ -91,16 +106,19 @@ def main():
               "--threads", str(a.threads), "--warmup", str(a.warmup), "--iters", str(a.iters)]
     cpp = [os.path.join(a.bench_bin, "ft_bench_step_time")] + common
     py = ["/usr/bin/python3", os.path.join(HERE, "step_time.py")] + common
-    res = {(arch, b): {"finetuned": [], "pytorch": []} for arch in archs for b in blases}
+    sides = ["finetuned", "pytorch"] + (["finetuned-glibc"] if a.also_glibc else [])
+    res = {(arch, b): {side: [] for side in sides} for arch in archs for b in blases}
     sink = open(a.json_out, "a") if a.json_out else None
     for rep in range(a.reps):
         for i, arch in enumerate(archs):
             for j, b in enumerate(blases):
-                order = [("finetuned", cpp), ("pytorch", py)]
+                order = [("finetuned", cpp, with_tcmalloc(envs[b])), ("pytorch", py, envs[b])]
+                if a.also_glibc:
+                    order.append(("finetuned-glibc", cpp, envs[b]))
                 if (rep + i + j) % 2:
                     order.reverse()
-                for side, cmd in order:
-                    for r in run(cmd + ["--arch", arch], envs[b]):
+                for side, cmd, env in order:
+                    for r in run(cmd + ["--arch", arch], env):
                         res[(arch, b)][side].append(r["ms_median"])
                         if sink:
                             sink.write(json.dumps(dict(r, rep=rep, side=side, blas=b)) + "\n")
@@ -110,12 +128,17 @@ def main():
     print(f"\nbatch {a.batch}, {a.size} px ({a.inception_size} px for inception_v3), {a.threads} threads, "
           f"Adam, {a.warmup} warm-up + {a.iters} timed steps per run, median of {a.reps} runs per side\n")
     if blases == ["system"]:
-        print("| arch | finetuned ms/step | PyTorch ms/step | ratio (PyTorch/finetuned) |")
-        print("| --- | ---: | ---: | ---: |")
+        glibc_head = " finetuned on glibc malloc ms/step | tcmalloc's speed-up (ours) |" if a.also_glibc else ""
+        print("| arch | finetuned ms/step | PyTorch ms/step | ratio (PyTorch/finetuned) |" + glibc_head)
+        print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if a.also_glibc else ""))
         for arch in archs:
             f = statistics.median(res[(arch, "system")]["finetuned"])
             t = statistics.median(res[(arch, "system")]["pytorch"])
-            print(f"| {arch} | {f:.1f} | {t:.1f} | {t / f:.2f} |")
+            row = f"| {arch} | {f:.1f} | {t:.1f} | {t / f:.2f} |"
+            if a.also_glibc:
+                g = statistics.median(res[(arch, "system")]["finetuned-glibc"])
+                row += f" {g:.1f} | {g / f:.2f}x |"
+            print(row)
         return
     # One row per architecture: finetuned / PyTorch ms per BLAS, the ratio
     # PyTorch/finetuned, and each BLAS's speed-up over ref on our side.

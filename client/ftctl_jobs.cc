@@ -78,6 +78,7 @@ std::optional<int> BuildSpec(Invocation& inv, pb::JobSpec* out) {
   spec.set_class_weights(inv.Flag("class-weights"));
   spec.set_lr_schedule(inv.Flag("lr-schedule"));
   spec.set_cache_features(inv.Flag("cache-features"));
+  spec.set_cache_dtype(inv.Flag("cache-dtype"));
   spec.set_on_bad_image(inv.Flag("on-bad-image"));
   spec.set_export_weights(inv.Flag("export"));
   spec.set_nesterov(inv.Flag("nesterov", "false") == "true");

@@ -29,6 +29,7 @@ constexpr Table<ClassWeights, 2> kClassWeights = {{{ClassWeights::kNone, "none"}
 constexpr Table<CacheFeatures, 3> kCacheFeatures = {{{CacheFeatures::kAuto, "auto"},
                                                      {CacheFeatures::kOn, "on"},
                                                      {CacheFeatures::kOff, "off"}}};
+constexpr Table<CacheDtype, 2> kCacheDtypes = {{{CacheDtype::kFloat32, "float32"}, {CacheDtype::kFloat16, "float16"}}};
 constexpr Table<ExportWeights, 2> kExports = {{{ExportWeights::kBest, "best"}, {ExportWeights::kLast, "last"}}};
 constexpr Table<OnBadImage, 2> kOnBadImage = {{{OnBadImage::kFail, "fail"}, {OnBadImage::kSkip, "skip"}}};
 
@@ -66,6 +67,7 @@ absl::string_view Name(LrSchedule v) { return NameIn(kSchedules, v); }
 absl::string_view Name(Augment v) { return NameIn(kAugments, v); }
 absl::string_view Name(ClassWeights v) { return NameIn(kClassWeights, v); }
 absl::string_view Name(CacheFeatures v) { return NameIn(kCacheFeatures, v); }
+absl::string_view Name(CacheDtype v) { return NameIn(kCacheDtypes, v); }
 absl::string_view Name(ExportWeights v) { return NameIn(kExports, v); }
 absl::string_view Name(OnBadImage v) { return NameIn(kOnBadImage, v); }
 
@@ -76,6 +78,7 @@ absl::StatusOr<SpecOptions> ParseSpecOptions(const finetune::v1::JobSpec& spec) 
   if (s.ok()) s = ParseIn(kClassWeights, "class_weights", "class weighting", spec.class_weights(), &o.class_weights);
   if (s.ok()) s = ParseIn(kSchedules, "lr_schedule", "schedule", spec.lr_schedule(), &o.lr_schedule);
   if (s.ok()) s = ParseIn(kCacheFeatures, "cache_features", "value", spec.cache_features(), &o.cache_features);
+  if (s.ok()) s = ParseIn(kCacheDtypes, "cache_dtype", "value", spec.cache_dtype(), &o.cache_dtype);
   if (s.ok()) s = ParseIn(kExports, "export_weights", "value", spec.export_weights(), &o.export_weights);
   if (s.ok()) s = ParseIn(kOnBadImage, "on_bad_image", "value", spec.on_bad_image(), &o.on_bad_image);
   if (!s.ok()) return s;
@@ -88,6 +91,7 @@ void StoreSpecOptions(const SpecOptions& o, finetune::v1::JobSpec* spec) {
   spec->set_class_weights(std::string(Name(o.class_weights)));
   spec->set_lr_schedule(std::string(Name(o.lr_schedule)));
   spec->set_cache_features(std::string(Name(o.cache_features)));
+  spec->set_cache_dtype(std::string(Name(o.cache_dtype)));
   spec->set_export_weights(std::string(Name(o.export_weights)));
   spec->set_on_bad_image(std::string(Name(o.on_bad_image)));
 }

@@ -18,6 +18,7 @@ enum class LrSchedule { kConstant, kStep, kCosine };
 enum class Augment { kStandard, kLight, kNone };
 enum class ClassWeights { kNone, kBalanced };
 enum class CacheFeatures { kAuto, kOn, kOff };
+enum class CacheDtype { kFloat32, kFloat16 };
 enum class ExportWeights { kBest, kLast };
 enum class OnBadImage { kFail, kSkip };
 
@@ -27,6 +28,7 @@ absl::string_view Name(LrSchedule v);
 absl::string_view Name(Augment v);
 absl::string_view Name(ClassWeights v);
 absl::string_view Name(CacheFeatures v);
+absl::string_view Name(CacheDtype v);
 absl::string_view Name(ExportWeights v);
 absl::string_view Name(OnBadImage v);
 
@@ -37,6 +39,7 @@ struct SpecOptions {
   Augment augment = Augment::kStandard;
   ClassWeights class_weights = ClassWeights::kNone;
   CacheFeatures cache_features = CacheFeatures::kAuto;
+  CacheDtype cache_dtype = CacheDtype::kFloat32;
   ExportWeights export_weights = ExportWeights::kBest;
   OnBadImage on_bad_image = OnBadImage::kFail;
 };

@@ -137,8 +137,9 @@ absl::Status ValidateSpec(pb::JobSpec* spec, const catalog::BackboneInfo** backb
   }
   if (spec->early_stopping_patience() < 0) return Invalid("early_stopping_patience", "must be >= 0");
   if (options.cache_features == spec::CacheFeatures::kOn &&
-      (spec->freeze_depth() != -1 || !no_augment || spec->unfreeze_at() > 0)) {
-    return Invalid("cache_features", "on needs --freeze-depth all, --augment none and no --unfreeze-at");
+      (spec->freeze_depth() == 0 || !no_augment || spec->unfreeze_at() > 0)) {
+    return Invalid("cache_features",
+                   "on needs frozen stages (--freeze-depth K or all), --augment none and no --unfreeze-at");
   }
   if (!spec->has_checkpoint_interval_seconds()) spec->set_checkpoint_interval_seconds(kDefaultCheckpointSeconds);
   if (spec->checkpoint_interval_seconds() < 0 || spec->checkpoint_interval_seconds() > kMaxCheckpointSeconds) {

@@ -3,7 +3,9 @@ BLIS the system's libblas.so.3. Under it, finetune-worker --version and a
 job's first log line name it, and the worker's /metrics answers: with
 OpenBLAS it could not (civetweb's 100 KiB thread stacks cannot hold
 OpenBLAS's static TLS), which is why BLIS was chosen. The worker also makes OpenMP's threads
-sleep rather than spin at barriers (OMP_WAIT_POLICY=passive)."""
+sleep rather than spin at barriers (OMP_WAIT_POLICY=passive), and it runs on tcmalloc,
+which it links (glibc's malloc faulted LibTorch's activation buffers in anew every step):
+--version, the start line and the first log line name it, and it is mapped in the process."""
 import json
 import os
 import shutil
@@ -30,6 +32,7 @@ class ShippedBlasTest(unittest.TestCase):
         r = subprocess.run([harness.WORKER, "--version"], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("BLAS BLIS (", r.stdout, SETUP_HINT)
+        self.assertIn(", allocator tcmalloc", r.stdout)
         self.assertIn("blis-pthread/libblas.so.3", r.stdout)
 
     def test_metrics_answer_and_the_job_names_its_blas(self):
@@ -55,13 +58,18 @@ class ShippedBlasTest(unittest.TestCase):
             # Started without OMP_WAIT_POLICY, the worker runs with it passive
             # (it executes itself again: libgomp reads it at load time).
             with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
-                self.assertIn(b"OMP_WAIT_POLICY=passive", f.read().split(b"\0"))
+                env = f.read().split(b"\0")
+            self.assertIn(b"OMP_WAIT_POLICY=passive", env)
+            # tcmalloc's report of every allocation over 1 GiB, off: a large cache makes them.
+            self.assertIn(b"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776", env)
+            with open(f"/proc/{worker.proc.pid}/maps") as f:
+                self.assertIn("libtcmalloc_minimal.so", f.read())
             r, events, job = server.submit(f"--dataset=file://{data}", "--backbone=resnet18", "--image-size=32",
                                            "--epochs=1", "--batch-size=8")
             self.assertEqual(r.returncode, 0, r.stderr + server.log())
             logs = [e["log"]["message"] for e in events if "log" in e]
             self.assertTrue(logs, events)
-            self.assertRegex(logs[0], r"^compute: cpu, 2 threads, BLAS BLIS \(")
+            self.assertRegex(logs[0], r"^compute: cpu, 2 threads, BLAS BLIS \(.*\), allocator tcmalloc$")
             # Still answering after a job (whose steps called BLIS's threads).
             text = scrape()
             self.assertIsNotNone(text)

@@ -100,6 +100,14 @@ TEST(SpecValidationTest, EveryFieldAndCombination) {
          s->set_augment("none");
        },
        kOk, ""},
+      {"cache on, first stages frozen, no augment",
+       [](pb::JobSpec* s) {
+         s->set_cache_features("on");
+         s->set_freeze_depth(2);
+         s->set_augment("none");
+       },
+       kOk, ""},
+      {"cache dtype", [](pb::JobSpec* s) { s->set_cache_dtype("bfloat16"); }, kBad, "cache_dtype"},
       {"export", [](pb::JobSpec* s) { s->set_export_weights("first"); }, kBad, "export_weights"},
       {"on bad image", [](pb::JobSpec* s) { s->set_on_bad_image("ignore"); }, kBad, "on_bad_image"},
       {"checkpoint interval negative", [](pb::JobSpec* s) { s->set_checkpoint_interval_seconds(-1); }, kBad,
@@ -141,6 +149,7 @@ TEST(SpecValidationTest, DefaultsAreWrittenBack) {
   EXPECT_EQ(spec.lr_schedule(), "constant");
   EXPECT_EQ(spec.class_weights(), "none");
   EXPECT_EQ(spec.cache_features(), "auto");
+  EXPECT_EQ(spec.cache_dtype(), "float32");
   EXPECT_EQ(spec.export_weights(), "best");
   EXPECT_EQ(spec.on_bad_image(), "fail");
   EXPECT_EQ(spec.weights_uri(), "none");

@@ -488,6 +488,7 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
   trainer_options.job_id = lease.lease().job_id();
   trainer_options.loader_threads = std::max(1, options_.threads / 2);
   trainer_options.decode_cache_bytes = options_.decode_cache_bytes;
+  trainer_options.work_dir = job->dir;
   auto stopped = [&hooks] {
     TrainResult result;
     result.cancelled = hooks.cancelled();

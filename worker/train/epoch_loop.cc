@@ -1,7 +1,13 @@
 #include "worker/train/epoch_loop.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -15,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/util/clock.h"
+#include "common/util/files.h"
 #include "common/util/log.h"
 #include "common/util/status.h"
 #include "worker/backbones/jit_modules.h"
@@ -89,6 +96,31 @@ absl::Status Diverged(int epoch, const std::string& what, double lr) {
       absl::StrCat("training diverged at epoch ", epoch, ": ", what, " (", DivergenceAdvice(lr), ")"));
 }
 
+// A tensor of `shape` and `dtype` on a file made in `dir`, mapped shared and
+// unlinked at once: its blocks are allocated now (so that a full disk is an
+// error here, not a SIGBUS later), and go when the tensor does.
+absl::StatusOr<torch::Tensor> MappedTensor(const std::string& dir, const std::vector<int64_t>& shape,
+                                           torch::ScalarType dtype) {
+  const int64_t bytes = std::max<int64_t>(
+      1, c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dtype)));
+  FT_RETURN_IF_ERROR(util::MakeDirs(dir));
+  std::string path = dir + "/activation-cache.XXXXXX";
+  const int fd = ::mkostemp(path.data(), O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create a file in ", dir, ": ", std::strerror(errno)));
+  ::unlink(path.c_str());
+  if (const int err = ::posix_fallocate(fd, 0, bytes); err != 0) {
+    ::close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cannot allocate %.0f MiB in %s: %s", bytes / 1048576.0, dir, std::strerror(err)));
+  }
+  void* mapped = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (mapped == MAP_FAILED) return absl::InternalError(absl::StrCat("cannot map the cache: ", std::strerror(errno)));
+  return torch::from_blob(
+      mapped, shape, [bytes](void* p) { ::munmap(p, static_cast<size_t>(bytes)); },
+      torch::TensorOptions().dtype(dtype));
+}
+
 }  // namespace
 
 absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Backbone& backbone,
@@ -114,20 +146,39 @@ absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Back
   }
   torch::jit::Module& prefix = *built;
   // The bytes it would take, from one image's worth.
-  int64_t per_image = 0;
+  std::vector<int64_t> image_shape;
   {
     torch::NoGradGuard no_grad;
     const int64_t size = eval_loader.transform.image_size;
     auto out = prefix.forward({torch::zeros({2, 3, size, size}, torch::TensorOptions().device(device))}).toTensor();
-    per_image = out[0].numel() * static_cast<int64_t>(out.element_size());
+    image_shape = out[0].sizes().vec();
   }
+  const int64_t per_image = c10::multiply_integers(image_shape) * static_cast<int64_t>(c10::elementSize(plan.dtype));
   const int64_t images = static_cast<int64_t>(train.images.size() + val.images.size());
   const int64_t bytes = per_image * images;
-  if (budget_bytes >= 0 && bytes > budget_bytes) {
+  const bool over_budget = budget_bytes >= 0 && bytes > budget_bytes;
+  auto not_caching = [&](const std::string& why) {
     report.Info(absl::StrFormat("not caching the output of %s: %d images would take %.0f MiB, over the %.0f MiB left "
-                                "of the worker's --decode-cache-mb; every epoch runs %s",
-                                stage, images, bytes / 1048576.0, budget_bytes / 1048576.0,
+                                "of the worker's --decode-cache-mb%s; every epoch runs %s",
+                                stage, images, bytes / 1048576.0, budget_bytes / 1048576.0, why,
                                 k == 0 ? "the backbone" : "the frozen stages"));
+  };
+  if (over_budget && plan.spill_dir.empty()) {
+    not_caching("");
+    return data;
+  }
+  // Over the budget, on a file mapped shared: the kernel writes its pages
+  // back and drops them under memory pressure, as it cannot anonymous memory.
+  auto allocate = [&](size_t n) -> absl::StatusOr<torch::Tensor> {
+    std::vector<int64_t> shape = {static_cast<int64_t>(n)};
+    shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+    if (!over_budget) return torch::empty(shape, torch::TensorOptions().dtype(plan.dtype).device(device));
+    return MappedTensor(plan.spill_dir, shape, plan.dtype);
+  };
+  auto train_into = allocate(train.images.size());
+  auto val_into = train_into.ok() ? allocate(val.images.size()) : train_into;
+  if (!val_into.ok()) {
+    not_caching(absl::StrCat(", and no file of that size in ", plan.spill_dir, ": ", val_into.status().message()));
     return data;
   }
   const auto t0 = Clock::now();
@@ -135,22 +186,26 @@ absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Back
   p.set_phase("cache");
   p.set_epochs(epochs);
   report.Progress(p);
-  data.train_features = ComputeFeatures(prefix, train, eval_loader, device);
-  data.val_features = ComputeFeatures(prefix, val, eval_loader, device);
+  data.train_features = ComputeFeatures(prefix, train, eval_loader, device, *std::move(train_into));
+  data.val_features = ComputeFeatures(prefix, val, eval_loader, device, *std::move(val_into));
+  data.cache_on_disk = over_budget;
   data.cached = plan.features;
   data.prefix_stages = k;
   data.cache_stage = stage;
   data.cache_bytes = bytes;
+  const std::string where = absl::StrFormat(
+      "%.1f MiB of %s%s", bytes / 1048576.0, plan.dtype == torch::kHalf ? "float16" : "float32",
+      over_budget ? absl::StrCat(", in a memory-mapped file in ", plan.spill_dir, " (over --decode-cache-mb)") : "");
   if (k == 0) {
     report.Info(absl::StrFormat(
-        "backbone frozen and transform deterministic: cached %d-d features of %d images (%.1f MiB) in %.1fs",
-        data.train_features.size(1), images, bytes / 1048576.0, Seconds(t0)));
+        "backbone frozen and transform deterministic: cached %d-d features of %d images (%s) in %.1fs",
+        data.train_features.size(1), images, where, Seconds(t0)));
   } else {
     report.Info(absl::StrFormat(
         "stages %s to %s frozen and transform deterministic: cached the output of %s, [%s] per image, of %d images "
-        "(%.1f MiB) in %.1fs; every epoch trains the rest on it",
+        "(%s) in %.1fs; every epoch trains the rest on it",
         backbone.stage_names.front(), stage, stage, absl::StrJoin(data.train_features.sizes().slice(1), ", "), images,
-        bytes / 1048576.0, Seconds(t0)));
+        where, Seconds(t0)));
   }
   return data;
 }
@@ -316,7 +371,8 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       // The last batch takes what is left: a merged tail (PlanPhases) too.
       const int64_t end = step + 1 == steps_per_epoch_ ? order_tensor.size(0) : (step + 1) * spec.batch_size();
       auto idx = order_tensor.slice(0, step * spec.batch_size(), end);
-      x = data_.train_features.index_select(0, idx);
+      // Widened where the cache is float16 (a no-op on float32).
+      x = data_.train_features.index_select(0, idx).to(torch::kFloat);
       y = data_.train_labels.index_select(0, idx);
     } else {
       auto batch = loader->Next();
@@ -421,7 +477,7 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   // Stages that train: this epoch's weights as an inference graph of their
   // own (BatchNorm folded, oneDNN layouts), the whole backbone through it.
   // Built anew each validation, since the weights changed (bench/README.md,
-  // "Full fine-tune": 1.2 s of 1000 images' 5 s at 64 px saved, net).
+  // "Full fine-tune").
   if (auto frozen = BuildFrozenPrefix(model_, -1, recipe_.spec().image_size()); frozen.ok()) {
     return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_, [&](const torch::Tensor& x) {
       return head_.forward({frozen->forward({x}).toTensor()}).toTensor();
@@ -696,6 +752,10 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     summary.set_features_cached(data_.precomputed());
     summary.set_cache_stage(data_.cache_stage);
     summary.set_cache_bytes(data_.cache_bytes);
+    if (data_.precomputed()) {
+      summary.set_cache_dtype(data_.train_features.scalar_type() == torch::kHalf ? "float16" : "float32");
+      summary.set_cache_on_disk(data_.cache_on_disk);
+    }
     metrics->set_trained_images(metrics->trained_images() + stats.seen);
     metrics->set_epochs_completed(epoch);
     // Never a NaN epoch, even if one got this far.

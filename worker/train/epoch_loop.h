@@ -51,6 +51,7 @@ struct EpochData {
   int prefix_stages = 0;
   std::string cache_stage;  // the stage whose output is stored, for events
   int64_t cache_bytes = 0;
+  bool cache_on_disk = false;  // in a memory-mapped file (CachePlan::spill_dir)
   torch::Tensor train_features, train_labels;  // on the device, when cached
   torch::Tensor val_features, val_labels;      // val_labels on the CPU
   // Either cache: the epochs draw batches from train_features.
@@ -62,12 +63,18 @@ struct EpochData {
 struct CachePlan {
   bool features = false;
   int prefix_stages = 0;
+  // How it is stored (kFloat or kHalf); the epochs widen each batch to float.
+  torch::ScalarType dtype = torch::kFloat;
+  // Past the budget, it goes to a memory-mapped file in this directory
+  // (unlinked at once, so that nothing outlives the job); empty: not cached.
+  std::string spill_dir;
 };
 
 // EpochData over `train` and `val` (not owned; they must outlive it). With
 // a `plan`, computes what it says of both sets now, reported as the "cache"
-// phase of `epochs` epochs and logged, unless it would take more than
-// `budget_bytes` (negative: no limit), which is logged instead.
+// phase of `epochs` epochs and logged. Past `budget_bytes` (negative: no
+// limit) it goes to a memory-mapped file in plan.spill_dir where that has
+// the room, else nothing is cached, and the log says why.
 // Computed through the frozen stages' inference graph (BuildFrozenPrefix),
 // whose errors it returns.
 absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Backbone& backbone,

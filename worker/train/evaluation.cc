@@ -112,7 +112,7 @@ EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& featu
   head.eval();
   torch::NoGradGuard no_grad;
   Evaluator eval(classes);
-  eval.Add(head.forward({features}).toTensor(), labels);
+  eval.Add(head.forward({features.to(torch::kFloat)}).toTensor(), labels);
   return eval.Result();
 }
 
@@ -127,24 +127,26 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
   const int64_t n = activations.size(0);
   for (int64_t i = 0; i < n; i += batch_size) {
     const int64_t end = std::min(n, i + batch_size);
-    auto features = rest({activations.slice(0, i, end), prefix_stages, num_stages}).toTensor();
+    auto features = rest({activations.slice(0, i, end).to(torch::kFloat), prefix_stages, num_stages}).toTensor();
     eval.Add(head.forward({features}).toTensor(), labels.slice(0, i, end));
   }
   return eval.Result();
 }
 
 torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device) {
+                              torch::Device device, torch::Tensor into) {
   torch::NoGradGuard no_grad;
   LoaderOptions batched = options;
   batched.batch_size = std::max(options.batch_size, 128);
   batched.merge_single_tail = true;
   BatchLoader loader(&set, InOrder(set), batched);
-  std::vector<torch::Tensor> parts;
+  int64_t row = 0;
   while (auto batch = loader.Next()) {
-    parts.push_back(prefix.forward({batch->images.to(device, /*non_blocking=*/true)}).toTensor());
+    auto out = prefix.forward({batch->images.to(device, /*non_blocking=*/true)}).toTensor();
+    into.slice(0, row, row + out.size(0)).copy_(out);
+    row += out.size(0);
   }
-  return torch::cat(parts);
+  return into;
 }
 
 EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::Device device, int64_t classes,

@@ -65,8 +65,10 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
 // least 128 images and never of one (oneDNN runs one image with other
 // kernels than a batch, ~1e-6 apart, and the training batches the values
 // stand in for hold two or more).
+// Written into `into` (one row an image of `set`, of any floating dtype,
+// e.g. on a mapped file), which it returns.
 torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device);
+                              torch::Device device, torch::Tensor into);
 
 // `logits` (called without gradients) over `set` in order, batched by
 // `options`.

@@ -90,10 +90,11 @@ class Recipe {
   bool skips_bad_images() const { return options_.on_bad_image == spec::OnBadImage::kSkip; }
   bool exports_last_epoch() const { return options_.export_weights == spec::ExportWeights::kLast; }
 
- private:
   // What either cache needs: cache_features not off, a deterministic train
   // transform (augment none), and one phase (no unfreeze_at).
   bool MayCache() const;
+
+ private:
   Recipe(const pb::JobSpec& spec, const spec::SpecOptions& options) : spec_(spec), options_(options) {}
 
   pb::JobSpec spec_;

@@ -118,6 +118,14 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   CachePlan cache_plan;
   cache_plan.features = recipe.CachesFeatures(num_stages);
   if (!cache_plan.features) cache_plan.prefix_stages = recipe.CachedPrefixStages(num_stages, backbone.staged);
+  if (recipe.options().cache_dtype == spec::CacheDtype::kFloat16) cache_plan.dtype = torch::kHalf;
+  if (options.device.is_cpu()) cache_plan.spill_dir = options.work_dir;
+  if (recipe.options().cache_features == spec::CacheFeatures::kOn && !cache_plan.features &&
+      cache_plan.prefix_stages == 0 && recipe.MayCache()) {
+    report.Log("warning", absl::StrCat("cache_features on: ", spec.backbone(),
+                                       " cannot run its stages apart, so nothing is cached and every epoch runs its "
+                                       "frozen stages"));
+  }
   FT_ASSIGN_OR_RETURN(EpochData epoch_data,
                       PrepareEpochData(model, backbone, data.train, data.val, train_loader, eval_loader, cache_plan,
                                        data.decode.cache_budget_bytes, spec.epochs(), options.device, report));

@@ -31,6 +31,9 @@ struct TrainerOptions {
   // Decoded training and validation images kept in memory, at most; the
   // rest are decoded again every epoch. Negative: no limit.
   int64_t decode_cache_bytes = -1;
+  // The job's scratch directory: a cache of frozen stages' outputs past
+  // decode_cache_bytes goes to a memory-mapped file here. Empty: none.
+  std::string work_dir;
   // A checkpoint to resume from (the bytes a save_checkpoint hook was
   // given, for this job), or empty to start afresh. Released once restored.
   std::string resume;
