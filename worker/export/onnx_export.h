@@ -1,6 +1,6 @@
 // model.onnx: the trained classifier as an ONNX model, converted in C++
 // from the frozen TorchScript graph (LibTorch has no ONNX exporter; torch.onnx
-// is Python). The classifier is copied, put in eval mode, inlined and
+// is Python). The classifier is cloned, put in eval mode, inlined and
 // frozen (parameters become constants and each BatchNorm that follows a
 // convolution is folded into it), and each aten op of the frozen graph is
 // mapped to ONNX nodes of opset 17; the constants become initializers.
@@ -37,22 +37,28 @@ struct OnnxExport {
   std::string model_proto_bytes;  // a serialised onnx.ModelProto
   int opset = kOnnxOpset;
   std::string converter_version = kOnnxConverterVersion;
-  // What a person may want to know about the conversion; the file is right
-  // regardless (no warning ever stands for an approximation).
+  // What a person may want to know about the conversion (e.g. that shape
+  // checks of a TorchScript backbone were followed for the fixed size); the
+  // file is right regardless: no warning ever stands for an approximation.
   std::vector<std::string> warnings;
 };
 
 // Converts `classifier`, a module with forward(x) -> logits and features(x)
 // -> pooled features (BuildClassifier's, or a model.pt loaded back), for
-// inputs of image_size x image_size px. `classifier` is left as it was; the
-// conversion runs the frozen graph twice on small random batches (on the
-// CPU) to learn every shape. Never throws. Errors:
-//   UNIMPLEMENTED "model.onnx not written: no ONNX mapping for aten::foo
-//     (and N more)" when the graph holds ops the converter does not map
-//     (control flow left after freezing counts as such an op);
+// inputs of image_size x image_size px. `classifier` is left as it was (its
+// tensors are shared, never written; one on a GPU is copied to the CPU).
+// The conversion runs the frozen graph on random batches of 2 and 3 images
+// on the CPU, to learn every shape and which of them depend on N. Never
+// throws. Errors, each message starting "model.onnx not written: ":
+//   UNIMPLEMENTED "no ONNX mapping for aten::foo (and N more: ...)" when the
+//     graph holds ops the converter does not map, control flow other than a
+//     check of a fixed shape, an in-place op it cannot make functional, or an
+//     argument that depends on the input's values (or on N, but for a
+//     reshape's batch dim);
 //   INVALID_ARGUMENT for an image_size below 1; FAILED_PRECONDITION when
-//     the module lacks forward or features, or they do not return float32
-//     tensors; INTERNAL with LibTorch's reason when freezing or running fails.
+//     the module lacks forward or features, they do not return float32
+//     tensors, or the model is over protobuf's 2 GiB; INTERNAL with
+//     LibTorch's reason when freezing or running the graph fails.
 absl::StatusOr<OnnxExport> ExportOnnx(const torch::jit::Module& classifier, int64_t image_size);
 
 // ExportOnnx, then writes the model to `path` atomically (a temporary file,
