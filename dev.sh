@@ -24,7 +24,7 @@ TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
   openssl python3-grpcio python3-protobuf
-  python3-venv python3-pip python3-setuptools python3-wheel
+  python3-venv python3-pip python3-setuptools python3-wheel python3-tqdm python3-matplotlib
   chromium
   python3-onnx
 )
