@@ -9,7 +9,7 @@ root=$(cd "$here/../.." && pwd)
 kubectl=${KUBECTL:-kubectl}
 command -v "$kubectl" >/dev/null 2>&1 || { echo "SKIP: kubectl is not installed (Debian package kubernetes-client)"; exit 77; }
 command -v node >/dev/null 2>&1 || { echo "SKIP: node is not installed"; exit 77; }
-sh "$here/npm_setup.sh" >/dev/null || exit $?
+sh "$here/../npm_ci.sh" "$here" >/dev/null || exit $?
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

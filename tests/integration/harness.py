@@ -80,13 +80,14 @@ class Server:
         port_file = os.path.join(self.data_dir, "port")
         if os.path.exists(port_file):
             os.remove(port_file)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [FINETUNED, "--listen=127.0.0.1:0", f"--port-file={port_file}",
-             f"--data-dir={self.data_dir}", f"--dataset-roots={','.join(self.dataset_roots)}",
-             f"--local-workers={self.local_workers}", "--worker-threads=2",
-             "--lease-ttl-seconds=10"] + self.extra,
-            stdout=log, stderr=subprocess.STDOUT)
+        # The child keeps its own copy of the descriptor.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [FINETUNED, "--listen=127.0.0.1:0", f"--port-file={port_file}",
+                 f"--data-dir={self.data_dir}", f"--dataset-roots={','.join(self.dataset_roots)}",
+                 f"--local-workers={self.local_workers}", "--worker-threads=2",
+                 "--lease-ttl-seconds=10"] + self.extra,
+                stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -35,8 +35,9 @@ class ActivationCacheTest(unittest.TestCase):
         cls.data = harness.make_imagefolder(os.path.join(root, "shapes"), classes=3, train_per_class=11,
                                             val_per_class=5, size=32)
         cls.root = root
-        # Two threads, as the external worker below: the same sums in the same order.
-        cls.server = harness.Server(os.path.join(cls.tmp, "var"), [root], extra=["--worker-threads=2"]).start()
+        # The harness gives local workers 2 threads, as the external worker
+        # below has: the same sums in the same order.
+        cls.server = harness.Server(os.path.join(cls.tmp, "var"), [root]).start()
         cls.runs = {}
         cls.spec = [f"--dataset=file://{cls.data}", "--backbone=resnet18", "--image-size=32", "--epochs=3",
                     "--batch-size=16", "--freeze-depth=4", "--seed=7", "--lr=0.01"]
