@@ -288,6 +288,20 @@ std::vector<std::string> TickLabels(const std::vector<double>& ticks) {
   return labels;
 }
 
+// The y axis's grid lines, tick marks and labels, from `left` to `right`.
+template <typename ToPixel>
+void YGrid(Canvas& c, const Axis& ya, const ToPixel& py, double left, double right) {
+  for (size_t i = 0; i < ya.ticks.size(); ++i) {
+    const double y = py(ya.ticks[i]);
+    c.Colour(kGridColour);
+    c.Line(left, y, right, y, 1);
+    c.Colour(kAxisColour);
+    c.Line(left - 4, y, left, y, 1);
+    c.Colour(kTextColour);
+    c.Text(ya.labels[i], left - 7, y, 1, 0.5);
+  }
+}
+
 absl::StatusOr<std::string> RenderLineChart(const LineChart& chart, int scale) {
   double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
   for (const Series& s : chart.series) {
@@ -326,15 +340,7 @@ absl::StatusOr<std::string> RenderLineChart(const LineChart& chart, int scale) {
   c.Text(chart.title, chart.width / 2.0, 12, 0.5, 0);
   Legend(c, chart.series, right, 44, /*bars=*/false);
   c.Font(kTickSize);
-  for (size_t i = 0; i < ya.ticks.size(); ++i) {
-    const double y = py(ya.ticks[i]);
-    c.Colour(kGridColour);
-    c.Line(left, y, right, y, 1);
-    c.Colour(kAxisColour);
-    c.Line(left - 4, y, left, y, 1);
-    c.Colour(kTextColour);
-    c.Text(ya.labels[i], left - 7, y, 1, 0.5);
-  }
+  YGrid(c, ya, py, left, right);
   for (size_t i = 0; i < xa.ticks.size(); ++i) {
     const double x = px(xa.ticks[i]);
     c.Colour(kGridColour);
@@ -532,15 +538,7 @@ absl::StatusOr<std::string> RenderBarChart(const BarChart& chart, int scale) {
   c.Text(chart.title, width / 2.0, 12, 0.5, 0);
   Legend(c, chart.groups, width - 18.0, 44, /*bars=*/true);
   c.Font(kTickSize);
-  for (size_t i = 0; i < ya.ticks.size(); ++i) {
-    const double y = py(ya.ticks[i]);
-    c.Colour(kGridColour);
-    c.Line(left, y, right, y, 1);
-    c.Colour(kAxisColour);
-    c.Line(left - 4, y, left, y, 1);
-    c.Colour(kTextColour);
-    c.Text(ya.labels[i], left - 7, y, 1, 0.5);
-  }
+  YGrid(c, ya, py, left, right);
   const double group_width = slot * 0.8;
   const double bar = group_width / chart.groups.size();
   for (size_t k = 0; k < n; ++k) {

@@ -643,6 +643,12 @@ class Converter {
     std::vector<int64_t> pads;  // begin h, w, end h, w
     bool ceil_mode = false;
   };
+  // A pooling node's stride (input 2): its kernel when the list is empty.
+  absl::StatusOr<std::vector<int64_t>> PoolStride(const Node* n, const std::vector<int64_t>& kernel) const {
+    FT_ASSIGN_OR_RETURN(std::vector<int64_t> stride, Ints(n, 2));
+    if (stride.empty()) return kernel;
+    return IntsOf(n, 2, 2);
+  }
   absl::StatusOr<PoolPads> Pads(const Node* n, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
                                 const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, bool ceil,
                                 bool extra_pads_are_safe) const {
@@ -904,12 +910,7 @@ absl::Status Converter::Softmax(const Node* n) {
 // aten::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
 absl::Status Converter::MaxPool2d(const Node* n) {
   FT_ASSIGN_OR_RETURN(std::vector<int64_t> kernel, IntsOf(n, 1, 2));
-  FT_ASSIGN_OR_RETURN(std::vector<int64_t> stride, Ints(n, 2));
-  if (stride.empty()) {
-    stride = kernel;
-  } else {
-    FT_ASSIGN_OR_RETURN(stride, IntsOf(n, 2, 2));
-  }
+  FT_ASSIGN_OR_RETURN(std::vector<int64_t> stride, PoolStride(n, kernel));
   FT_ASSIGN_OR_RETURN(std::vector<int64_t> padding, IntsOf(n, 3, 2));
   FT_ASSIGN_OR_RETURN(std::vector<int64_t> dilation, IntsOf(n, 4, 2));
   FT_ASSIGN_OR_RETURN(bool ceil, Bool(n, 5));
@@ -927,12 +928,7 @@ absl::Status Converter::MaxPool2d(const Node* n) {
 // count_include_pad, divisor_override?)
 absl::Status Converter::AvgPool2d(const Node* n) {
   FT_ASSIGN_OR_RETURN(std::vector<int64_t> kernel, IntsOf(n, 1, 2));
-  FT_ASSIGN_OR_RETURN(std::vector<int64_t> stride, Ints(n, 2));
-  if (stride.empty()) {
-    stride = kernel;
-  } else {
-    FT_ASSIGN_OR_RETURN(stride, IntsOf(n, 2, 2));
-  }
+  FT_ASSIGN_OR_RETURN(std::vector<int64_t> stride, PoolStride(n, kernel));
   FT_ASSIGN_OR_RETURN(std::vector<int64_t> padding, IntsOf(n, 3, 2));
   FT_ASSIGN_OR_RETURN(bool ceil, Bool(n, 4));
   FT_ASSIGN_OR_RETURN(bool count_include_pad, Bool(n, 5));
