@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -91,7 +92,14 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
   int64_t next = from_sequence;
   bool connected = false;
   auto backoff = kFirstReconnect;
-  const auto give_up = std::chrono::steady_clock::now() + kReconnectFor;
+  // Waited for kReconnectFor from when the server was lost (an event read
+  // since then starts the wait afresh), however long the watch has run.
+  std::optional<std::chrono::steady_clock::time_point> lost_since;
+  auto gave_up = [&] {
+    const auto now = std::chrono::steady_clock::now();
+    if (!lost_since) lost_since = now;
+    return now - *lost_since > kReconnectFor;
+  };
   while (true) {
     grpc::ClientContext ctx;
     pb::WatchJobRequest req;
@@ -101,19 +109,20 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
     pb::JobEvent event;
     while (reader->Read(&event)) {
       connected = true;
+      lost_since.reset();
       backoff = kFirstReconnect;
       next = event.sequence() + 1;
       on_event(event);
     }
     const absl::Status finished = FromGrpcStatus(reader->Finish());
     if (finished.ok()) break;
-    if (!connected || !absl::IsUnavailable(finished) || std::chrono::steady_clock::now() > give_up) return finished;
+    if (!connected || !absl::IsUnavailable(finished) || gave_up()) return finished;
     std::this_thread::sleep_for(backoff);
     backoff = std::min(backoff * 2, kMaxReconnect);
   }
   while (true) {
     auto job = Get(job_id);
-    if (job.ok() || !absl::IsUnavailable(job.status()) || std::chrono::steady_clock::now() > give_up) return job;
+    if (job.ok() || !absl::IsUnavailable(job.status()) || gave_up()) return job;
     std::this_thread::sleep_for(backoff);
   }
 }

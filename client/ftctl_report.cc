@@ -146,9 +146,13 @@ std::optional<SplitView> EvaluatedSplit(const pb::JobMetrics& m) {
 // The event log, read as the report needs it.
 struct History {
   std::map<int, pb::EpochSummary> epochs;  // the latest summary of each epoch
-  // Training progress events: (global step, running mean loss of the epoch).
-  std::map<int64_t, double> step_loss;
-  int64_t steps_per_epoch = 0;
+  // The training curve by global step (the last step a point stands for):
+  // the loss, and the learning rate when `exact`.
+  std::map<int64_t, double> step_loss, step_lr;
+  std::vector<double> epoch_ends;  // the global step at each epoch's end
+  // From the epochs' own record of each step (EpochSummary.step_losses);
+  // otherwise from progress events, each the running mean of its epoch.
+  bool exact = false;
   int64_t events = 0;
   int64_t warnings = 0;
 };
@@ -156,16 +160,39 @@ struct History {
 History ReadHistory(const std::vector<pb::JobEvent>& events) {
   History h;
   h.events = static_cast<int64_t>(events.size());
+  std::map<int64_t, double> progress_loss;
+  int64_t steps_per_epoch = 0;
   for (const pb::JobEvent& e : events) {
     if (e.has_epoch()) h.epochs[e.epoch().epoch()] = e.epoch();
     if (e.has_log() && e.log().level() == "warning") ++h.warnings;
     if (e.has_progress() && e.progress().phase() == "train" && e.progress().steps_per_epoch() > 0 &&
         e.progress().epoch() > 0) {
       const pb::Progress& p = e.progress();
-      h.steps_per_epoch = p.steps_per_epoch();
+      steps_per_epoch = p.steps_per_epoch();
       // A resumed attempt repeats steps: the latest report of a step stands.
-      h.step_loss[(p.epoch() - 1) * p.steps_per_epoch() + p.step()] = p.loss();
+      progress_loss[(p.epoch() - 1) * p.steps_per_epoch() + p.step()] = p.loss();
     }
+  }
+  // Jobs of workers before the per-step record have progress events only.
+  h.exact = !h.epochs.empty() && std::all_of(h.epochs.begin(), h.epochs.end(), [](const auto& e) {
+    return e.second.steps() > 0 && e.second.step_losses_size() > 0 &&
+           e.second.step_losses_size() == e.second.step_learning_rates_size();
+  });
+  if (h.exact) {
+    int64_t offset = 0;
+    for (const auto& [epoch, s] : h.epochs) {
+      const int64_t per_point = std::max(1, s.steps_per_point());
+      for (int i = 0; i < s.step_losses_size(); ++i) {
+        const int64_t x = offset + std::min<int64_t>((i + 1) * per_point, s.steps());
+        h.step_loss[x] = s.step_losses(i);
+        h.step_lr[x] = s.step_learning_rates(i);
+      }
+      offset += s.steps();
+      h.epoch_ends.push_back(static_cast<double>(offset));
+    }
+  } else {
+    h.step_loss = std::move(progress_loss);
+    for (const auto& [epoch, s] : h.epochs) h.epoch_ends.push_back(static_cast<double>(epoch * steps_per_epoch));
   }
   return h;
 }
@@ -306,16 +333,26 @@ absl::StatusOr<ReportFiles> WriteReport(const ReportData& data, const std::strin
       report::LineChart steps;
       steps.title = "Training loss per step";
       steps.x_label = "step";
-      steps.y_label = "loss (running mean over the epoch)";
+      steps.y_label = history.exact ? "loss of the step" : "loss (running mean over the epoch)";
       report::Series s("train", kTrainColour);
       for (const auto& [step, value] : history.step_loss) AddPoint(&s, static_cast<double>(step), value);
       steps.series = {s};
-      for (const auto& [epoch, summary] : history.epochs) {
-        steps.x_marks.push_back(static_cast<double>(epoch * history.steps_per_epoch));
-      }
+      steps.x_marks = history.epoch_ends;
       curves.push_back(MakeChart("step_loss.png", "training loss per step", report::RenderLineChart(steps)));
     }
-    curves.push_back(MakeChart("learning_rate.png", "learning rate per epoch", report::RenderLineChart(lr)));
+    if (history.exact) {
+      // The schedule as it ran: warm-up, steps and cosine show within epochs.
+      lr.title = "Learning rate per step";
+      lr.x_label = "step";
+      lr.integer_x = false;
+      report::Series per_step("at each step", report::PaletteColour(2));
+      for (const auto& [step, value] : history.step_lr) AddPoint(&per_step, static_cast<double>(step), value);
+      lr.series = {per_step};
+      lr.x_marks = history.epoch_ends;
+      curves.push_back(MakeChart("learning_rate.png", "learning rate per step", report::RenderLineChart(lr)));
+    } else {
+      curves.push_back(MakeChart("learning_rate.png", "learning rate per epoch", report::RenderLineChart(lr)));
+    }
   }
   if (split && split->confusion->size() > 0 &&
       static_cast<size_t>(split->per_class->size()) <= kMaxChartClasses) {
@@ -386,9 +423,23 @@ absl::StatusOr<ReportFiles> WriteReport(const ReportData& data, const std::strin
   } else {
     absl::StrAppend(&h, "<div class=\"charts\">");
     for (const Chart& c : curves) absl::StrAppend(&h, ChartHtml(c));
-    absl::StrAppend(&h, "</div>\n<p class=\"note\">The per-step curve is drawn from the job's progress events "
-                        "(every few seconds and at each epoch's end); each point is the mean loss of the epoch "
-                        "so far. Dotted lines mark the epochs' ends.</p>\n");
+    if (history.exact) {
+      const int32_t per_point = std::max_element(history.epochs.begin(), history.epochs.end(), [](const auto& a,
+                                                                                               const auto& b) {
+                                  return a.second.steps_per_point() < b.second.steps_per_point();
+                                })->second.steps_per_point();
+      absl::StrAppend(&h, "</div>\n<p class=\"note\" id=\"step-note\">",
+                      per_point > 1 ? absl::StrCat("Each point of the per-step curves is the mean loss of ", per_point,
+                                                   " consecutive steps (epochs of more than 1000 steps are summed "
+                                                   "so), and the learning rate at the last of them. ")
+                                    : "The per-step curves show every training step's loss and learning rate. ",
+                      "Dotted lines mark the epochs' ends.</p>\n");
+    } else {
+      absl::StrAppend(&h, "</div>\n<p class=\"note\" id=\"step-note\">This job's worker recorded no per-step "
+                          "curve, so it is drawn from the job's progress events (every few seconds and at each "
+                          "epoch's end); each point is the mean loss of the epoch so far. Dotted lines mark the "
+                          "epochs' ends.</p>\n");
+    }
     absl::StrAppend(&h, "<h3>Epochs</h3>\n<table id=\"epochs\"><tr><th>epoch</th><th>train loss</th><th>train "
                         "acc</th><th>val loss</th><th>val acc</th><th>val top-5</th><th>learning rate</th>"
                         "<th>images/s</th><th>seconds</th><th>loader wait</th><th>freeze depth</th><th></th></tr>\n");

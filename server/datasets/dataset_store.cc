@@ -325,8 +325,10 @@ absl::StatusOr<pb::Dataset> DatasetStore::Materialize(const std::string& archive
   if (!layout.ok()) {
     // The message names our staging folder; say "the archive" instead (the
     // sandbox's "outside the dataset's folder <root>" too).
+    // "dataset <root> has ..." reads "it has ...".
     const std::string message = absl::StrReplaceAll(
-        layout.status().message(), {{extracted.root + "/", ""},
+        absl::StrReplaceAll(layout.status().message(), {{"dataset " + extracted.root + " ", "it "}}),
+        {{extracted.root + "/", ""},
                                     {"the dataset's folder " + extracted.root, "the archive"},
                                     {extracted.root, "the archive"}});
     return absl::Status(layout.status().code(), absl::StrCat("the archive is not a usable dataset: ", message));

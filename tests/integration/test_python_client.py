@@ -177,6 +177,10 @@ class PythonClientTest(unittest.TestCase):
         history = self.out["history"]
         self.assertEqual([h["epoch"] for h in history], [1], history)
         self.assertEqual(history[0]["val_loss"], self.out["job"]["metrics"]["val_loss"])
+        # Each step's loss and learning rate, one point a step.
+        self.assertGreater(history[0]["steps"], 0)
+        self.assertEqual(len(history[0]["step_losses"]), history[0]["steps"])
+        self.assertEqual(len(history[0]["step_learning_rates"]), history[0]["steps"])
         self.assertEqual(self.out["history_from_events"], history)
         self.assertEqual(self.out["epoch_events"], history)
         seq = self.out["sequences"]
@@ -225,8 +229,9 @@ with torch.no_grad():
         self.assertEqual(self.out["token_file"], "SUCCEEDED")
 
     def test_plot(self):
-        # dev.sh installs python3-matplotlib: a real figure, loss and accuracy.
-        self.assertEqual(self.out["plot"], 2, "python3-matplotlib is missing: run ./dev.sh deps")
+        # dev.sh installs python3-matplotlib: a real figure, loss and accuracy
+        # per epoch and the loss per step.
+        self.assertEqual(self.out["plot"], 3, "python3-matplotlib is missing: run ./dev.sh deps")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class ReportTest(unittest.TestCase):
         r, cls.events, cls.job = cls.server.submit(f"--dataset=file://{cls.data}", "--epochs=3", "--name=report-test",
                                                    *common)
         assert r.returncode == 0, r.stderr + cls.server.log()
-        r, _, cls.val_job = cls.server.submit(f"--dataset=file://{cls.no_test}", "--epochs=2", *common)
+        r, cls.val_events, cls.val_job = cls.server.submit(f"--dataset=file://{cls.no_test}", "--epochs=2", *common)
         assert r.returncode == 0, r.stderr + cls.server.log()
         r, _, cls.failed_job = cls.server.submit(f"--dataset=file://{cls.no_test}", "--epochs=2",
                                                  f"--weights=file://{cls.bad_weights}", *common)
@@ -273,6 +273,16 @@ class ReportTest(unittest.TestCase):
         self.assertEqual([r[0] for r in table], ["1", "2", "3"])
         self.assertEqual([r[4] for r in table], [f4(e["val_accuracy"]) for e in epochs])
         self.assertEqual([r[1] for r in table], [f4(e["train_loss"]) for e in epochs])
+        # The per-step curve is each step's own loss and rate: 48 images in
+        # batches of 8 are 6 steps an epoch, whose mean is the epoch's loss.
+        for e in epochs:
+            self.assertEqual(e["steps"], 6)
+            self.assertEqual(e.get("steps_per_point", 1), 1)
+            self.assertEqual(len(e["step_losses"]), 6)
+            self.assertEqual(len(e["step_learning_rates"]), 6)
+            self.assertAlmostEqual(sum(e["step_losses"]) / 6, e["train_loss"], places=4)
+            self.assertAlmostEqual(e["step_learning_rates"][-1], e["learning_rate"], places=7)
+        self.assertIn("every training step", doc.by_id("step-note").all_text())
         self.check_evaluation(doc, m["test_per_class"], m["test_confusion"], m["test_misclassified"])
         self.assertIsNotNone(next(doc.find_all(lambda n: n.attrs.get("data-split") == "test"), None))
         # The spec and the timings.
@@ -306,6 +316,12 @@ class ReportTest(unittest.TestCase):
         # The exported epoch's val accuracy is the confusion matrix's diagonal.
         diagonal = sum(int(m["val_confusion"][i * 3 + i]) for i in range(3))
         self.assertAlmostEqual(diagonal / 24, m["val_accuracy"], places=5)
+        # ...taken from that epoch's own validation, not from a second pass.
+        said = [e["log"]["message"] for e in self.val_events if "log" in e]
+        described = [t for t in said if "no test split: per-class metrics" in t]
+        self.assertEqual(len(described), 1, said)
+        self.assertIn("of the exported epoch on the 24 validation images", described[0])
+        self.assertNotIn("evaluated again", described[0])
         self.check_misclassified(m["val_misclassified"], m["val_confusion"], 3, self.no_test, "val")
 
         out, summary = self.report(job["id"], "no-test")

@@ -811,6 +811,38 @@ TEST_F(ResumeTest, AdamStoppedMidEpochAtAnEpochEndAndAgain) {
   }
   EXPECT_EQ(where, (std::vector<std::string>{"1:3", "1:5e", "2:2", "2:5e", "3:3", "3:5e"}));
   EXPECT_EQ(stopped.result->metadata_json.find("\"resume"), std::string::npos);
+  // Each epoch's curve holds every step's loss and rate (compared above
+  // across the resumes too): the mean of 5 equal batches is the epoch's
+  // loss, and the cosine schedule falls within the epoch.
+  for (const pb::EpochSummary& e : once.epochs) {
+    ASSERT_EQ(e.steps(), 5);
+    EXPECT_EQ(e.steps_per_point(), 1);
+    ASSERT_EQ(e.step_losses_size(), 5);
+    ASSERT_EQ(e.step_learning_rates_size(), 5);
+    double sum = 0;
+    for (float l : e.step_losses()) sum += l;
+    EXPECT_NEAR(sum / 5, e.train_loss(), 1e-5);
+    EXPECT_FLOAT_EQ(e.step_learning_rates(4), e.learning_rate());
+    for (int i = 1; i < 5; ++i) EXPECT_LT(e.step_learning_rates(i), e.step_learning_rates(i - 1));
+  }
+}
+
+// Past max_step_points steps an epoch, a point is the mean of a window of
+// steps; a resume in the middle of a window ends with the same points.
+TEST_F(ResumeTest, StepCurveWindowsAcrossAResume) {
+  options_.max_step_points = 2;  // 5 steps: windows of 3 and 2
+  const Outcome once = Train({}, options_);
+  ASSERT_TRUE(once.result.ok()) << once.result.status();
+  ASSERT_EQ(once.epochs.size(), 3u);
+  for (const pb::EpochSummary& e : once.epochs) {
+    EXPECT_EQ(e.steps_per_point(), 3);
+    ASSERT_EQ(e.step_losses_size(), 2);
+    EXPECT_NEAR((3 * e.step_losses(0) + 2 * e.step_losses(1)) / 5, e.train_loss(), 1e-5);
+  }
+  const Outcome stopped = Train({2, 9}, options_);  // epoch 1 step 2, epoch 2 step 4
+  ASSERT_TRUE(stopped.result.ok()) << stopped.result.status();
+  ExpectSameJob(*stopped.result, *once.result);
+  ExpectSameEpochs(stopped.epochs, once.epochs);
 }
 
 TEST_F(ResumeTest, SgdWithMomentumAcrossTheFineTuningPhase) {

@@ -9,7 +9,14 @@ namespace ft::worker {
 std::string MetadataJson(const ModelMetadata& m) {
   auto proto = [](const google::protobuf::Message& message) { return nlohmann::json::parse(util::ToJson(message)); };
   nlohmann::json history = nlohmann::json::array();
-  for (const pb::EpochSummary& summary : m.history) history.push_back(proto(summary));
+  for (pb::EpochSummary summary : m.history) {
+    // Per epoch only: the per-step curves (up to 2000 numbers an epoch)
+    // stay in the job's events, where `ftctl report` draws them.
+    summary.clear_step_losses();
+    summary.clear_step_learning_rates();
+    summary.clear_steps_per_point();
+    history.push_back(proto(summary));
+  }
   // nlohmann::json keeps keys sorted, so the grouping below is for readers.
   nlohmann::json meta = {{"format", "finetuned.classifier.v1"}, {"job_id", m.job_id}, {"backbone", m.spec.backbone()},
                          {"classes", m.classes}, {"num_classes", m.classes.size()}};

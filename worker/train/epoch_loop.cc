@@ -37,6 +37,18 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kOrderSeedMix = 0x5DEECE66DULL;
 // The augmentation seed of epoch e is seed * kEpochSeedStride + e.
 constexpr uint64_t kEpochSeedStride = 1000003ULL;
+// The steps each point of an epoch of `steps` steps stands for, when it has
+// at most `max_points`.
+int64_t StepsPerPoint(int64_t steps, int64_t max_points) {
+  max_points = std::max<int64_t>(1, max_points);
+  return std::max<int64_t>(1, (steps + max_points - 1) / max_points);
+}
+
+// A float tensor's values (on any device).
+std::vector<float> ToFloats(const torch::Tensor& t) {
+  const torch::Tensor c = t.to(torch::kCPU).to(torch::kFloat32).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
 
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
@@ -350,6 +362,14 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
   };
   const double interval = report_.SavesCheckpoints() ? options_.checkpoint_interval_seconds : 0;
   auto last_report = Clock::now();
+  const int64_t steps_per_point = StepsPerPoint(steps_per_epoch_, options_.max_step_points);
+  auto close_window = [&] {
+    if (stats.window_steps == 0) return;
+    stats.step_losses.push_back(static_cast<float>(stats.window_loss / stats.window_steps));
+    stats.step_lrs.push_back(static_cast<float>(stats.lr));
+    stats.window_loss = 0;
+    stats.window_steps = 0;
+  };
   int64_t step = first_step;
   while (true) {
     // Preempted: stop at this step boundary, once its state is stored.
@@ -404,6 +424,8 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
     const double step_loss = loss.item<double>();
     FT_RETURN_IF_ERROR(divergence_.Observe(epoch, step, step_loss, stats.lr));
     stats.loss_sum += step_loss * n;
+    stats.window_loss += step_loss;
+    if (++stats.window_steps == steps_per_point) close_window();
     stats.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
     stats.seen += n;
     report_.Step(Seconds(step_start), n);
@@ -431,6 +453,7 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       }
     }
   }
+  close_window();
   bring_up_to_date();
   train_seconds_ += stats.train_seconds;
   return stats;
@@ -528,6 +551,10 @@ std::string EpochLoop::Checkpoint(const CheckpointPosition& position, const Epoc
   w.Int("epoch/seen", stats.seen);
   w.Double("epoch/train_seconds", stats.train_seconds);
   w.Double("epoch/loader_wait_seconds", stats.loader_wait_seconds);
+  w.Tensors("epoch/step_curve", {torch::tensor(stats.step_losses, torch::kFloat32),
+                                 torch::tensor(stats.step_lrs, torch::kFloat32)});
+  w.Double("epoch/window_loss", stats.window_loss);
+  w.Int("epoch/window_steps", stats.window_steps);
   const DivergenceMonitor::State divergence = divergence_.state();
   w.Double("divergence/reference", divergence.reference);
   w.Tensors("divergence/window", {torch::tensor(divergence.window, torch::kFloat64)});
@@ -542,6 +569,21 @@ std::string EpochLoop::Checkpoint(const CheckpointPosition& position, const Epoc
   w.Int("best/is_model", best_is_model ? 1 : 0);
   w.Tensors("best/weights", best_is_model || recipe_.exports_last_epoch() ? std::vector<torch::Tensor>()
                                                                           : result_.best_weights);
+  // The exported epoch's validation, for the model's per-class figures
+  // without a second pass: each image's label, prediction and confidence.
+  if (result_.exported_val.confusion.defined()) {
+    std::vector<int64_t> labels, predicted;
+    std::vector<float> confidence;
+    for (const Prediction& p : result_.exported_val.predictions) {
+      labels.push_back(p.label);
+      predicted.push_back(p.predicted);
+      confidence.push_back(p.confidence);
+    }
+    w.Tensors("val/exported", {result_.exported_val.confusion, torch::tensor(labels, torch::kInt64),
+                               torch::tensor(predicted, torch::kInt64), torch::tensor(confidence, torch::kFloat32),
+                               torch::tensor({result_.exported_val.loss, result_.exported_val.top1,
+                                              result_.exported_val.top5}, torch::kFloat64)});
+  }
   // What the events and metadata.json report.
   w.Bytes("history/last", result_.last_summary.SerializeAsString());
   w.Int("history/size", static_cast<int64_t>(result_.history.size()));
@@ -630,6 +672,18 @@ absl::Status EpochLoop::RestoreFrom(CheckpointReader& reader) {
     resume.stats.seen = reader.Int("epoch/seen");
     resume.stats.train_seconds = reader.Double("epoch/train_seconds");
     resume.stats.loader_wait_seconds = reader.Double("epoch/loader_wait_seconds");
+    // Checkpoints from before the per-step curve resume with the curve's
+    // points of the steps after it only.
+    if (reader.Has("epoch/window_steps")) {
+      const std::vector<torch::Tensor> curve = reader.Tensors("epoch/step_curve");
+      if (curve.size() != 2 || curve[0].numel() != curve[1].numel()) {
+        return absl::FailedPreconditionError("the checkpoint's per-step curve (epoch/step_curve) is malformed");
+      }
+      resume.stats.step_losses = ToFloats(curve[0]);
+      resume.stats.step_lrs = ToFloats(curve[1]);
+      resume.stats.window_loss = reader.Double("epoch/window_loss");
+      resume.stats.window_steps = reader.Int("epoch/window_steps");
+    }
   }
   resume.trained_images = reader.Int("metrics/trained_images");
   resume.epochs_completed = static_cast<int>(reader.Int("metrics/epochs_completed"));
@@ -659,6 +713,23 @@ absl::Status EpochLoop::RestoreFrom(CheckpointReader& reader) {
     if (!result_.history.emplace_back().ParseFromString(reader.Bytes(absl::StrCat("history/", i)))) {
       return absl::FailedPreconditionError(absl::StrCat("the checkpoint's summary of epoch ", i + 1, " does not parse"));
     }
+  }
+  if (reader.Has("val/exported/size")) {
+    const std::vector<torch::Tensor> v = reader.Tensors("val/exported");
+    if (v.size() != 5 || v[1].numel() != v[2].numel() || v[1].numel() != v[3].numel() || v[4].numel() != 3) {
+      return absl::FailedPreconditionError("the checkpoint's exported validation (val/exported) is malformed");
+    }
+    EvalResult& e = result_.exported_val;
+    e.confusion = v[0].to(torch::kCPU).to(torch::kInt64);
+    const torch::Tensor labels = v[1].to(torch::kCPU).contiguous(), predicted = v[2].to(torch::kCPU).contiguous();
+    const torch::Tensor confidence = v[3].to(torch::kCPU).contiguous(), figures = v[4].to(torch::kCPU).contiguous();
+    for (int64_t i = 0; i < labels.numel(); ++i) {
+      e.predictions.push_back({labels.data_ptr<int64_t>()[i], predicted.data_ptr<int64_t>()[i],
+                               confidence.data_ptr<float>()[i]});
+    }
+    e.loss = figures.data_ptr<double>()[0];
+    e.top1 = figures.data_ptr<double>()[1];
+    e.top5 = figures.data_ptr<double>()[2];
   }
   if (!recipe_.exports_last_epoch()) {
     if (reader.Int("best/is_model") != 0) {
@@ -756,6 +827,10 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
       summary.set_cache_dtype(data_.train_features.scalar_type() == torch::kHalf ? "float16" : "float32");
       summary.set_cache_on_disk(data_.cache_on_disk);
     }
+    summary.mutable_step_losses()->Add(stats.step_losses.begin(), stats.step_losses.end());
+    summary.mutable_step_learning_rates()->Add(stats.step_lrs.begin(), stats.step_lrs.end());
+    summary.set_steps_per_point(static_cast<int32_t>(StepsPerPoint(steps_per_epoch_, options_.max_step_points)));
+    summary.set_steps(steps_per_epoch_);
     metrics->set_trained_images(metrics->trained_images() + stats.seen);
     metrics->set_epochs_completed(epoch);
     // Never a NaN epoch, even if one got this far.
@@ -769,6 +844,7 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     } else {
       ++since_best_;
     }
+    if (improved || recipe_.exports_last_epoch()) result_.exported_val = val;
     summary.set_best(improved);
     result_.last_summary = summary;
     result_.history.push_back(summary);

@@ -110,6 +110,9 @@ struct EpochLoopOptions {
   // Written into every checkpoint and required of one to restore
   // (TrainingFingerprint).
   std::string fingerprint;
+  // The most points of an epoch's per-step curve (EpochSummary.step_losses);
+  // a longer epoch is summed in windows of equal steps.
+  int64_t max_step_points = 1000;
 };
 
 // What the epochs leave.
@@ -127,6 +130,10 @@ struct EpochsResult {
   std::vector<torch::Tensor> best_weights;
   // Every epoch's summary, as sent.
   std::vector<pb::EpochSummary> history;
+  // The validation of the epoch that is exported (the best one, or the last
+  // one for --export last): its confusion matrix and predictions. Empty
+  // when a checkpoint from before this was kept left it unknown.
+  EvalResult exported_val;
 };
 
 // Runs a job's epochs. The arguments are not owned and must outlive the
@@ -178,6 +185,11 @@ class EpochLoop {
     int64_t seen = 0;
     double lr = 0;  // at the last step
     double loader_wait_seconds = 0;
+    // The per-step curve (EpochSummary.step_losses): its points so far, and
+    // the window of steps being summed into the next one.
+    std::vector<float> step_losses, step_lrs;
+    double window_loss = 0;
+    int64_t window_steps = 0;
   };
   // Where Restore left the loop.
   struct Resume {

@@ -88,6 +88,14 @@ void Evaluator::Add(const torch::Tensor& logits, const torch::Tensor& labels) {
   top5_ += topk.eq(y.unsqueeze(1)).any(1).sum().item<int64_t>();
   n_ += y.size(0);
   confusion_.index_put_({y, pred}, torch::ones_like(y), /*accumulate=*/true);
+  // The top-1 class (as counted above) and its softmax probability.
+  const torch::Tensor confidence = torch::softmax(l, 1).gather(1, pred.unsqueeze(1)).squeeze(1).contiguous();
+  const torch::Tensor labels64 = y.to(torch::kInt64).contiguous();
+  const torch::Tensor pred64 = pred.contiguous();
+  auto yy = labels64.accessor<int64_t, 1>();
+  auto top = pred64.accessor<int64_t, 1>();
+  auto p = confidence.accessor<float, 1>();
+  for (int64_t i = 0; i < yy.size(0); ++i) predictions_.push_back({yy[i], top[i], p[i]});
 }
 
 EvalResult Evaluator::Result() const {
@@ -98,6 +106,7 @@ EvalResult Evaluator::Result() const {
     r.top5 = static_cast<double>(top5_) / n_;
   }
   r.confusion = confusion_;
+  r.predictions = predictions_;
   return r;
 }
 
@@ -162,29 +171,6 @@ EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::De
 
 void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m) {
   FillClassMetricsInto(r, classes, m->mutable_test_per_class(), m->mutable_test_confusion());
-}
-
-EvalResult EvaluatePredicting(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device, int64_t classes, std::vector<Prediction>* predictions) {
-  model.eval();
-  torch::NoGradGuard no_grad;
-  BatchLoader loader(&set, InOrder(set), options);
-  Evaluator eval(classes);
-  predictions->clear();
-  predictions->reserve(set.size());
-  while (auto batch = loader.Next()) {
-    auto logits = model.forward({batch->images.to(device, /*non_blocking=*/true)}).toTensor();
-    eval.Add(logits, batch->labels);
-    auto [confidence, predicted] = torch::softmax(logits.to(torch::kCPU).to(torch::kFloat32), 1).max(1);
-    const torch::Tensor labels = batch->labels.to(torch::kCPU).to(torch::kInt64).contiguous();
-    confidence = confidence.contiguous();
-    predicted = predicted.contiguous();
-    auto y = labels.accessor<int64_t, 1>();
-    auto top = predicted.accessor<int64_t, 1>();
-    auto p = confidence.accessor<float, 1>();
-    for (int64_t i = 0; i < y.size(0); ++i) predictions->push_back({y[i], top[i], p[i]});
-  }
-  return eval.Result();
 }
 
 std::vector<size_t> PickMisclassified(const std::vector<Prediction>& predictions, size_t max) {
@@ -264,9 +250,8 @@ absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<d
   p.set_phase("test");
   report.Progress(p);
   FT_ASSIGN_OR_RETURN(ImageSet test_set, DecodeSamples(samples, options.decode));
-  std::vector<Prediction> predictions;
-  const EvalResult test = EvaluatePredicting(model, test_set, options.loader, options.device,
-                                             static_cast<int64_t>(classes.size()), &predictions);
+  const EvalResult test =
+      Evaluate(model, test_set, options.loader, options.device, static_cast<int64_t>(classes.size()));
   metrics->set_has_test(true);
   metrics->set_test_accuracy(static_cast<float>(test.top1));
   metrics->set_test_top5_accuracy(static_cast<float>(test.top5));
@@ -276,27 +261,27 @@ absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<d
         "the trained model's test loss is ", std::isnan(test.loss) ? "NaN" : "infinite", "; it is not stored"));
   }
   FillClassMetrics(test, classes, metrics);
-  FT_RETURN_IF_ERROR(FillMisclassified(test_set, samples, predictions, options.dataset_root,
+  FT_RETURN_IF_ERROR(FillMisclassified(test_set, samples, test.predictions, options.dataset_root,
                                        metrics->mutable_test_misclassified()));
   report.Info(absl::StrFormat("test: top-1 %.4f, top-5 %.4f on %d images", test.top1, test.top5,
                               test_set.images.size()));
   return static_cast<int64_t>(test_set.images.size());
 }
 
-absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val,
+absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val, const EvalResult& exported,
                                 const std::vector<datasets::Sample>& samples,
                                 const std::vector<std::string>& classes, const SplitEvalOptions& options,
                                 const Reporter& report, pb::JobMetrics* metrics) {
-  std::vector<Prediction> predictions;
-  const EvalResult r = EvaluatePredicting(model, val, options.loader, options.device,
-                                          static_cast<int64_t>(classes.size()), &predictions);
+  const bool known = exported.predictions.size() == val.size() && exported.confusion.defined();
+  const EvalResult r =
+      known ? exported : Evaluate(model, val, options.loader, options.device, static_cast<int64_t>(classes.size()));
   FillClassMetricsInto(r, classes, metrics->mutable_val_per_class(), metrics->mutable_val_confusion());
   FT_RETURN_IF_ERROR(
-      FillMisclassified(val, samples, predictions, options.dataset_root, metrics->mutable_val_misclassified()));
-  report.Info(absl::StrFormat("no test split: per-class metrics of the exported weights on the %d validation "
-                              "images (top-1 %.4f), %d of them misclassified",
-                              val.size(), r.top1,
-                              std::count_if(predictions.begin(), predictions.end(),
+      FillMisclassified(val, samples, r.predictions, options.dataset_root, metrics->mutable_val_misclassified()));
+  report.Info(absl::StrFormat("no test split: per-class metrics of the exported epoch on the %d validation images "
+                              "(top-1 %.4f%s), %d of them misclassified",
+                              val.size(), r.top1, known ? "" : ", evaluated again after a resume",
+                              std::count_if(r.predictions.begin(), r.predictions.end(),
                                             [](const Prediction& p) { return p.predicted != p.label; })));
   return absl::OkStatus();
 }

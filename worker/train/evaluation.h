@@ -22,14 +22,24 @@
 
 namespace ft::worker {
 
+// One image's label, the model's top-1 class and its softmax probability.
+struct Prediction {
+  int64_t label = 0;
+  int64_t predicted = 0;
+  float confidence = 0;
+};
+
 struct EvalResult {
   double loss = 0;  // mean cross-entropy, unsmoothed and unweighted
   double top1 = 0;
   double top5 = 0;
   torch::Tensor confusion;  // int64 [C, C]: true x predicted
+  // Each image's, in the order evaluated (that of the set).
+  std::vector<Prediction> predictions;
 };
 
-// Accumulates loss, top-1, top-5 and the confusion matrix over batches.
+// Accumulates loss, top-1, top-5, the confusion matrix and each image's
+// prediction over batches.
 class Evaluator {
  public:
   explicit Evaluator(int64_t classes);
@@ -39,6 +49,7 @@ class Evaluator {
 
  private:
   torch::Tensor confusion_;
+  std::vector<Prediction> predictions_;
   double loss_ = 0;
   int64_t top1_ = 0, top5_ = 0, n_ = 0;
 };
@@ -78,18 +89,6 @@ EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::De
 // Per-class precision, recall, F1 and support, and the confusion matrix
 // (row-major, true x predicted), as the metrics' test_* fields.
 void FillClassMetrics(const EvalResult& r, const std::vector<std::string>& classes, pb::JobMetrics* m);
-
-// One image's label, the model's top-1 class and its softmax probability.
-struct Prediction {
-  int64_t label = 0;
-  int64_t predicted = 0;
-  float confidence = 0;
-};
-
-// As Evaluate(model, ...), and also each image's prediction, in the order
-// of `set`.
-EvalResult EvaluatePredicting(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                              torch::Device device, int64_t classes, std::vector<Prediction>* predictions);
 
 // The misclassified images recorded per split (JobMetrics.*_misclassified),
 // at most, and their thumbnails' size and budget: a job's record stays small.
@@ -131,10 +130,14 @@ absl::StatusOr<int64_t> TestModel(torch::jit::Module& model, const std::vector<d
                                   const std::vector<std::string>& classes, const SplitEvalOptions& options,
                                   const Reporter& report, pb::JobMetrics* metrics);
 
-// For a dataset without a test split: the model (the exported weights) on
-// the already decoded validation split `val` (of `samples`), filling the
-// metrics' val_per_class, val_confusion and val_misclassified.
-absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val,
+// For a dataset without a test split: the exported epoch's own validation
+// `exported` (EpochsResult::exported_val) of the already decoded validation
+// split `val` (of `samples`), filling the metrics' val_per_class,
+// val_confusion and val_misclassified. When `exported` holds no prediction
+// for each image of `val` (a job resumed past that epoch from a checkpoint
+// of before this was kept), the model (the exported weights) is evaluated
+// on `val` instead.
+absl::Status DescribeValidation(torch::jit::Module& model, const ImageSet& val, const EvalResult& exported,
                                 const std::vector<datasets::Sample>& samples,
                                 const std::vector<std::string>& classes, const SplitEvalOptions& options,
                                 const Reporter& report, pb::JobMetrics* metrics);

@@ -143,6 +143,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
                                                  ? spec.checkpoint_interval_seconds()
                                                  : kDefaultCheckpointIntervalSeconds;
   loop_options.clock = options.clock;
+  loop_options.max_step_points = options.max_step_points;
   loop_options.fingerprint =
       TrainingFingerprint(options.job_id, spec, data.layout.classes, data.train.labels, data.val.labels);
   EpochLoop loop(recipe, loop_options, model, backbone, epoch_data, std::move(loss), plans, data.num_classes(),
@@ -169,7 +170,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   } else {
     // The report's confusion matrix and gallery then come from validation.
     FT_RETURN_IF_ERROR(
-        DescribeValidation(model, data.val, data.layout.val, data.layout.classes, split_eval, report, &result.metrics));
+        DescribeValidation(model, data.val, epochs.exported_val, data.layout.val,
+                                                data.layout.classes, split_eval, report, &result.metrics));
   }
   model.eval();
   model.to(torch::kCPU);

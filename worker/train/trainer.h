@@ -39,6 +39,8 @@ struct TrainerOptions {
   std::string resume;
   // Measures checkpoint_interval_seconds; not owned; null: the real clock.
   util::Clock* clock = nullptr;
+  // The most points of an epoch's per-step curve (EpochLoopOptions).
+  int64_t max_step_points = 1000;
 };
 
 struct TrainResult {

@@ -449,7 +449,9 @@ class Job:
         return self._client.download_model(self.model_id, dir)
 
     def plot(self):
-        """Loss and accuracy per epoch, train and val, with matplotlib; returns the Figure."""
+        """Loss and accuracy per epoch, train and val, and the loss of every
+        training step (when the worker recorded it), with matplotlib; returns
+        the Figure."""
         try:
             import matplotlib.pyplot as plt
         except ImportError:
@@ -459,12 +461,26 @@ class Job:
         if not history:
             raise ValueError(f"job {self.id} has no finished epoch to plot")
         epochs = [h["epoch"] for h in history]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        steps = all(h.get("step_losses") and h.get("steps") for h in history)
+        fig, axes = plt.subplots(1, 3 if steps else 2, figsize=(15 if steps else 10, 4))
         for ax, metric in zip(axes, ("loss", "accuracy")):
             for split in ("train", "val"):
                 ax.plot(epochs, [h[f"{split}_{metric}"] for h in history], marker="o", label=split)
             ax.set(title=metric, xlabel="epoch")
             ax.legend()
+        if steps:
+            # A point stands for steps_per_point steps (the last one of an
+            # epoch maybe fewer); x is the last step it stands for.
+            xs, ys, offset = [], [], 0
+            for h in history:
+                per_point = max(1, int(h.get("steps_per_point", 1)))
+                for i, loss in enumerate(h["step_losses"]):
+                    xs.append(offset + min((i + 1) * per_point, int(h["steps"])))
+                    ys.append(loss)
+                offset += int(h["steps"])
+                axes[2].axvline(offset, color="grey", linestyle=":", linewidth=0.8)
+            axes[2].plot(xs, ys, linewidth=1, label="train")
+            axes[2].set(title="loss per step", xlabel="step")
         fig.suptitle(f"{self.id} ({self.proto.spec.backbone})")
         fig.tight_layout()
         return fig
