@@ -15,7 +15,7 @@ BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libsqlite3-dev libssl-dev zlib1g-dev nlohmann-json3-dev prometheus-cpp-dev libarchive-dev
+  libsqlite3-dev libpq-dev libssl-dev zlib1g-dev nlohmann-json3-dev prometheus-cpp-dev libarchive-dev
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libgtest-dev libgmock-dev libgoogle-perftools-dev libcairo2-dev
   libonnx-dev
@@ -23,6 +23,7 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy
   dataset-fashion-mnist prometheus
+  postgresql
   openssl python3-grpcio python3-protobuf
   python3-venv python3-pip python3-setuptools python3-wheel python3-tqdm python3-matplotlib
   chromium

@@ -20,7 +20,12 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once serving");
-ABSL_FLAG(std::string, data_dir, "./var", "database, models, checkpoints, uploads");
+ABSL_FLAG(std::string, data_dir, "./var", "the SQLite job store (without --database), models, checkpoints, uploads");
+ABSL_FLAG(std::string, database, "",
+          "the job store: empty for SQLite at <data-dir>/finetuned.db, or a PostgreSQL URL "
+          "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAM=VALUE...] (libpq's; PGPASSWORD or ~/.pgpass keep "
+          "the password out of the command line). Jobs and events only: models, checkpoints and uploads stay in "
+          "--data-dir");
 ABSL_FLAG(int, local_workers, 1, "local finetune-worker processes; 0 means external workers only");
 ABSL_FLAG(std::string, dataset_roots, "",
           "comma-separated directories file:// datasets may be read from "
@@ -75,6 +80,7 @@ int Run() {
   ft::server::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.database = absl::GetFlag(FLAGS_database);
   for (absl::string_view r : absl::StrSplit(absl::GetFlag(FLAGS_dataset_roots), ',', absl::SkipEmpty())) {
     o.dataset_roots.emplace_back(r);
   }

@@ -23,6 +23,7 @@
 #include "server/datasets/dataset_store.h"
 #include "server/events/event_hub.h"
 #include "server/jobs/job_manager.h"
+#include "server/jobs/postgres_job_store.h"
 #include "server/jobs/sqlite_job_store.h"
 #include "server/metrics/server_metrics.h"
 #include "server/models/model_store.h"
@@ -43,7 +44,7 @@ struct Server::Parts {
   ServerOptions options;
   util::RealClock real_clock;
   util::Clock* clock = nullptr;
-  std::unique_ptr<SqliteJobStore> store;
+  std::unique_ptr<JobStore> store;
   std::unique_ptr<FilesystemModelStore> models;
   std::unique_ptr<datasets::DatasetStore> datasets;
   std::unique_ptr<CheckpointStore> checkpoints;
@@ -83,6 +84,24 @@ bool IsLoopback(const std::string& listen) {
   std::string host = listen.substr(0, listen.rfind(':'));
   if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) host = host.substr(1, host.size() - 2);
   return absl::StartsWith(host, "127.") || host == "localhost" || host == "::1";
+}
+
+// SQLite in the data dir, or the PostgreSQL database `o.database` names.
+absl::StatusOr<std::unique_ptr<JobStore>> OpenJobStore(const ServerOptions& o, util::Clock* clock) {
+  if (o.database.empty()) {
+    FT_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, SqliteJobStore::Create({o.data_dir + "/finetuned.db", clock}));
+    return store;
+  }
+  if (!IsPostgresUrl(o.database)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--database must be a postgresql:// or postgres:// URL (or empty, for SQLite in --data-dir), got '",
+        RedactDatabaseUrl(o.database), "'"));
+  }
+  PostgresJobStoreOptions po;
+  po.url = o.database;
+  po.clock = clock;
+  FT_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, PostgresJobStore::Create(po));
+  return store;
 }
 
 absl::Status CheckExposure(const ServerOptions& o) {
@@ -164,7 +183,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
     FT_ASSIGN_OR_RETURN(p->audit, auth::AuditLog::Open(o.audit_log));
   }
 
-  FT_ASSIGN_OR_RETURN(p->store, SqliteJobStore::Create({o.data_dir + "/finetuned.db", p->clock}));
+  FT_ASSIGN_OR_RETURN(p->store, OpenJobStore(o, p->clock));
   FT_ASSIGN_OR_RETURN(p->models, FilesystemModelStore::Create({o.data_dir + "/models", p->clock}));
   datasets::DatasetStoreOptions dso;
   dso.root = o.data_dir + "/datasets-uploaded";
@@ -269,6 +288,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   util::Log("info", "finetuned", "serving",
             {{"port", absl::StrCat(p->port)},
              {"data_dir", o.data_dir},
+             {"database", o.database.empty() ? "sqlite" : RedactDatabaseUrl(o.database)},
              {"tls", o.tls_cert.empty() ? "off" : (o.tls_client_ca.empty() ? "on" : "mutual")},
              {"auth", o.auth_file.empty() ? "off" : absl::StrCat(p->authenticator->file_identities(), " identities")}});
   return std::unique_ptr<Server>(new Server(std::move(p)));

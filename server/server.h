@@ -22,6 +22,10 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";
   // Database, models, uploads, the local workers' work dirs.
   std::string data_dir = "./var";
+  // The job store: empty for SQLite at <data_dir>/finetuned.db, or a
+  // postgresql:// (postgres://) URL for that PostgreSQL database. Models,
+  // checkpoints and uploads stay in data_dir either way.
+  std::string database;
   // The only places file:// datasets may be read from; empty means
   // <data_dir>/datasets and /usr/share/datasets.
   std::vector<std::string> dataset_roots;

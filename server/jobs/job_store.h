@@ -34,8 +34,8 @@ struct ExpiredLease {
 // disagree.
 //
 // Implementations are thread-safe. Errors: NOT_FOUND for an unknown job,
-// FAILED_PRECONDITION for a lease that is no longer valid, INTERNAL for a
-// storage failure.
+// FAILED_PRECONDITION for a lease that is no longer valid, UNAVAILABLE when
+// a database server cannot be reached, INTERNAL for another storage failure.
 class JobStore {
  public:
   virtual ~JobStore() = default;

@@ -2,20 +2,15 @@
 
 #include <sqlite3.h>
 
-#include <random>
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/util/time_util.h"
 #include "common/util/status.h"
 #include "common/util/tenant.h"
+#include "server/jobs/job_records.h"
 
 namespace ft::server {
 namespace {
-
-using google::protobuf::util::TimeUtil;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,10 +42,6 @@ CREATE TABLE IF NOT EXISTS events (
   PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 )sql";
-
-constexpr const char* kJobColumns =
-    "id, state, resolved, attempts, error, model_id, metrics, create_us, start_us, end_us, "
-    "worker_id, cancel_requested, last_seq, tenant";
 
 // Databases made before tenants lack the column; every job in them belongs
 // to the default tenant, which is what the column's default says.
@@ -113,45 +104,27 @@ class Stmt {
   int rc_;
 };
 
-int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
-
-void SetTimestamp(int64_t us, google::protobuf::Timestamp* ts) {
-  if (us > 0) *ts = TimeUtil::MicrosecondsToTimestamp(us);
-}
-
-std::string NewId(const char* prefix) {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  return absl::StrFormat("%s%012x", prefix, rng() & 0xffffffffffffULL);
-}
-
+// The row at `s`, selected with kJobColumns.
 absl::StatusOr<pb::Job> JobFromRow(Stmt& s) {
-  pb::Job job;
-  job.set_id(s.Text(0));
-  job.set_state(static_cast<pb::JobState>(s.Int(1)));
-  pb::ResolvedJob resolved;
-  if (!resolved.ParseFromString(s.Text(2))) {
-    return absl::DataLossError(absl::StrCat("job ", job.id(), " has a corrupt spec"));
-  }
-  *job.mutable_spec() = resolved.spec();
-  job.set_attempts(static_cast<int32_t>(s.Int(3)));
-  job.set_error(s.Text(4));
-  job.set_model_id(s.Text(5));
-  job.mutable_metrics()->ParseFromString(s.Text(6));
-  SetTimestamp(s.Int(7), job.mutable_create_time());
-  SetTimestamp(s.Int(8), job.mutable_start_time());
-  SetTimestamp(s.Int(9), job.mutable_end_time());
-  job.set_worker_id(s.Text(10));
-  job.set_cancel_requested(s.Int(11) != 0);
-  job.set_last_sequence(s.Int(12));
-  job.set_tenant(s.Text(13));
-  return job;
+  JobRow row;
+  row.id = s.Text(0);
+  row.state = s.Int(1);
+  row.resolved = s.Text(2);
+  row.attempts = s.Int(3);
+  row.error = s.Text(4);
+  row.model_id = s.Text(5);
+  row.metrics = s.Text(6);
+  row.create_us = s.Int(7);
+  row.start_us = s.Int(8);
+  row.end_us = s.Int(9);
+  row.worker_id = s.Text(10);
+  row.cancel_requested = s.Int(11) != 0;
+  row.last_seq = s.Int(12);
+  row.tenant = s.Text(13);
+  return ft::server::JobFromRow(row);
 }
 
 }  // namespace
-
-bool IsTerminal(pb::JobState state) {
-  return state == pb::SUCCEEDED || state == pb::FAILED || state == pb::CANCELLED;
-}
 
 absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Create(
     const SqliteJobStoreOptions& options) {
@@ -225,7 +198,7 @@ absl::StatusOr<pb::Job> SqliteJobStore::LoadJobLocked(const std::string& job_id)
   Stmt s(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = ?"));
   s.Bind(1, job_id);
   FT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
+  if (!row) return NoSuchJob(job_id);
   return JobFromRow(s);
 }
 
@@ -234,10 +207,8 @@ absl::StatusOr<pb::JobEvent> SqliteJobStore::AppendEventLocked(const std::string
   Stmt q(db_, "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq");
   q.Bind(1, job_id);
   FT_ASSIGN_OR_RETURN(bool row, q.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
-  event.set_job_id(job_id);
-  event.set_sequence(q.Int(0));
-  *event.mutable_time() = TimeUtil::MicrosecondsToTimestamp(ToMicros(clock_->Now()));
+  if (!row) return NoSuchJob(job_id);
+  StampEvent(job_id, q.Int(0), clock_->Now(), &event);
   Stmt ins(db_, "INSERT INTO events(job_id, seq, data) VALUES (?, ?, ?)");
   ins.Bind(1, job_id).Bind(2, event.sequence()).BindBlob(3, event.SerializeAsString());
   FT_RETURN_IF_ERROR(ins.Run());
@@ -249,16 +220,9 @@ absl::Status SqliteJobStore::AppendStateLocked(const std::string& job_id, pb::Jo
                                                const std::string& worker_id,
                                                const std::string& model_id, int32_t resumed_epoch,
                                                int64_t resumed_step) {
-  pb::JobEvent event;
-  auto* sc = event.mutable_state_changed();
-  sc->set_state(state);
-  sc->set_message(message);
-  sc->set_attempt(attempt);
-  sc->set_worker_id(worker_id);
-  sc->set_model_id(model_id);
-  sc->set_resumed_epoch(resumed_epoch);
-  sc->set_resumed_step(resumed_step);
-  return AppendEventLocked(job_id, std::move(event)).status();
+  return AppendEventLocked(job_id, StateChangedEvent(state, message, attempt, worker_id, model_id,
+                                                     {resumed_epoch, resumed_step}))
+      .status();
 }
 
 absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
@@ -271,7 +235,7 @@ absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
       FT_ASSIGN_OR_RETURN(bool row, s.Step());
       if (row) return LoadJobLocked(s.Text(0));
     }
-    const std::string id = NewId("job-");
+    const std::string id = NewStoreId("job-");
     Stmt ins(db_,
              "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant) "
              "VALUES (?, ?, ?, ?, ?, ?, ?)");
@@ -363,13 +327,11 @@ absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::Wor
         if (!row) return std::optional<LeasedJob>();
         LeasedJob leased;
         const std::string id = s.Text(0);
-        if (!leased.job.ParseFromString(s.Text(1))) {
-          return absl::DataLossError(absl::StrCat("job ", id, " has a corrupt spec"));
-        }
+        FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(id, s.Text(1)));
         const int attempt = static_cast<int>(s.Int(2)) + 1;
         const int64_t now = ToMicros(clock_->Now());
         const int64_t start = s.Int(3) > 0 ? s.Int(3) : now;
-        const std::string lease_id = NewId("lease-");
+        const std::string lease_id = NewStoreId("lease-");
         Stmt u(db_,
                "UPDATE jobs SET state = ?, attempts = ?, start_us = ?, worker_id = ?, "
                "lease_id = ?, lease_expires_us = ? WHERE id = ?");
@@ -382,14 +344,9 @@ absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::Wor
             .Bind(7, id);
         FT_RETURN_IF_ERROR(u.Run());
         const ResumePoint resume = resume_point ? resume_point(id) : ResumePoint();
-        std::string message = absl::StrCat("running on ", worker.worker_id(), " (", worker.device(), ")");
-        if (resume.epoch > 0) absl::StrAppend(&message, ", resuming at epoch ", resume.epoch, ", step ", resume.step);
-        FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::RUNNING, message, attempt, worker.worker_id(), "",
-                                             resume.epoch, resume.step));
-        leased.lease.set_lease_id(lease_id);
-        leased.lease.set_job_id(id);
-        leased.lease.set_ttl_seconds(static_cast<int32_t>(absl::ToInt64Seconds(ttl)));
-        leased.lease.set_attempt(attempt);
+        FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::RUNNING, RunningMessage(worker, resume), attempt,
+                                             worker.worker_id(), "", resume.epoch, resume.step));
+        leased.lease = NewLease(id, lease_id, ttl, attempt);
         return std::optional<LeasedJob>(std::move(leased));
       });
 }
@@ -399,12 +356,8 @@ absl::Status SqliteJobStore::CheckLeaseLocked(const std::string& job_id,
   Stmt s(db_, "SELECT state, lease_id FROM jobs WHERE id = ?");
   s.Bind(1, job_id);
   FT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
-  if (s.Int(0) != pb::RUNNING || s.Text(1) != lease_id || lease_id.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("lease ", lease_id, " no longer holds job ", job_id));
-  }
-  return absl::OkStatus();
+  if (!row) return NoSuchJob(job_id);
+  return CheckLeaseHolds(job_id, lease_id, s.Int(0), s.Text(1));
 }
 
 absl::Status SqliteJobStore::CheckLease(const std::string& job_id, const std::string& lease_id) {
@@ -442,10 +395,8 @@ absl::StatusOr<pb::Job> SqliteJobStore::ReturnJob(const std::string& job_id, con
     Stmt u(db_, "UPDATE jobs SET state = ?, attempts = ?, lease_id = '', lease_expires_us = 0 WHERE id = ?");
     u.Bind(1, pb::QUEUED).Bind(2, attempts).Bind(3, job_id);
     FT_RETURN_IF_ERROR(u.Run());
-    FT_RETURN_IF_ERROR(AppendStateLocked(
-        job_id, pb::QUEUED,
-        absl::StrCat("worker ", job.worker_id(), " gave the job back (", reason, "); re-queued to resume"),
-        job.attempts(), job.worker_id(), ""));
+    FT_RETURN_IF_ERROR(AppendStateLocked(job_id, pb::QUEUED, ReturnedMessage(job.worker_id(), reason),
+                                         job.attempts(), job.worker_id(), ""));
     return LoadJobLocked(job_id);
   });
 }
@@ -481,10 +432,7 @@ absl::StatusOr<pb::Job> SqliteJobStore::FinishJob(const std::string& job_id,
         .Bind(5, ToMicros(clock_->Now()))
         .Bind(6, job_id);
     FT_RETURN_IF_ERROR(u.Run());
-    std::string message = result.state() == pb::SUCCEEDED   ? "succeeded"
-                          : result.state() == pb::CANCELLED ? "cancelled"
-                                                            : result.error();
-    FT_RETURN_IF_ERROR(AppendStateLocked(job_id, result.state(), message, job.attempts(),
+    FT_RETURN_IF_ERROR(AppendStateLocked(job_id, result.state(), FinishedMessage(result), job.attempts(),
                                          job.worker_id(), result.model_id()));
     return LoadJobLocked(job_id);
   });
@@ -536,27 +484,14 @@ absl::StatusOr<std::vector<ExpiredLease>> SqliteJobStore::ExpireLeases(int max_a
         }
         std::vector<ExpiredLease> out;
         for (const Row& r : rows) {
-          pb::JobState next = pb::QUEUED;
-          std::string message =
-              absl::StrCat("worker ", r.worker, " stopped renewing its lease; re-queued");
-          std::string error;
-          if (r.cancel) {
-            next = pb::CANCELLED;
-            message = absl::StrCat("cancelled (worker ", r.worker, " stopped answering)");
-          } else if (r.attempts >= max_attempts) {
-            next = pb::FAILED;
-            error = absl::StrCat("the job's worker was lost on each of ", r.attempts,
-                                 " attempts (last: ", r.worker,
-                                 "); the job may crash the worker");
-            message = error;
-          }
+          const LeaseExpiry next = ExpireLease(r.worker, r.attempts, r.cancel, max_attempts);
           Stmt u(db_,
                  "UPDATE jobs SET state = ?, error = ?, lease_id = '', lease_expires_us = 0, "
                  "end_us = ? WHERE id = ?");
-          u.Bind(1, next).Bind(2, error).Bind(3, IsTerminal(next) ? now : 0).Bind(4, r.id);
+          u.Bind(1, next.state).Bind(2, next.error).Bind(3, IsTerminal(next.state) ? now : 0).Bind(4, r.id);
           FT_RETURN_IF_ERROR(u.Run());
-          FT_RETURN_IF_ERROR(AppendStateLocked(r.id, next, message, r.attempts, r.worker, ""));
-          out.push_back({r.id, next});
+          FT_RETURN_IF_ERROR(AppendStateLocked(r.id, next.state, next.message, r.attempts, r.worker, ""));
+          out.push_back({r.id, next.state});
         }
         return out;
       });
@@ -599,12 +534,8 @@ absl::StatusOr<pb::ResolvedJob> SqliteJobStore::GetResolvedJob(const std::string
   Stmt s(db_, "SELECT resolved FROM jobs WHERE id = ?");
   s.Bind(1, job_id);
   FT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no job with id ", job_id));
-  pb::ResolvedJob resolved;
-  if (!resolved.ParseFromString(s.Text(0))) {
-    return absl::DataLossError(absl::StrCat("job ", job_id, " has a corrupt spec"));
-  }
-  return resolved;
+  if (!row) return NoSuchJob(job_id);
+  return ParseResolvedJob(job_id, s.Text(0));
 }
 
 }  // namespace ft::server

@@ -18,12 +18,16 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/unit/postgres_fixture.h"
 #include "tests/unit/test_dirs.h"
 
 namespace ft::server {
 namespace {
 namespace fs = std::filesystem;
 namespace pb = ::finetune::v1;
+
+[[maybe_unused]] ::testing::Environment* const kPostgres =
+    ::testing::AddGlobalTestEnvironment(new testing::PostgresEnvironment);
 
 // A tool that blocks until released, and counts who is inside.
 class BlockingTools final : public ToolRunner {
@@ -67,6 +71,7 @@ class ServerTest : public testing::TempDirTest {
     ServerOptions o;
     o.listen = "127.0.0.1:0";
     o.data_dir = (dir_ / "var").string();
+    o.database = database_;
     o.dataset_roots = {(dir_ / "data").string()};
     o.local_workers = 0;
     o.tool_runner = &tools_;
@@ -182,6 +187,36 @@ class ServerTest : public testing::TempDirTest {
     EXPECT_TRUE(stream->Finish().ok());
   }
 
+  // Submit, a worker's run, live and replayed watches, through the server.
+  void CheckSubmitLeaseEventsWatchAndResult() {
+    Start();
+    EXPECT_GT(server_->port(), 0);
+    EXPECT_EQ(Health(""), "SERVING");
+    const pb::Job job = Submit();
+    EXPECT_EQ(job.state(), pb::QUEUED);
+    // A watcher from the start sees everything, live, in order, then ends.
+    std::vector<pb::JobEvent> live;
+    std::thread watcher([&] { live = Watch(job.id()); });
+    RunFakeWorker(/*progress_events=*/25, pb::FAILED);
+    watcher.join();
+    pb::Job done;
+    ASSERT_TRUE(GetJob(job.id(), &done).ok());
+    EXPECT_EQ(done.state(), pb::FAILED);
+    EXPECT_EQ(done.error(), "the test worker says so");
+    ASSERT_FALSE(live.empty());
+    for (size_t i = 0; i < live.size(); ++i) EXPECT_EQ(live[i].sequence(), static_cast<int64_t>(i + 1));
+    int steps = 0;
+    for (const auto& e : live) steps += e.has_progress();
+    EXPECT_EQ(steps, 25);
+    EXPECT_EQ(live.back().sequence(), done.last_sequence());
+    // A late watcher replays the same sequence.
+    const auto replay = Watch(job.id());
+    ASSERT_EQ(replay.size(), live.size());
+    for (size_t i = 0; i < live.size(); ++i) EXPECT_EQ(replay[i].SerializeAsString(), live[i].SerializeAsString());
+  }
+
+  // ServerOptions::database for Start().
+  std::string database_;
   BlockingTools tools_;
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -190,30 +225,44 @@ class ServerTest : public testing::TempDirTest {
 };
 
 TEST_F(ServerTest, SubmitLeaseEventsWatchAndResult) {
-  Start();
-  EXPECT_GT(server_->port(), 0);
-  EXPECT_EQ(Health(""), "SERVING");
-  const pb::Job job = Submit();
-  EXPECT_EQ(job.state(), pb::QUEUED);
-  // A watcher from the start sees everything, live, in order, then ends.
-  std::vector<pb::JobEvent> live;
-  std::thread watcher([&] { live = Watch(job.id()); });
-  RunFakeWorker(/*progress_events=*/25, pb::FAILED);
-  watcher.join();
-  pb::Job done;
-  ASSERT_TRUE(GetJob(job.id(), &done).ok());
-  EXPECT_EQ(done.state(), pb::FAILED);
-  EXPECT_EQ(done.error(), "the test worker says so");
-  ASSERT_FALSE(live.empty());
-  for (size_t i = 0; i < live.size(); ++i) EXPECT_EQ(live[i].sequence(), static_cast<int64_t>(i + 1));
-  int steps = 0;
-  for (const auto& e : live) steps += e.has_progress();
-  EXPECT_EQ(steps, 25);
-  EXPECT_EQ(live.back().sequence(), done.last_sequence());
-  // A late watcher replays the same sequence.
-  const auto replay = Watch(job.id());
-  ASSERT_EQ(replay.size(), live.size());
-  for (size_t i = 0; i < live.size(); ++i) EXPECT_EQ(replay[i].SerializeAsString(), live[i].SerializeAsString());
+  CheckSubmitLeaseEventsWatchAndResult();
+  EXPECT_TRUE(fs::exists(dir_ / "var/finetuned.db"));
+}
+
+// The same through PostgresJobStore: --database switches every part of the
+// server that keeps jobs and events.
+TEST_F(ServerTest, SubmitLeaseEventsWatchAndResultOnPostgres) {
+  auto pg = testing::SharedPostgres();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  auto db = (*pg)->CreateDatabase();
+  ASSERT_TRUE(db.ok()) << db.status();
+  database_ = (*pg)->Url(*db);
+  CheckSubmitLeaseEventsWatchAndResult();
+  EXPECT_FALSE(fs::exists(dir_ / "var/finetuned.db"));
+  auto stored = (*pg)->Query(*db, "SELECT COUNT(*), MAX(state) FROM jobs");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0], (std::vector<std::string>{"1", std::to_string(pb::FAILED)}));
+}
+
+TEST_F(ServerTest, ABadDatabaseIsAStartupErrorWithoutThePassword) {
+  ServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.data_dir = (dir_ / "var").string();
+  o.local_workers = 0;
+  o.tool_runner = &tools_;
+  // Nothing listens on port 1.
+  o.database = "postgresql://ft:Hunter2-Secret@127.0.0.1:1/jobs";
+  auto down = Server::Create(o);
+  EXPECT_TRUE(absl::IsUnavailable(down.status())) << down.status();
+  EXPECT_NE(down.status().message().find("cannot connect to PostgreSQL at postgresql://ft:***@127.0.0.1:1/jobs"),
+            std::string::npos)
+      << down.status();
+  EXPECT_EQ(down.status().message().find("Hunter2-Secret"), std::string::npos) << down.status();
+  o.database = "sqlite:///tmp/x.db";
+  auto other = Server::Create(o);
+  EXPECT_TRUE(absl::IsInvalidArgument(other.status())) << other.status();
+  EXPECT_NE(other.status().message().find("--database must be a postgresql://"), std::string::npos)
+      << other.status();
 }
 
 TEST_F(ServerTest, SlowToolsNeverHoldUpFastCalls) {
