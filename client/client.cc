@@ -94,11 +94,17 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
   auto backoff = kFirstReconnect;
   // Waited for kReconnectFor from when the server was lost (an event read
   // since then starts the wait afresh), however long the watch has run.
-  std::optional<std::chrono::steady_clock::time_point> lost_since;
+  // A flag and a time rather than a std::optional, which GCC 12 at -O3
+  // wrongly reports as maybe-uninitialized (an error with FT_WERROR).
+  bool lost = false;
+  std::chrono::steady_clock::time_point lost_since{};
   auto gave_up = [&] {
     const auto now = std::chrono::steady_clock::now();
-    if (!lost_since) lost_since = now;
-    return now - *lost_since > kReconnectFor;
+    if (!lost) {
+      lost = true;
+      lost_since = now;
+    }
+    return now - lost_since > kReconnectFor;
   };
   while (true) {
     grpc::ClientContext ctx;
@@ -109,7 +115,7 @@ absl::StatusOr<pb::Job> Client::Watch(const std::string& job_id, int64_t from_se
     pb::JobEvent event;
     while (reader->Read(&event)) {
       connected = true;
-      lost_since.reset();
+      lost = false;
       backoff = kFirstReconnect;
       next = event.sequence() + 1;
       on_event(event);

@@ -26,6 +26,9 @@ ABSL_FLAG(std::string, database, "",
           "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAM=VALUE...] (libpq's; PGPASSWORD or ~/.pgpass keep "
           "the password out of the command line). Jobs and events only: models, checkpoints and uploads stay in "
           "--data-dir");
+ABSL_FLAG(std::string, replica_id, "",
+          "this replica's name among several on one --database and --data-dir (default with PostgreSQL: "
+          "<hostname>-<pid>; with SQLite: none)");
 ABSL_FLAG(int, local_workers, 1, "local finetune-worker processes; 0 means external workers only");
 ABSL_FLAG(std::string, dataset_roots, "",
           "comma-separated directories file:// datasets may be read from "
@@ -81,6 +84,7 @@ int Run() {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.database = absl::GetFlag(FLAGS_database);
+  o.replica_id = absl::GetFlag(FLAGS_replica_id);
   for (absl::string_view r : absl::StrSplit(absl::GetFlag(FLAGS_dataset_roots), ',', absl::SkipEmpty())) {
     o.dataset_roots.emplace_back(r);
   }

@@ -1,5 +1,11 @@
 #include "server/server.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -104,6 +110,30 @@ absl::StatusOr<std::unique_ptr<JobStore>> OpenJobStore(const ServerOptions& o, u
   return store;
 }
 
+// The replica id `o` asks for, or its default (ServerOptions::replica_id).
+absl::StatusOr<std::string> ReplicaId(const ServerOptions& o) {
+  std::string id = o.replica_id;
+  if (id.empty() && !o.database.empty()) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::snprintf(host, sizeof(host), "replica");
+    // Only the characters an id may hold; a dotted host name keeps its first label.
+    std::string label(host, std::strcspn(host, "."));
+    for (char& c : label) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '-';
+    }
+    id = absl::StrCat(label.substr(0, 48), "-", ::getpid());
+  }
+  const bool valid = id.size() <= 64 && id != "." && id != ".." &&
+                     std::all_of(id.begin(), id.end(), [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+                     });
+  if (!valid) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replica-id must be 1 to 64 of A-Z a-z 0-9 . _ - (and not . or ..), got '", id, "'"));
+  }
+  return id;
+}
+
 absl::Status CheckExposure(const ServerOptions& o) {
   if (o.insecure || IsLoopback(o.listen)) return absl::OkStatus();
   if (o.auth_file.empty()) {
@@ -183,9 +213,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
     FT_ASSIGN_OR_RETURN(p->audit, auth::AuditLog::Open(o.audit_log));
   }
 
+  FT_ASSIGN_OR_RETURN(o.replica_id, ReplicaId(o));
   FT_ASSIGN_OR_RETURN(p->store, OpenJobStore(o, p->clock));
-  FT_ASSIGN_OR_RETURN(p->models, FilesystemModelStore::Create({o.data_dir + "/models", p->clock}));
+  FilesystemModelStoreOptions mso;
+  mso.root = o.data_dir + "/models";
+  mso.clock = p->clock;
+  mso.replica_id = o.replica_id;
+  FT_ASSIGN_OR_RETURN(p->models, FilesystemModelStore::Create(mso));
   datasets::DatasetStoreOptions dso;
+  dso.replica_id = o.replica_id;
   dso.root = o.data_dir + "/datasets-uploaded";
   dso.cache_root = o.data_dir + "/datasets-cache";
   dso.max_upload_bytes = o.max_dataset_bytes;
@@ -195,6 +231,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   FT_ASSIGN_OR_RETURN(p->datasets, datasets::DatasetStore::Create(dso));
   CheckpointStoreOptions cso;
   cso.root = o.data_dir + "/checkpoints";
+  cso.replica_id = o.replica_id;
   FT_ASSIGN_OR_RETURN(p->checkpoints, CheckpointStore::Create(cso));
 
   JobManagerOptions jm;
@@ -273,7 +310,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   pool.count = o.local_workers;
   pool.worker_binary = o.worker_binary;
   pool.server_address = absl::StrCat("127.0.0.1:", p->port);
-  pool.work_root = o.data_dir + "/work";
+  // Replicas sharing the data dir each have their own workers' dirs and ids.
+  pool.work_root = o.replica_id.empty() ? o.data_dir + "/work" : absl::StrCat(o.data_dir, "/work/", o.replica_id);
+  pool.worker_id_prefix = o.replica_id.empty() ? "" : absl::StrCat(o.replica_id, "-");
   pool.threads_per_worker =
       o.worker_threads > 0 ? o.worker_threads : (o.local_workers > 0 ? std::max(1, cores / o.local_workers) : 0);
   pool.extra_args = {absl::StrCat("--device=", o.worker_device)};
@@ -288,6 +327,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   util::Log("info", "finetuned", "serving",
             {{"port", absl::StrCat(p->port)},
              {"data_dir", o.data_dir},
+             {"replica_id", o.replica_id},
              {"database", o.database.empty() ? "sqlite" : RedactDatabaseUrl(o.database)},
              {"tls", o.tls_cert.empty() ? "off" : (o.tls_client_ca.empty() ? "on" : "mutual")},
              {"auth", o.auth_file.empty() ? "off" : absl::StrCat(p->authenticator->file_identities(), " identities")}});

@@ -26,6 +26,15 @@ struct ServerOptions {
   // postgresql:// (postgres://) URL for that PostgreSQL database. Models,
   // checkpoints and uploads stay in data_dir either way.
   std::string database;
+  // This replica's name among several sharing one database and data_dir:
+  // [A-Za-z0-9._-]{1,64}. It keeps what each replica writes apart: its local
+  // workers are "<replica_id>-local-<i>", with work dirs under
+  // <data_dir>/work/<replica_id>/, and its unfinished uploads lie in staging
+  // names of its own, which only it cleans up at start. Empty: with a
+  // PostgreSQL `database`, "<hostname>-<pid>" (in a Kubernetes pod, the pod
+  // name and pid 1, so stable across restarts); with SQLite, none, and the
+  // workers stay "local-<i>", as a single server needs nothing more.
+  std::string replica_id;
   // The only places file:// datasets may be read from; empty means
   // <data_dir>/datasets and /usr/share/datasets.
   std::vector<std::string> dataset_roots;

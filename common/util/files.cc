@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -30,7 +31,11 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
 }
 
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
-  const std::string tmp = path + ".tmp";
+  // A name of its own, never another writer's: two server replicas on one
+  // shared --data-dir (or two threads) may write the same record at once,
+  // and each rename must publish a whole file.
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  const std::string tmp = absl::StrCat(path, ".tmp-", absl::Hex(rng() & 0xffffffffffffULL, absl::kZeroPad12));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
@@ -40,15 +45,19 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
+      const int error = errno;
       ::close(fd);
-      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+      ::unlink(tmp.c_str());
+      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(error)));
     }
     done += static_cast<size_t>(n);
   }
   ::fsync(fd);
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", std::strerror(errno)));
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", std::strerror(error)));
   }
   return absl::OkStatus();
 }

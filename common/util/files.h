@@ -11,7 +11,10 @@ namespace ft::util {
 // NOT_FOUND when missing; RESOURCE_EXHAUSTED when larger than max_bytes.
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      size_t max_bytes = size_t{1} << 32);
-// Writes to `path.tmp`, fsyncs, then renames, so readers never see a torn file.
+// Writes to `path.tmp-<random>`, fsyncs, then renames, so readers never see
+// a torn file, and concurrent writers of one path (threads, or replicas on a
+// shared file system) never write into each other's temp file: the last
+// rename wins whole.
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data);
 absl::Status MakeDirs(const std::string& path);
 // Directory of the running executable (from /proc/self/exe).

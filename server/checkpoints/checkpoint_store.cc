@@ -62,15 +62,22 @@ absl::StatusOr<CheckpointInfo> ParseRecord(const std::string& text) {
   return c;
 }
 
+// How this store's staging files begin (CheckpointStoreOptions::replica_id).
+std::string StagingPrefix(const CheckpointStoreOptions& options) {
+  return options.replica_id.empty() ? "upload-" : absl::StrCat("upload-", options.replica_id, "+");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CheckpointStore>> CheckpointStore::Create(const CheckpointStoreOptions& options) {
   FT_RETURN_IF_ERROR(util::MakeDirs(options.root));
   // Staging files of interrupted uploads are never published.
+  const std::string ours = StagingPrefix(options);
   std::error_code ec;
   for (const auto& job : fs::directory_iterator(options.root, ec)) {
     for (const auto& f : fs::directory_iterator(job.path(), ec)) {
-      if (absl::EndsWith(f.path().string(), ".part")) fs::remove(f.path(), ec);
+      const std::string name = f.path().filename().string();
+      if (absl::StartsWith(name, ours) && absl::EndsWith(name, ".part")) fs::remove(f.path(), ec);
     }
   }
   return std::unique_ptr<CheckpointStore>(new CheckpointStore(options));
@@ -108,7 +115,8 @@ absl::StatusOr<std::unique_ptr<CheckpointStore::Upload>> CheckpointStore::BeginU
   info.size_bytes = size_bytes;
   info.sha256 = sha256;
   // Numbered at commit; staged under a name of its own until then.
-  const std::string staging = absl::StrCat(dir, "/upload-", util::Sha256Hex(absl::StrCat(sha256, epoch, step)).substr(0, 16));
+  const std::string staging =
+      absl::StrCat(dir, "/", StagingPrefix(options_), util::Sha256Hex(absl::StrCat(sha256, epoch, step)).substr(0, 16));
   FT_ASSIGN_OR_RETURN(auto sink, transfer::FileSink::Create(staging, absl::StrCat("checkpoint of job ", job_id)));
   return std::unique_ptr<Upload>(new Upload(job_id, std::move(info), std::move(sink), options_.max_bytes));
 }

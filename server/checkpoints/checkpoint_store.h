@@ -21,6 +21,10 @@ struct CheckpointStoreOptions {
   int keep = 2;
   // Larger uploads are RESOURCE_EXHAUSTED.
   int64_t max_bytes = int64_t{16} << 30;
+  // Set when several server replicas share `root`: uploads are staged as
+  // upload-<replica_id>+*.part (the "+", which ids lack, keeps replica "a" off "a-b"'s), and Create() deletes only this replica's
+  // (another's may be in progress). Empty: upload-*.part, all deleted.
+  std::string replica_id = "";
 };
 
 // Where a stored checkpoint stands in its job.

@@ -31,6 +31,7 @@ namespace {
 
 constexpr char kIncoming[] = ".incoming";
 constexpr char kNames[] = "names";
+constexpr char kOwnerFile[] = "replica";  // in a pending dir: the replica extracting it, when replicas share root
 constexpr char kPending[] = "pending-";  // <root>/pending-<digest>/{archive,format}: uploads being extracted
 constexpr char kFormatFile[] = "format";
 constexpr char kArchive[] = "archive";
@@ -125,15 +126,6 @@ absl::Status DatasetUpload::Append(absl::string_view data) {
 absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const DatasetStoreOptions& options) {
   const fs::path root(options.root);
   std::error_code ec;
-  // Interrupted uploads, extractions and deletes are never published.
-  for (const fs::path& dir : {root, fs::path(options.cache_root)}) {
-    FT_RETURN_IF_ERROR(util::MakeDirs(dir.string()));
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      if (e.path().filename().string()[0] == '.') fs::remove_all(e.path(), ec);
-    }
-  }
-  FT_RETURN_IF_ERROR(util::MakeDirs((root / kIncoming).string()));
-  FT_RETURN_IF_ERROR(util::MakeDirs((root / kNames).string()));
   std::unique_ptr<util::Clock> owned;
   util::Clock* clock = options.clock;
   if (clock == nullptr) {
@@ -141,6 +133,20 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
     clock = owned.get();
   }
   std::unique_ptr<DatasetStore> store(new DatasetStore(options, clock, std::move(owned)));
+  const bool shared = !options.replica_id.empty();
+  const fs::path incoming = store->IncomingDir();
+  // Interrupted uploads, extractions and deletes are never published. With
+  // replicas sharing the folders, only this one's: the others' are in use.
+  for (const fs::path& dir : {root, fs::path(options.cache_root)}) {
+    FT_RETURN_IF_ERROR(util::MakeDirs(dir.string()));
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      const bool ours = !shared || e.path() == incoming || absl::StartsWith(name, store->StagePrefix());
+      if (name[0] == '.' && ours) fs::remove_all(e.path(), ec);
+    }
+  }
+  FT_RETURN_IF_ERROR(util::MakeDirs(incoming.string()));
+  FT_RETURN_IF_ERROR(util::MakeDirs((root / kNames).string()));
   // A crash between unbinding a name and deleting its digest leaves a digest
   // no name refers to.
   auto datasets = store->List("");
@@ -149,18 +155,26 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
   for (const auto& d : *datasets) referenced.insert(d.sha256());
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (IsDigest(name) && !referenced.count(name)) RemoveTree(e.path(), root / kIncoming);
+    if (IsDigest(name) && !referenced.count(name)) RemoveTree(e.path(), incoming);
   }
   // Extractions a restart interrupted start again; their archives wait in
   // pending/. An EXTRACTING record without one cannot finish.
   std::set<std::string> resumed;
   for (const auto& d : *datasets) {
     if (d.state() != pb::DATASET_EXTRACTING || resumed.count(d.sha256())) continue;
-    if (fs::is_regular_file(fs::path(store->PendingDir(d.sha256())) / kArchive, ec)) {
+    const fs::path pending = store->PendingDir(d.sha256());
+    if (fs::is_regular_file(pending / kArchive, ec)) {
+      // Another live replica's extraction is that replica's to finish (or
+      // to resume when it restarts): two would race for the archive.
+      const std::string owner = util::ReadFile((pending / kOwnerFile).string(), 256).value_or("");
+      if (shared && !owner.empty() && owner != options.replica_id) continue;
       resumed.insert(d.sha256());
       store->ScheduleExtract(d.sha256());
     } else {
       absl::MutexLock lock(&store->mu_);
+      // Looked at again: another replica may have finished it meanwhile.
+      auto now = store->ReadRecord(d.tenant(), d.name());
+      if (!now.ok() || now->state() != pb::DATASET_EXTRACTING) continue;
       pb::Dataset failed = d;
       failed.set_state(pb::DATASET_FAILED);
       failed.set_error_code(static_cast<int>(absl::StatusCode::kAborted));
@@ -170,8 +184,9 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
   }
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (absl::StartsWith(name, kPending) && !resumed.count(name.substr(strlen(kPending)))) {
-      RemoveTree(e.path(), root / kIncoming);
+    // Not with replicas: another one may be about to record what it parked.
+    if (!shared && absl::StartsWith(name, kPending) && !resumed.count(name.substr(strlen(kPending)))) {
+      RemoveTree(e.path(), incoming);
     }
   }
   return store;
@@ -180,6 +195,15 @@ absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const Dataset
 DatasetStore::~DatasetStore() {
   // The extraction running now finishes; queued ones resume at the next start.
   extractor_->Shutdown(/*drain=*/false);
+}
+
+std::string DatasetStore::IncomingDir() const {
+  const std::string name = options_.replica_id.empty() ? kIncoming : absl::StrCat(kIncoming, "-", options_.replica_id);
+  return (fs::path(options_.root) / name).string();
+}
+
+std::string DatasetStore::StagePrefix() const {
+  return options_.replica_id.empty() ? ".stage-" : absl::StrCat(".stage-", options_.replica_id, "+");
 }
 
 std::string DatasetStore::PendingDir(const std::string& digest) const {
@@ -237,12 +261,12 @@ void DatasetStore::Extract(const std::string& digest) {
               {{"dataset", record.name()}, {"state", pb::DatasetState_Name(record.state())},
                {"error", record.error()}});
   }
-  RemoveTree(pending, fs::path(options_.root) / kIncoming);
+  RemoveTree(pending, IncomingDir());
   // Deleted while it was being extracted, or it failed: nothing keeps it.
   if (!named || !made.ok()) {
     bool ready_elsewhere = false;
     for (const auto& r : ReadAllRecords()) ready_elsewhere |= r.sha256() == digest && r.state() == pb::DATASET_READY;
-    if (!ready_elsewhere) RemoveTree(DigestDir(digest), fs::path(options_.root) / kIncoming);
+    if (!ready_elsewhere) RemoveTree(DigestDir(digest), IncomingDir());
   }
 }
 
@@ -290,7 +314,7 @@ absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const s
           existing->sha256(), "); delete it first or choose another name"));
     }
   }
-  const std::string dir = (fs::path(options_.root) / kIncoming / RandomHex()).string();
+  const std::string dir = (fs::path(IncomingDir()) / RandomHex()).string();
   FT_RETURN_IF_ERROR(util::MakeDirs(dir));
   std::unique_ptr<DatasetUpload> upload(new DatasetUpload(header, dir, options_.max_upload_bytes));
   upload->tenant_ = util::TenantOrDefault(tenant);
@@ -305,7 +329,7 @@ absl::StatusOr<pb::Dataset> DatasetStore::Materialize(const std::string& archive
                                                       const std::string& digest, int64_t size,
                                                       const std::string& format_hint,
                                                       const std::string& source) {
-  const fs::path stage = fs::path(parent) / absl::StrCat(".stage-", RandomHex());
+  const fs::path stage = fs::path(parent) / absl::StrCat(StagePrefix(), RandomHex());
   FT_RETURN_IF_ERROR(util::MakeDirs(stage.string()));
   struct Cleanup {
     fs::path path;
@@ -400,9 +424,12 @@ absl::StatusOr<pb::Dataset> DatasetStore::Commit(std::unique_ptr<DatasetUpload> 
     // the same bytes finds it there) and extract it in the pool.
     const fs::path pending = PendingDir(digest);
     if (!fs::exists(pending / kArchive, ec)) {
-      const fs::path stage = fs::path(options_.root) / kIncoming / absl::StrCat("pending-", RandomHex());
+      const fs::path stage = fs::path(IncomingDir()) / absl::StrCat("pending-", RandomHex());
       FT_RETURN_IF_ERROR(util::MakeDirs(stage.string()));
       FT_RETURN_IF_ERROR(util::WriteFileAtomic((stage / kFormatFile).string(), header.format()));
+      if (!options_.replica_id.empty()) {
+        FT_RETURN_IF_ERROR(util::WriteFileAtomic((stage / kOwnerFile).string(), options_.replica_id));
+      }
       if (::rename(archive.c_str(), (stage / kArchive).c_str()) != 0 || ::rename(stage.c_str(), pending.c_str()) != 0) {
         return absl::InternalError(absl::StrCat("cannot keep the uploaded archive: ", std::strerror(errno)));
       }
@@ -514,7 +541,7 @@ absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& 
   for (const auto& other : ReadAllRecords()) {
     if (other.sha256() == record.sha256() && other.state() != pb::DATASET_FAILED) return absl::OkStatus();
   }
-  RemoveTree(DigestDir(record.sha256()), fs::path(options_.root) / kIncoming);
+  RemoveTree(DigestDir(record.sha256()), IncomingDir());
   return absl::OkStatus();
 }
 

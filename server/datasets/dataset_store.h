@@ -38,6 +38,12 @@ struct DatasetStoreOptions {
   util::Clock* clock = nullptr;
   // Uploads extracted at once, in the store's own pool.
   int extract_threads = 1;
+  // Set when several server replicas share `root` and `cache_root`: this
+  // replica's uploads in progress and staging folders carry its id, and
+  // Create() cleans up only its own (another replica's may be in use), and
+  // resumes only the extractions this replica started. Empty: a single
+  // server, which cleans up and resumes everything.
+  std::string replica_id = "";
 };
 
 // One upload in progress, written under the store's incoming folder. Not
@@ -139,6 +145,12 @@ class DatasetStore {
   absl::Status WriteRecord(const pb::Dataset& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<pb::Dataset> ReadAllRecords() ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::string PendingDir(const std::string& digest) const;
+  // This store's folder for uploads in progress and trash, under root.
+  // Staging names end the replica id with '+', which ids never hold, so
+  // that replica "a" never takes replica "a-b"'s for its own.
+  std::string IncomingDir() const;
+  // How this store's staging folders (in root and cache_root) begin.
+  std::string StagePrefix() const;
   // Extracts an upload's pending archive and settles every EXTRACTING name
   // bound to `digest`: READY, or FAILED with the reason. On the pool.
   void Extract(const std::string& digest);

@@ -32,6 +32,11 @@ void EventHub::Notify(const std::string& job_id) {
   for (auto j = range.first; j != range.second; ++j) subscribers_.at(j->second).wake();
 }
 
+void EventHub::NotifyAll() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [token, subscriber] : subscribers_) subscriber.wake();
+}
+
 int EventHub::WatcherCount() {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(subscribers_.size());

@@ -47,6 +47,9 @@ class EventHub {
   // `wake` runs after every Notify(job_id) until the subscription goes.
   std::unique_ptr<Subscription> Subscribe(const std::string& job_id, WakeCallback wake);
   void Notify(const std::string& job_id);
+  // Every subscriber has news: after notifications may have been lost (the
+  // job store's change feed reconnected).
+  void NotifyAll();
   int WatcherCount();
 
  private:

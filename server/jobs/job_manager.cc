@@ -47,7 +47,24 @@ JobManager::JobManager(const JobManagerOptions& options, JobStore* store, EventH
 
 JobManager::~JobManager() { Shutdown(); }
 
-void JobManager::Start() { sweeper_ = std::thread([this] { SweepLoop(); }); }
+void JobManager::Start() {
+  // Other replicas' changes to the store (PostgreSQL): their events wake
+  // this replica's watchers, whose reads then find them in the store, and a
+  // job they queued wakes this replica's idle leasers.
+  const absl::Status feed = store_->StartChangeFeed(
+      [this](const std::string& job_id, bool queued) {
+        hub_->Notify(job_id);
+        if (queued) WakeLeasers();
+      },
+      [this] {
+        hub_->NotifyAll();
+        WakeLeasers();
+      });
+  if (!feed.ok()) {
+    util::Log("warning", "finetuned", "no job change feed", {{"error", std::string(feed.message())}});
+  }
+  sweeper_ = std::thread([this] { SweepLoop(); });
+}
 
 void JobManager::Shutdown() {
   {
@@ -55,6 +72,7 @@ void JobManager::Shutdown() {
     stopping_ = true;
     ++queue_generation_;
   }
+  store_->StopChangeFeed();
   if (sweeper_.joinable()) sweeper_.join();
 }
 

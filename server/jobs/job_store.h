@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "finetune/v1/finetune.pb.h"
@@ -103,6 +104,26 @@ class JobStore {
                                                                int limit) = 0;
   // The resolved spec of a job, as given to workers.
   virtual absl::StatusOr<pb::ResolvedJob> GetResolvedJob(const std::string& job_id) = 0;
+
+  // Changes that other processes sharing the store make: with several
+  // server replicas on one database, a job leased through replica A appends
+  // its events there, and replica B's watchers must still hear of them.
+  // `on_change(job_id, queued)` runs, on a thread of the store's, after a
+  // transaction that changed the job (a new event, `queued` when the job
+  // became QUEUED) committed, in this process or another. `on_resync()`
+  // runs when changes may have been missed (the feed reconnected): every
+  // job may have news. Both must be quick and must not call back into the
+  // feed. A store that only one process uses has no feed: the default does
+  // nothing, and the caller's own notifications are all there is.
+  using ChangeFn = std::function<void(const std::string& job_id, bool queued)>;
+  virtual absl::Status StartChangeFeed(ChangeFn on_change, std::function<void()> on_resync) {
+    (void)on_change;
+    (void)on_resync;
+    return absl::OkStatus();
+  }
+  // Stops and joins the feed's thread; afterwards no callback runs.
+  // Idempotent.
+  virtual void StopChangeFeed() {}
 };
 
 bool IsTerminal(pb::JobState state);

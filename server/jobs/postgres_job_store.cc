@@ -1,7 +1,9 @@
 #include "server/jobs/postgres_job_store.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
+#include <cerrno>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -63,6 +65,10 @@ CREATE INDEX jobs_tenant ON jobs(tenant, state);
 )sql"},
 };
 constexpr int kSchemaVersion = static_cast<int>(sizeof(kMigrations) / sizeof(kMigrations[0]));
+
+// Ends a change notification's payload when the job became QUEUED, so that
+// idle leasers on every replica look again.
+constexpr char kQueuedSuffix[] = ":queued";
 
 constexpr char kMigrationsTable[] =
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -316,6 +322,7 @@ PostgresJobStore::PostgresJobStore(const PostgresJobStoreOptions& options, std::
       owned_clock_(std::move(owned_clock)) {}
 
 PostgresJobStore::~PostgresJobStore() {
+  StopChangeFeed();
   absl::MutexLock lock(&mu_);
   for (PGconn* conn : idle_) PQfinish(conn);
 }
@@ -471,7 +478,111 @@ absl::StatusOr<pb::JobEvent> PostgresJobStore::AppendEventLocked(Connection& c, 
   StampEvent(job_id, q.Int(0, 0), clock_->Now(), &event);
   FT_RETURN_IF_ERROR(c.Run("INSERT INTO events(job_id, seq, data) VALUES ($1, $2, $3)",
                            Params().Add(job_id).Add(event.sequence()).AddBytes(event.SerializeAsString())));
+  // Inside the transaction: listeners hear of it when, and only if, it
+  // commits, so a woken watcher always finds the event in the table.
+  const bool queued = event.has_state_changed() && event.state_changed().state() == pb::QUEUED;
+  FT_RETURN_IF_ERROR(c.Run("SELECT pg_notify($1, $2)",
+                           Params().Add(std::string(kChangeChannel))
+                               .Add(absl::StrCat(job_id, ":", event.sequence(), queued ? kQueuedSuffix : ""))));
   return event;
+}
+
+absl::Status PostgresJobStore::StartChangeFeed(ChangeFn on_change, std::function<void()> on_resync) {
+  if (feed_.joinable()) return absl::FailedPreconditionError("the job store's change feed runs already");
+  {
+    absl::MutexLock lock(&feed_mu_);
+    feed_stopping_ = false;
+  }
+  feed_ = std::thread([this, on_change = std::move(on_change), on_resync = std::move(on_resync)] {
+    FeedLoop(on_change, on_resync);
+  });
+  return absl::OkStatus();
+}
+
+void PostgresJobStore::StopChangeFeed() {
+  {
+    absl::MutexLock lock(&feed_mu_);
+    feed_stopping_ = true;
+  }
+  if (feed_.joinable()) feed_.join();
+}
+
+bool PostgresJobStore::FeedStopping(absl::Duration timeout) {
+  absl::MutexLock lock(&feed_mu_);
+  return feed_mu_.AwaitWithTimeout(absl::Condition(&feed_stopping_), timeout);
+}
+
+bool PostgresJobStore::DrainNotifications(PGconn* conn, const ChangeFn& on_change) {
+  if (PQconsumeInput(conn) == 0) return false;
+  while (PGnotify* n = PQnotifies(conn)) {
+    // "<job_id>:<sequence>[:queued]"; job ids hold no ':'.
+    const absl::string_view payload(n->extra);
+    const std::string job_id(payload.substr(0, payload.find(':')));
+    const bool queued = absl::EndsWith(payload, kQueuedSuffix);
+    PQfreemem(n);
+    if (!job_id.empty()) on_change(job_id, queued);
+  }
+  return PQstatus(conn) == CONNECTION_OK;
+}
+
+void PostgresJobStore::FeedLoop(const ChangeFn& on_change, const std::function<void()>& on_resync) {
+  // How long one wait for input lasts: how quickly StopChangeFeed returns.
+  constexpr absl::Duration kPollSlice = absl::Milliseconds(200);
+  // An idle connection is checked this often, since a database host that
+  // vanished (rather than closing the socket) would otherwise go unnoticed.
+  constexpr absl::Duration kKeepalive = absl::Seconds(5);
+  bool connected_before = false;
+  bool reported_down = false;
+  while (!FeedStopping(absl::ZeroDuration())) {
+    absl::StatusOr<PGconn*> opened = Connect();
+    if (opened.ok()) {
+      PGconn* candidate = *opened;
+      PGresult* listen = PQexec(candidate, absl::StrCat("LISTEN ", kChangeChannel).c_str());
+      if (PQresultStatus(listen) != PGRES_COMMAND_OK) {
+        opened = QueryError(candidate, listen);
+        PQfinish(candidate);
+      }
+      PQclear(listen);
+    }
+    if (!opened.ok()) {
+      if (!reported_down) {
+        util::Log("warning", "finetuned", "job change feed cannot listen; retrying every second",
+                  {{"error", Scrub(std::string(opened.status().message()))}});
+        reported_down = true;
+      }
+      if (FeedStopping(absl::Seconds(1))) return;
+      continue;
+    }
+    PGconn* conn = *opened;
+    if (connected_before || reported_down) {
+      util::Log("info", "finetuned", "job change feed listening again");
+      // Whatever was notified while no one listened is lost: all watchers
+      // read the store again.
+      on_resync();
+    }
+    connected_before = true;
+    reported_down = false;
+    absl::Time last_check = absl::Now();
+    bool healthy = true;
+    while (healthy && !FeedStopping(absl::ZeroDuration())) {
+      pollfd fd{PQsocket(conn), POLLIN, 0};
+      const int ready = ::poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(kPollSlice)));
+      if (ready < 0 && errno != EINTR) healthy = false;
+      if (ready > 0) healthy = DrainNotifications(conn, on_change);
+      if (healthy && absl::Now() - last_check >= kKeepalive) {
+        PGresult* ping = PQexec(conn, "SELECT 1");
+        healthy = PQresultStatus(ping) == PGRES_TUPLES_OK;
+        PQclear(ping);
+        // Notifications that arrived with the answer wait in libpq.
+        if (healthy) healthy = DrainNotifications(conn, on_change);
+        last_check = absl::Now();
+      }
+    }
+    PQfinish(conn);
+    if (!healthy) {
+      util::Log("warning", "finetuned", "job change feed lost its connection; reconnecting");
+    }
+  }
 }
 
 absl::StatusOr<pb::Job> PostgresJobStore::CreateJob(const pb::ResolvedJob& job, const std::string& request_id) {

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -37,6 +38,12 @@ struct PostgresJobStoreOptions {
 // Create() brings the schema up to SchemaVersion() with numbered migrations
 // recorded in schema_migrations, each in its own transaction under an
 // advisory lock, so that replicas starting at once apply each exactly once.
+//
+// Every transaction that appends an event also NOTIFYs kChangeChannel with
+// "<job_id>:<sequence>" (":queued" appended when the job became QUEUED), so
+// the notification is delivered on commit only, to every process LISTENing:
+// StartChangeFeed() runs that listener on a connection of its own, which is
+// how several replicas fan events out to each other's watchers.
 //
 // Thread-safe: each call borrows a connection from a small pool. A
 // connection the database dropped is reset on its next use; while the
@@ -77,6 +84,15 @@ class PostgresJobStore final : public JobStore {
   absl::StatusOr<std::vector<pb::JobEvent>> ReadEvents(const std::string& job_id, int64_t from_sequence,
                                                        int limit) override;
   absl::StatusOr<pb::ResolvedJob> GetResolvedJob(const std::string& job_id) override;
+  // LISTENs on its own connection (not one of the pool's), on a thread of
+  // its own. A dropped connection is reopened, every second while the
+  // database is away, and then `on_resync` runs, since notifications sent
+  // meanwhile are lost. FAILED_PRECONDITION when a feed runs already.
+  absl::Status StartChangeFeed(ChangeFn on_change, std::function<void()> on_resync) override;
+  void StopChangeFeed() override;
+
+  // The channel NOTIFY and LISTEN use.
+  static constexpr char kChangeChannel[] = "ft_events";
 
  private:
   // A connection borrowed from the pool (postgres_job_store.cc).
@@ -114,6 +130,12 @@ class PostgresJobStore final : public JobStore {
                             bool lock = false);
   // Appends `event` with the next sequence; the caller holds a transaction.
   absl::StatusOr<pb::JobEvent> AppendEventLocked(Connection& c, const std::string& job_id, pb::JobEvent event);
+  // The change feed's thread: connect, LISTEN, deliver, until stopped.
+  void FeedLoop(const ChangeFn& on_change, const std::function<void()>& on_resync);
+  // Delivers what `conn` has received; false when the connection broke.
+  bool DrainNotifications(pg_conn* conn, const ChangeFn& on_change);
+  // Waits up to `timeout` for StopChangeFeed; true when it was called.
+  bool FeedStopping(absl::Duration timeout);
 
   const std::string url_;
   // The URL with its password starred out, for messages.
@@ -127,6 +149,10 @@ class PostgresJobStore final : public JobStore {
   absl::Mutex mu_;
   std::vector<pg_conn*> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;
+
+  absl::Mutex feed_mu_;
+  bool feed_stopping_ ABSL_GUARDED_BY(feed_mu_) = false;
+  std::thread feed_;
 };
 
 // Whether `url` names a PostgreSQL database: postgresql:// or postgres://.

@@ -27,6 +27,10 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kIncoming[] = ".incoming";
+
+std::string IncomingName(const FilesystemModelStoreOptions& options) {
+  return options.replica_id.empty() ? kIncoming : absl::StrCat(kIncoming, "-", options.replica_id);
+}
 constexpr char kModelJson[] = "model.json";
 
 std::string RandomHex() {
@@ -144,8 +148,8 @@ absl::StatusOr<std::unique_ptr<FilesystemModelStore>> FilesystemModelStore::Crea
   FT_RETURN_IF_ERROR(util::MakeDirs(options.root));
   // Leftovers of uploads interrupted by a crash are never published.
   std::error_code ec;
-  fs::remove_all(fs::path(options.root) / kIncoming, ec);
-  FT_RETURN_IF_ERROR(util::MakeDirs((fs::path(options.root) / kIncoming).string()));
+  fs::remove_all(fs::path(options.root) / IncomingName(options), ec);
+  FT_RETURN_IF_ERROR(util::MakeDirs((fs::path(options.root) / IncomingName(options)).string()));
   std::unique_ptr<util::Clock> owned;
   util::Clock* clock = options.clock;
   if (clock == nullptr) {
@@ -161,8 +165,12 @@ FilesystemModelStore::FilesystemModelStore(const FilesystemModelStoreOptions& op
                                            std::unique_ptr<util::Clock> owned)
     : options_(options), clock_(clock), owned_clock_(std::move(owned)) {}
 
+std::string FilesystemModelStore::IncomingDir() const {
+  return (fs::path(options_.root) / IncomingName(options_)).string();
+}
+
 absl::StatusOr<std::unique_ptr<ModelUpload>> FilesystemModelStore::BeginUpload() {
-  const std::string dir = (fs::path(options_.root) / kIncoming / RandomHex()).string();
+  const std::string dir = (fs::path(IncomingDir()) / RandomHex()).string();
   FT_RETURN_IF_ERROR(util::MakeDirs(dir));
   return std::unique_ptr<ModelUpload>(new ModelUpload(dir, options_.max_model_bytes));
 }
@@ -275,8 +283,10 @@ absl::Status FilesystemModelStore::Delete(const std::string& model_id) {
   absl::MutexLock lock(&mu_);
   std::error_code ec;
   // Rename first so that a concurrent reader sees the model either whole or gone.
-  const fs::path doomed = fs::path(options_.root) / kIncoming / absl::StrCat("deleted-", model_id);
+  const fs::path doomed = fs::path(IncomingDir()) / absl::StrCat("deleted-", model_id, "-", RandomHex());
   fs::rename(fs::path(options_.root) / model_id, doomed, ec);
+  // Another replica deleted it first.
+  if (ec == std::errc::no_such_file_or_directory) return absl::NotFoundError(absl::StrCat("no model with id ", model_id));
   if (ec) return absl::InternalError(absl::StrCat("cannot delete model ", model_id, ": ", ec.message()));
   fs::remove_all(doomed, ec);
   return absl::OkStatus();

@@ -33,6 +33,10 @@ struct FilesystemModelStoreOptions {
   util::Clock* clock = nullptr;
   // Uploads larger than this are refused (RESOURCE_EXHAUSTED).
   int64_t max_model_bytes = int64_t{8} << 30;
+  // Set when several server replicas share `root`: uploads in progress then
+  // lie in <root>/.incoming-<replica_id>, which only this replica empties
+  // at start (another replica's may be in use). Empty: <root>/.incoming.
+  std::string replica_id = "";
 };
 
 // One model upload in progress, written under the store's incoming folder:
@@ -105,6 +109,8 @@ class FilesystemModelStore {
   FilesystemModelStore(const FilesystemModelStoreOptions& options, util::Clock* clock,
                        std::unique_ptr<util::Clock> owned);
   absl::Status CheckId(const std::string& model_id);
+  // This store's folder for uploads in progress and deletes.
+  std::string IncomingDir() const;
 
   FilesystemModelStoreOptions options_;
   util::Clock* clock_;

@@ -39,7 +39,7 @@ pid_t LocalWorkerPool::Spawn(int index) {
   std::vector<std::string> args = {options_.worker_binary,
                                    absl::StrCat("--server=", options_.server_address),
                                    absl::StrCat("--work-dir=", work_dir),
-                                   absl::StrCat("--worker-id=local-", index)};
+                                   absl::StrCat("--worker-id=", options_.worker_id_prefix, "local-", index)};
   if (options_.threads_per_worker > 0) {
     args.push_back(absl::StrCat("--threads=", options_.threads_per_worker));
   }
@@ -85,7 +85,7 @@ void LocalWorkerPool::MonitorLoop() {
             const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
             util::Log(clean ? "info" : "warning", "finetuned",
                       clean ? "local worker exited; restarting" : "local worker died; restarting",
-                      {{"worker", absl::StrCat("local-", i)}, {"pid", absl::StrCat(slot.pid)},
+                      {{"worker", absl::StrCat(options_.worker_id_prefix, "local-", i)}, {"pid", absl::StrCat(slot.pid)},
                        {"how", WIFSIGNALED(status) ? absl::StrCat("signal ", WTERMSIG(status))
                                                    : absl::StrCat("exit ", WEXITSTATUS(status))}});
             slot.pid = -1;

@@ -23,6 +23,10 @@ struct LocalWorkerPoolOptions {
   int threads_per_worker = 0;
   // Each worker gets <work_root>/worker-<i> as its --work-dir.
   std::string work_root;
+  // Worker i's --worker-id is "<worker_id_prefix>local-<i>": a replica's
+  // id and a dash, so that replicas sharing a database never lease under
+  // one name.
+  std::string worker_id_prefix;
   // Extra arguments for every worker (e.g. --device=cpu).
   std::vector<std::string> extra_args;
   // NAME=value entries added to (or replacing those in) the server's

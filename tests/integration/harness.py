@@ -58,10 +58,12 @@ class Server:
     """A real finetuned on port 0 with its data under `data_dir`."""
 
     def __init__(self, data_dir, dataset_roots, local_workers=1, extra=(), tls_cert=None, tls_key=None,
-                 tls_client_ca=None, auth_file=None, client_args=()):
+                 tls_client_ca=None, auth_file=None, client_args=(), name=""):
         """tls_*/auth_file become finetuned's --tls-cert, --tls-key,
         --tls-client-ca and --auth-file; client_args go on every ftctl
-        command line (e.g. --tls-ca=..., --token-file=...)."""
+        command line (e.g. --tls-ca=..., --token-file=...). `name` tells
+        the port and log files of servers sharing one data_dir (replicas)
+        apart."""
         self.data_dir = data_dir
         self.dataset_roots = dataset_roots
         self.local_workers = local_workers
@@ -73,11 +75,13 @@ class Server:
         self.client_args = list(client_args)
         self.proc = None
         self.port = None
-        self.log_path = os.path.join(data_dir, "server.log")
+        suffix = f"-{name}" if name else ""
+        self.log_path = os.path.join(data_dir, f"server{suffix}.log")
+        self.port_file = os.path.join(data_dir, f"port{suffix}")
 
     def start(self):
         os.makedirs(self.data_dir, exist_ok=True)
-        port_file = os.path.join(self.data_dir, "port")
+        port_file = self.port_file
         if os.path.exists(port_file):
             os.remove(port_file)
         # The child keeps its own copy of the descriptor.
@@ -230,3 +234,98 @@ def accuracy_in_python(model_dir, val_dir):
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     return correct / total, meta
+
+
+def _postgres_bindir():
+    """The folder of initdb and pg_ctl, found as tests/unit/postgres_fixture.cc finds it."""
+    env = os.environ.get("FT_POSTGRES_BINDIR")
+    if env:
+        if os.path.exists(os.path.join(env, "initdb")):
+            return env
+        raise RuntimeError(f"$FT_POSTGRES_BINDIR ({env}) holds no initdb")
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        if out and os.path.exists(os.path.join(out, "initdb")):
+            return out
+    except OSError:
+        pass
+    versions = sorted((int(v), v) for v in os.listdir("/usr/lib/postgresql")
+                      if v.isdigit() and os.path.exists(f"/usr/lib/postgresql/{v}/bin/initdb")) \
+        if os.path.isdir("/usr/lib/postgresql") else []
+    if versions:
+        return f"/usr/lib/postgresql/{versions[-1][1]}/bin"
+    raise RuntimeError("no PostgreSQL server binaries (initdb) found; install Debian's postgresql package")
+
+
+class Postgres:
+    """A real PostgreSQL server of the test's own, in `dir`, on a free
+    loopback port (trust authentication). As root it runs as the `postgres`
+    user, since PostgreSQL refuses root. Anything that keeps it from starting
+    raises: a test that needs it fails, it never skips."""
+
+    def __init__(self, dir):
+        self.dir = dir
+        self.bindir = _postgres_bindir()
+        self.port = None
+        self.running = False
+
+    def _as_server_user(self, args):
+        return (["runuser", "-u", "postgres", "--"] + args) if os.geteuid() == 0 else args
+
+    def _run(self, args):
+        r = subprocess.run(self._as_server_user(args), capture_output=True, text=True, cwd=self.dir)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        return r
+
+    def start(self):
+        os.makedirs(os.path.join(self.dir, "sock"), exist_ok=True)
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")  # KeyError: no user to run it as
+            for p in (self.dir, os.path.join(self.dir, "sock")):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+            # runuser needs to reach the folder.
+            parent = os.path.dirname(os.path.abspath(self.dir))
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        data = os.path.join(self.dir, "data")
+        self._run([f"{self.bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                   "--no-locale", "--no-sync"])
+        last = None
+        # Another process may take the free port first: try a few.
+        for _ in range(3):
+            self.port = free_port()
+            try:
+                self._run([f"{self.bindir}/pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w",
+                           "-t", "120", "-o",
+                           f"-p {self.port} -k '{self.dir}/sock' -c listen_addresses=127.0.0.1 "
+                           "-c fsync=off -c full_page_writes=off", "start"])
+                self.running = True
+                return self
+            except RuntimeError as e:
+                last = e
+        try:
+            with open(os.path.join(self.dir, "log"), errors="replace") as f:
+                log = f.read()[-4000:]
+        except OSError:
+            log = ""
+        raise RuntimeError(f"PostgreSQL did not start: {last}\nserver log:\n{log}")
+
+    def psql(self, sql, db="postgres"):
+        r = self._run([f"{self.bindir}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                       "-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        return r.stdout.strip()
+
+    def create_database(self, name):
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def url(self, db):
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def stop(self):
+        if self.running:
+            subprocess.run(self._as_server_user([f"{self.bindir}/pg_ctl", "-D", os.path.join(self.dir, "data"),
+                                                 "-m", "immediate", "-w", "stop"]),
+                           capture_output=True, cwd=self.dir)
+            self.running = False

@@ -18,7 +18,7 @@ class CheckpointStoreTest : public testing::TempDirTest {
   void SetUp() override {
     TempDirTest::SetUp();
     root_ = dir_;
-    auto s = CheckpointStore::Create({root_.string(), /*keep=*/2, /*max_bytes=*/1 << 20});
+    auto s = CheckpointStore::Create({root_.string(), /*keep=*/2, /*max_bytes=*/1 << 20, /*replica_id=*/""});
     ASSERT_TRUE(s.ok()) << s.status();
     store_ = *std::move(s);
   }

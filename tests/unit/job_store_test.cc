@@ -437,6 +437,83 @@ TEST_F(PostgresJobStoreTest, TwoReplicasLeaseEveryJobExactlyOnce) {
   EXPECT_EQ(Query("SELECT COUNT(*) FROM jobs WHERE last_seq = 2")[0][0], absl::StrCat(kJobs));
 }
 
+// The fan-out between replicas: what one store commits, another's change
+// feed hears, once per committed transaction; after its connection drops it
+// listens again and says that it may have missed some.
+TEST_F(PostgresJobStoreTest, ChangeFeedHearsAnotherReplicasCommitsAndResyncsAfterADrop) {
+  auto a = Open(), b = Open();
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, bool>> heard;
+  int resyncs = 0;
+  ASSERT_TRUE((*b)->StartChangeFeed(
+                      [&](const std::string& job_id, bool queued) {
+                        absl::MutexLock lock(&mu);
+                        heard.emplace_back(job_id, queued);
+                      },
+                      [&] {
+                        absl::MutexLock lock(&mu);
+                        ++resyncs;
+                      })
+                  .ok());
+  EXPECT_FALSE((*b)->StartChangeFeed([](const std::string&, bool) {}, [] {}).ok());
+  auto listening = [&] {
+    return Query(absl::StrCat("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '", db_,
+                              "' AND query LIKE 'LISTEN%'"))[0][0] == "1";
+  };
+  auto await = [&](auto done) {
+    for (int i = 0; i < 500 && !done(); ++i) absl::SleepFor(absl::Milliseconds(20));
+    return done();
+  };
+  ASSERT_TRUE(await(listening));
+  auto count = [&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    return std::count_if(heard.begin(), heard.end(), [&](const auto& h) { return h.first == id; });
+  };
+
+  auto job = (*a)->CreateJob(Spec(), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_TRUE(await([&] { return count(job->id()) == 1; }));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(heard.back().second) << "a queued job is announced as queued";
+  }
+  auto lease = (*a)->LeaseNext(Worker("w"), absl::Seconds(60));
+  ASSERT_TRUE(lease.ok() && lease->has_value());
+  pb::JobEvent e;
+  e.mutable_log()->set_message("hello");
+  // Refused, so rolled back: no notification.
+  EXPECT_FALSE((*a)->AppendEvent(job->id(), "lease-wrong", e).ok());
+  ASSERT_TRUE((*a)->AppendEvent(job->id(), (*lease)->lease.lease_id(), e).ok());
+  ASSERT_TRUE(await([&] { return count(job->id()) == 3; }));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(count(job->id()), 3);
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_FALSE(heard[1].second);
+    EXPECT_FALSE(heard[2].second);
+    EXPECT_EQ(resyncs, 0);
+  }
+
+  // The listener's connection dropped (a restart, a failover); not
+  // DropConnections(), which waits for none to be left, and this one comes back.
+  ASSERT_TRUE(pg_->Query("postgres", absl::StrCat("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                                  "datname = '", db_, "' AND query LIKE 'LISTEN%'"))
+                  .ok());
+  ASSERT_TRUE(await([&] {
+    absl::MutexLock lock(&mu);
+    return resyncs == 1;
+  }));
+  ASSERT_TRUE(await(listening));
+  ASSERT_TRUE((*a)->AppendEvent(job->id(), (*lease)->lease.lease_id(), e).ok());
+  ASSERT_TRUE(await([&] { return count(job->id()) == 4; }));
+
+  (*b)->StopChangeFeed();
+  ASSERT_TRUE((*a)->AppendEvent(job->id(), (*lease)->lease.lease_id(), e).ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(count(job->id()), 4);
+}
+
 TEST_F(PostgresJobStoreTest, ConcurrentAppendsGetGapFreeSequences) {
   auto a = Open(), b = Open();
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();

@@ -13,7 +13,7 @@ namespace fs = std::filesystem;
 TEST(ModelStoreTest, CommitVerifiesAndPublishes) {
   const fs::path root = fs::temp_directory_path() / ("ft-models-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  auto store = FilesystemModelStore::Create({root.string(), nullptr, 1000});
+  auto store = FilesystemModelStore::Create({root.string(), nullptr, 1000, ""});
   ASSERT_TRUE(store.ok()) << store.status();
   const std::string data = "pretend torchscript bytes";
   const std::string meta = R"({"backbone":"resnet18","classes":["a","b"],"image_size":32})";
@@ -45,10 +45,38 @@ TEST(ModelStoreTest, CommitVerifiesAndPublishes) {
   fs::remove_all(root);
 }
 
+// Two replicas on one shared root: a replica starting does not delete the
+// other's upload in progress, each sees what the other published, and a
+// model deleted by one is gone for both.
+TEST(ModelStoreTest, ReplicasShareOneRoot) {
+  const fs::path root = fs::temp_directory_path() / ("ft-models-replicas-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  auto a = FilesystemModelStore::Create({root.string(), nullptr, 1000, "a"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string data = "pretend torchscript bytes";
+  auto up = (*a)->BeginUpload();
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_TRUE((*up)->StartFile("model.pt", data.size(), util::Sha256Hex(data)).ok());
+  ASSERT_TRUE((*up)->Append(data).ok());
+  auto b = FilesystemModelStore::Create({root.string(), nullptr, 1000, "b"});
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto model = (*a)->Commit(*std::move(up), "job-1", "n", R"({"backbone":"resnet18"})", "");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto listed = (*b)->List("");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id(), model->id());
+  EXPECT_TRUE(fs::is_regular_file(*(*b)->FilePath(model->id(), "model.pt")));
+  ASSERT_TRUE((*b)->Delete(model->id()).ok());
+  EXPECT_TRUE(absl::IsNotFound((*a)->Get(model->id()).status()));
+  EXPECT_TRUE(absl::IsNotFound((*a)->Delete(model->id())));
+  fs::remove_all(root);
+}
+
 TEST(ModelStoreTest, ModelsCarryTheirTenant) {
   const fs::path root = fs::temp_directory_path() / ("ft-models-tenants-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  auto store = FilesystemModelStore::Create({root.string(), nullptr, 1000});
+  auto store = FilesystemModelStore::Create({root.string(), nullptr, 1000, ""});
   ASSERT_TRUE(store.ok()) << store.status();
   const std::string meta = R"({"backbone":"resnet18","classes":["a","b"],"image_size":32})";
   auto commit = [&](const std::string& data, const std::string& tenant) {
@@ -96,7 +124,7 @@ absl::Status Send(ModelUpload& upload, const std::string& name, const std::strin
 TEST(ModelStoreTest, StoresEveryFileOfAModel) {
   const fs::path root = fs::temp_directory_path() / ("ft-models-files-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  auto store = FilesystemModelStore::Create({root.string(), nullptr, 10000});
+  auto store = FilesystemModelStore::Create({root.string(), nullptr, 10000, ""});
   ASSERT_TRUE(store.ok()) << store.status();
   const std::string meta = R"({"backbone":"resnet18","classes":["a","b"],"image_size":32})";
   const std::string pt = "torchscript bytes", card = "# a model card\n", onnx = "onnx protobuf bytes";
@@ -172,7 +200,7 @@ TEST(ModelStoreTest, StoresEveryFileOfAModel) {
 TEST(ModelStoreTest, ModelsStoredBeforeFileListsStillList) {
   const fs::path root = fs::temp_directory_path() / ("ft-models-old-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  auto store = FilesystemModelStore::Create({root.string(), nullptr, 10000});
+  auto store = FilesystemModelStore::Create({root.string(), nullptr, 10000, ""});
   ASSERT_TRUE(store.ok()) << store.status();
   // What an older server left: model.pt, metadata.json and a record without files.
   const std::string pt = "old torchscript";

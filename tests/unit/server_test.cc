@@ -263,6 +263,12 @@ TEST_F(ServerTest, ABadDatabaseIsAStartupErrorWithoutThePassword) {
   EXPECT_TRUE(absl::IsInvalidArgument(other.status())) << other.status();
   EXPECT_NE(other.status().message().find("--database must be a postgresql://"), std::string::npos)
       << other.status();
+  // A replica id names folders: nothing that could leave them.
+  o.database = "";
+  o.replica_id = "../b";
+  auto bad_id = Server::Create(o);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad_id.status())) << bad_id.status();
+  EXPECT_NE(bad_id.status().message().find("--replica-id must be"), std::string::npos) << bad_id.status();
 }
 
 TEST_F(ServerTest, SlowToolsNeverHoldUpFastCalls) {
