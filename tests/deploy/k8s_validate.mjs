@@ -3,9 +3,13 @@
 //  1. every object is constructed with its model class from kubernetes-models,
 //     @kubernetes-models/prometheus-operator or @kubernetes-models/keda and
 //     `.validate()`d against its schema; an object of any other kind fails;
+//     CloudNativePG's Cluster has no published model: it gets a structural
+//     check of the fields the overlay uses (cnpgCluster below);
 //  2. the deployment rules of finetuned hold (security context, resources,
 //     probes, wiring between Services, selectors, monitors and policies; the
-//     overlay's own settings for --overlay cpu|gpu).
+//     overlay's own settings for --overlay cpu|gpu|postgres-cnpg|postgres-external:
+//     the postgres ones run the server as a 2-replica Deployment on a shared
+//     ReadWriteMany volume, its database URL from a Secret).
 // The schemas do not reject unknown fields, so (2) checks the fields that
 // matter by value; a typo there shows up as a missing setting.
 //
@@ -17,11 +21,14 @@ import yaml from "js-yaml";
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
 );
+const OVERLAYS = ["cpu", "gpu", "postgres-cnpg", "postgres-external"];
 const overlay = args.overlay;
-if (!["cpu", "gpu"].includes(overlay) || !args.rules) {
-  console.error("usage: node k8s_validate.mjs --overlay cpu|gpu --rules RULES.yml < rendered.yaml");
+if (!OVERLAYS.includes(overlay) || !args.rules) {
+  console.error(`usage: node k8s_validate.mjs --overlay ${OVERLAYS.join("|")} --rules RULES.yml < rendered.yaml`);
   process.exit(2);
 }
+// The server as several replicas on PostgreSQL (deploy/k8s/replicated).
+const replicated = overlay.startsWith("postgres-");
 const NAMESPACE = "finetune";
 const errors = [];
 const fail = (what, msg) => errors.push(`${what}: ${msg}`);
@@ -44,7 +51,43 @@ function modulePath(apiVersion) {
   return CRD_PACKAGES[group] ? `${CRD_PACKAGES[group]}/${apiVersion}` : null;
 }
 const id = (d) => `${d.kind}/${d.metadata?.name}`;
+
+// CloudNativePG Cluster: no model package, so the fields the overlay sets are
+// checked by type, and any other spec field is refused rather than passed
+// unread (a typo would otherwise be silently ignored by the operator's
+// defaults). Returns a list of messages.
+const QUANTITY = /^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$/;
+const CNPG_SPEC_FIELDS = new Set(["instances", "storage", "bootstrap", "resources", "imageName", "description",
+  "primaryUpdateStrategy", "postgresql", "affinity", "monitoring", "enableSuperuserAccess"]);
+function cnpgCluster(doc) {
+  const out = [];
+  const spec = doc.spec;
+  if (doc.apiVersion !== "postgresql.cnpg.io/v1") out.push(`apiVersion ${doc.apiVersion}, expected postgresql.cnpg.io/v1`);
+  if (typeof doc.metadata?.name !== "string" || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(doc.metadata.name)) {
+    out.push(`metadata.name ${doc.metadata?.name} is not a DNS label`);
+  }
+  if (typeof spec !== "object" || spec === null) return [...out, "no spec"];
+  for (const k of Object.keys(spec)) if (!CNPG_SPEC_FIELDS.has(k)) out.push(`spec.${k} is not a field this check knows`);
+  if (!Number.isInteger(spec.instances) || spec.instances < 1) out.push(`spec.instances ${spec.instances} is not a positive integer`);
+  if (typeof spec.storage?.size !== "string" || !QUANTITY.test(spec.storage.size)) out.push(`spec.storage.size ${spec.storage?.size} is not a quantity`);
+  const initdb = spec.bootstrap?.initdb;
+  if (!initdb || Object.keys(spec.bootstrap).length !== 1) out.push("spec.bootstrap must be exactly initdb");
+  for (const k of ["database", "owner"]) {
+    if (typeof initdb?.[k] !== "string" || !/^[a-z_][a-z0-9_]*$/.test(initdb[k])) out.push(`spec.bootstrap.initdb.${k} ${initdb?.[k]} is not a plain identifier`);
+  }
+  for (const kind of ["requests", "limits"]) {
+    for (const [r, q] of Object.entries(spec.resources?.[kind] ?? {})) {
+      if (typeof q !== "string" || !QUANTITY.test(q)) out.push(`spec.resources.${kind}.${r} ${q} is not a quantity`);
+    }
+  }
+  return out;
+}
+
 for (const doc of docs) {
+  if (doc.kind === "Cluster" && doc.apiVersion?.startsWith("postgresql.cnpg.io/")) {
+    for (const msg of cnpgCluster(doc)) fail(id(doc), `CloudNativePG structure: ${msg}`);
+    continue;
+  }
   const base = doc.apiVersion && doc.kind ? modulePath(doc.apiVersion) : null;
   let Model = null;
   if (base) {
@@ -79,7 +122,7 @@ for (const d of docs) {
   }
 }
 for (const [kind, name] of [
-  ["StatefulSet", "finetuned"], ["Deployment", "finetune-worker"], ["Service", "finetuned"],
+  [replicated ? "Deployment" : "StatefulSet", "finetuned"], ["Deployment", "finetune-worker"], ["Service", "finetuned"],
   ["Service", "finetune-worker"], ["PrometheusRule", "finetune-alerts"], ["ScaledObject", "finetune-worker"],
 ]) {
   if (!one(kind, name)) fail(`${kind}/${name}`, "missing");
@@ -133,12 +176,105 @@ for (const w of workloads) {
   }
 }
 
-// Server.
-const server = one("StatefulSet", "finetuned");
-if (server) {
+// The replicated server (postgres overlays): 2 replicas of a Deployment, one
+// ReadWriteMany data volume, the database URL from a Secret, replica ids from
+// the pod names, spread over nodes and covered by a PDB.
+function checkReplicatedServer(server) {
+  const what = id(server);
+  const spec = server.spec;
+  const pod = spec.template.spec;
+  const c = pod.containers.find((x) => x.name === "finetuned") ?? pod.containers[0];
+  const a = c.args ?? [];
+  if (spec.replicas !== 2) fail(what, `replicas is ${spec.replicas}, expected 2`);
+  for (const svc of of("Service")) {
+    if (svc.spec.clusterIP === "None" && matches(svc.spec.selector, podLabels(server))) fail(id(svc), "headless Service for a Deployment's server pods");
+  }
+  for (const flag of ["--database=$(DATABASE_URL)", "--replica-id=$(POD_NAME)"]) {
+    if (!a.includes(flag)) fail(what, `args lack ${flag}`);
+  }
+  if (a.some((x) => /postgres(ql)?:\/\//.test(x))) fail(what, "a database URL is written in the args; it belongs in a Secret");
+  const audit = a.find((x) => x.startsWith("--audit-log="));
+  if (audit && !audit.includes("$(POD_NAME)")) fail(what, `${audit} is one file for all replicas on the shared volume`);
+
+  // Environment: where DATABASE_URL, PGPASSWORD and POD_NAME come from.
+  const env = c.env ?? [];
+  const at = (name) => env.findIndex((e) => e.name === name);
+  const get = (name) => env[at(name)];
+  if (get("POD_NAME")?.valueFrom?.fieldRef?.fieldPath !== "metadata.name") fail(what, "env POD_NAME is not the downward API's metadata.name");
+  const url = get("DATABASE_URL");
+  const secrets = new Set(); // the Secrets DATABASE_URL is made of
+  if (!url) {
+    fail(what, "no env DATABASE_URL");
+  } else if (url.valueFrom?.secretKeyRef) {
+    secrets.add(url.valueFrom.secretKeyRef.name);
+  } else if (typeof url.value === "string") {
+    const user = url.value.match(/^postgres(?:ql)?:\/\/([^@/]*)@/);
+    if (!user) fail(what, `env DATABASE_URL ${url.value} is not postgresql://USER@HOST...`);
+    else if (user[1].includes(":")) fail(what, "env DATABASE_URL has a password in it");
+    for (const [, ref] of url.value.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
+      const from = get(ref)?.valueFrom?.secretKeyRef;
+      // Kubernetes expands only variables defined before this one.
+      if (at(ref) < 0 || at(ref) > at("DATABASE_URL")) fail(what, `env DATABASE_URL uses $(${ref}), not defined before it`);
+      else if (!from) fail(what, `env DATABASE_URL uses $(${ref}), which is not from a Secret`);
+      else secrets.add(from.name);
+    }
+    const cert = url.value.match(/[?&]sslrootcert=([^&]+)/)?.[1];
+    const m = cert && (c.volumeMounts ?? []).find((v) => cert.startsWith(v.mountPath + "/"));
+    if (cert && !(pod.volumes ?? []).find((v) => v.name === m?.name)?.secret) fail(what, `sslrootcert ${cert} is not in a mounted Secret`);
+  } else {
+    fail(what, "env DATABASE_URL has neither a value nor a secretKeyRef");
+  }
+  const password = get("PGPASSWORD");
+  if (password && password.value !== undefined) fail(what, "env PGPASSWORD is a literal");
+  if (password && !secrets.has(password.valueFrom?.secretKeyRef?.name)) fail(what, "env PGPASSWORD is not from the database's Secret");
+  if (url?.value !== undefined && !password) fail(what, "DATABASE_URL has no password and no PGPASSWORD is set");
+  if (overlay === "postgres-external") {
+    const ref = url?.valueFrom?.secretKeyRef;
+    if (ref?.name !== "finetuned-database" || ref?.key !== "url") fail(what, "DATABASE_URL is not Secret finetuned-database, key url");
+  } else {
+    const clusters = of("Cluster");
+    if (clusters.length !== 1) {
+      fail("Cluster", `${clusters.length} CloudNativePG Clusters rendered, expected 1`);
+    } else {
+      const [db] = clusters;
+      const app = `${db.metadata.name}-app`;
+      if (secrets.size === 0 || [...secrets].some((n) => n !== app)) fail(what, `DATABASE_URL is made of Secrets ${[...secrets]}, expected ${app}`);
+      if (!(db.spec?.instances >= 2)) fail(id(db), `instances ${db.spec?.instances}: no standby to fail over to`);
+      const initdb = db.spec?.bootstrap?.initdb ?? {};
+      if (initdb.database !== "finetune" || initdb.owner !== "finetune") fail(id(db), "initdb does not create database finetune owned by finetune");
+    }
+  }
+
+  // One data volume, ReadWriteMany, read-write in every replica.
+  const dataMount = (c.volumeMounts ?? []).find((m) => m.mountPath === "/var/lib/finetuned");
+  const claimName = (pod.volumes ?? []).find((v) => v.name === dataMount?.name)?.persistentVolumeClaim?.claimName;
+  const claim = claimName && one("PersistentVolumeClaim", claimName);
+  if (!claim) fail(what, "no rendered PersistentVolumeClaim mounted at /var/lib/finetuned");
+  else if (!(claim.spec.accessModes ?? []).includes("ReadWriteMany")) fail(id(claim), `accessModes ${claim.spec.accessModes}: replicas on different nodes need ReadWriteMany`);
+  if (dataMount?.readOnly) fail(what, "the data volume is mounted read-only");
+
+  // Replicas on different nodes; a rollout that can proceed under that rule.
+  const anti = pod.affinity?.podAntiAffinity ?? {};
+  const terms = [...(anti.requiredDuringSchedulingIgnoredDuringExecution ?? []),
+    ...(anti.preferredDuringSchedulingIgnoredDuringExecution ?? []).map((t) => t.podAffinityTerm)];
+  const spread = terms.filter((t) => t?.topologyKey === "kubernetes.io/hostname" && matches(t.labelSelector?.matchLabels, podLabels(server)));
+  if (spread.length === 0) fail(what, "no podAntiAffinity on kubernetes.io/hostname against its own pods");
+  if ((anti.requiredDuringSchedulingIgnoredDuringExecution ?? []).some((t) => spread.includes(t)) &&
+      (spec.strategy?.rollingUpdate?.maxSurge ?? "25%") !== 0) {
+    fail(what, "required anti-affinity with a surge pod: a rollout on 2 nodes stays Pending");
+  }
+  const pdbs = of("PodDisruptionBudget").filter((p) => matches(p.spec.selector?.matchLabels, podLabels(server)));
+  if (!pdbs.some((p) => p.spec.minAvailable === 1)) fail(what, "no PodDisruptionBudget with minAvailable: 1");
+}
+
+// Server: the SQLite StatefulSet, or (postgres overlays) a Deployment of 2.
+const server = one(replicated ? "Deployment" : "StatefulSet", "finetuned");
+if (replicated && of("StatefulSet").length) fail("StatefulSet", `${overlay}: rendered, but the server is a Deployment here`);
+if (server && !replicated) {
   const spec = server.spec;
   const c = spec.template.spec.containers.find((x) => x.name === "finetuned") ?? spec.template.spec.containers[0];
   if (spec.replicas !== 1) fail(id(server), `replicas is ${spec.replicas}; SQLite allows exactly 1`);
+  if ((c.args ?? []).some((a) => a.startsWith("--database"))) fail(id(server), "SQLite StatefulSet has --database");
   const headless = one("Service", spec.serviceName);
   if (!headless || headless.spec.clusterIP !== "None" || !matches(headless.spec.selector, podLabels(server))) {
     fail(id(server), `serviceName ${spec.serviceName} is not a headless Service selecting its pods`);
@@ -146,6 +282,11 @@ if (server) {
   const claims = (spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name);
   const dataMount = (c.volumeMounts ?? []).find((m) => m.mountPath === "/var/lib/finetuned");
   if (!dataMount || !claims.includes(dataMount.name)) fail(id(server), "no volumeClaimTemplate mounted at /var/lib/finetuned");
+}
+if (server && replicated) checkReplicatedServer(server);
+if (server) {
+  const spec = server.spec;
+  const c = spec.template.spec.containers.find((x) => x.name === "finetuned") ?? spec.template.spec.containers[0];
   for (const flag of ["--listen=0.0.0.0:50051", "--metrics-listen=0.0.0.0:9464", "--local-workers=0",
     "--data-dir=/var/lib/finetuned", "--dataset-roots=/datasets"]) {
     if (!(c.args ?? []).includes(flag)) fail(id(server), `args lack ${flag}`);
@@ -168,7 +309,7 @@ if (server) {
   }
   const tlsSecret = secretOf((args.find((a) => a.startsWith("--tls-cert=")) ?? "=").split("=")[1]);
   const certificate = of("Certificate").find((x) => x.spec?.secretName === tlsSecret);
-  if (overlay === "gpu" && !certificate) fail(id(server), `no cert-manager Certificate writes Secret ${tlsSecret}`);
+  if (overlay !== "cpu" && !certificate) fail(id(server), `no cert-manager Certificate writes Secret ${tlsSecret}`);
   if (certificate && !(certificate.spec.dnsNames ?? []).includes("finetuned")) {
     fail(id(certificate), "dnsNames lack finetuned, the name the probes and workers check");
   }
@@ -205,7 +346,7 @@ if (worker) {
   if (!workerSecret("--tls-ca")) fail(id(worker), "no --tls-ca from a mounted Secret");
   if (!workerSecret("--token-file")) fail(id(worker), "no --token-file from a mounted Secret");
   const gpuLimit = c.resources?.limits?.["nvidia.com/gpu"];
-  if (overlay === "cpu") {
+  if (overlay !== "gpu") {
     if (!a.includes("--device=cpu")) fail(id(worker), "cpu overlay: args lack --device=cpu");
     if (gpuLimit !== undefined) fail(id(worker), "cpu overlay asks for a GPU");
     if (/cuda/.test(c.image)) fail(id(worker), `cpu overlay uses image ${c.image}`);
