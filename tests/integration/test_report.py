@@ -276,7 +276,7 @@ class ReportTest(unittest.TestCase):
         # The per-step curve is each step's own loss and rate: 48 images in
         # batches of 8 are 6 steps an epoch, whose mean is the epoch's loss.
         for e in epochs:
-            self.assertEqual(e["steps"], 6)
+            self.assertEqual(int(e["steps"]), 6)  # an int64: a string in JSON
             self.assertEqual(e.get("steps_per_point", 1), 1)
             self.assertEqual(len(e["step_losses"]), 6)
             self.assertEqual(len(e["step_learning_rates"]), 6)
