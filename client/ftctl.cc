@@ -43,6 +43,9 @@ std::vector<FlagSpec> SubmitFlags() {
       {"lr-gamma", "F", "step schedule: factor at each step (default 0.1)"},
       {"momentum", "F", "SGD momentum (default 0.9)"},
       {"nesterov", "", "SGD with Nesterov momentum"},
+      {"workers", "N", "train on N workers at once, data parallel (c10d); --batch-size stays the global batch "
+                       "(default 1)"},
+      {"sync-bn", "", "with --workers: BatchNorm statistics over the whole batch (default: each worker's share)"},
       {"unfreeze-at", "EPOCH", "second phase: from this epoch train with --finetune-freeze-depth (default off)"},
       {"finetune-freeze-depth", "N|all", "second phase: the new freeze depth"},
       {"finetune-lr-mult", "F", "second phase: learning-rate multiplier, with a fresh optimiser (default 0.1)"},

@@ -40,6 +40,10 @@ int PrintJob(Invocation& inv, const absl::StatusOr<pb::Job>& job) {
   std::cout << absl::StrFormat("backbone  %s, weights %s, freeze_depth %d\n", j.spec().backbone(),
                                j.spec().weights_uri(), j.spec().freeze_depth());
   std::cout << absl::StrFormat("dataset   %s\n", j.spec().dataset_uri());
+  if (j.spec().workers() > 1) {
+    std::cout << absl::StrFormat("workers   %d, data parallel%s\n", j.spec().workers(),
+                                 j.workers_size() > 0 ? absl::StrCat(": ", absl::StrJoin(j.workers(), ", ")) : "");
+  }
   std::cout << absl::StrFormat("training  %d epochs, batch %d, %dpx, %s lr %g, seed %d\n",
                                j.spec().epochs(), j.spec().batch_size(), j.spec().image_size(),
                                j.spec().optimizer(), j.spec().learning_rate(), j.spec().seed());
@@ -82,6 +86,7 @@ std::optional<int> BuildSpec(Invocation& inv, pb::JobSpec* out) {
   spec.set_on_bad_image(inv.Flag("on-bad-image"));
   spec.set_export_weights(inv.Flag("export"));
   spec.set_nesterov(inv.Flag("nesterov", "false") == "true");
+  spec.set_sync_bn(inv.Flag("sync-bn", "false") == "true");
   // A local path is taken as a file:// URI, as users expect.
   if (!absl::StrContains(spec.dataset_uri(), "://")) {
     char buf[4096];
@@ -121,6 +126,7 @@ std::optional<int> BuildSpec(Invocation& inv, pb::JobSpec* out) {
       !int_flag("image-size", [&](int64_t v) { spec.set_image_size(static_cast<int32_t>(v)); }) ||
       !int_flag("priority", [&](int64_t v) { spec.set_priority(static_cast<int32_t>(v)); }) ||
       !int_flag("seed", [&](int64_t v) { spec.set_seed(v); }) ||
+      !int_flag("workers", [&](int64_t v) { spec.set_workers(static_cast<int32_t>(v)); }) ||
       !int_flag("checkpoint-interval",
                 [&](int64_t v) { spec.set_checkpoint_interval_seconds(static_cast<int32_t>(v)); })) {
     return kExitRefused;

@@ -607,7 +607,11 @@ absl::StatusOr<ReportFiles> WriteReport(const ReportData& data, const std::strin
   }
   if (epoch_seconds > 0) row("training throughput", absl::StrFormat("%.1f images/s", images / epoch_seconds));
   row("attempts", absl::StrCat(job.attempts()));
-  if (!job.worker_id().empty()) row("worker", job.worker_id());
+  if (job.workers_size() > 1) {
+    row("workers (data parallel, by rank)", absl::StrJoin(job.workers(), ", "));
+  } else if (!job.worker_id().empty()) {
+    row("worker", job.worker_id());
+  }
   absl::StrAppend(&h, "</table>\n");
   absl::StrAppend(&h, "<footer>Made by ftctl report from job ", Html(job.id()), "'s record and its ",
                   history.events, " events",

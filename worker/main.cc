@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/files.h"
 #include "common/util/log.h"
@@ -39,6 +40,13 @@ ABSL_FLAG(std::string, worker_id, "", "name shown in job events (default: hostna
 ABSL_FLAG(int, parent_pid, 0, "exit when this process is gone (set by finetuned for local workers)");
 ABSL_FLAG(int, max_jobs, 0, "exit after this many jobs; 0 runs forever");
 ABSL_FLAG(std::string, metrics_listen, "", "Prometheus endpoint host:port (GET /metrics); empty disables it");
+ABSL_FLAG(std::string, c10d_host, "",
+          "the address other workers reach this one at, for multi-worker jobs (c10d; default: the hostname); "
+          "'none' takes single-worker jobs only");
+ABSL_FLAG(std::string, c10d_ports, "29500-29599",
+          "ports this worker may open a multi-worker job's rendezvous (TCPStore) on as its rank 0, LO-HI");
+ABSL_FLAG(int, c10d_timeout_seconds, 600,
+          "how long a multi-worker job waits for its ranks to join, and then for any collective");
 ABSL_FLAG(std::string, tool, "",
           "run one tool and exit (the server does this for ValidateJob and Predict): validate or predict, "
           "with a binary finetune.v1.ToolRequest on stdin and a ToolReply on stdout");
@@ -179,6 +187,25 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  {
+    const std::string ports = absl::GetFlag(FLAGS_c10d_ports);
+    const size_t dash = ports.find('-');
+    int lo = 0, hi = 0;
+    if (dash == std::string::npos || !absl::SimpleAtoi(ports.substr(0, dash), &lo) ||
+        !absl::SimpleAtoi(ports.substr(dash + 1), &hi) || lo < 1 || hi > 65535 || lo > hi) {
+      std::cerr << "finetune-worker: --c10d-ports must be LO-HI (1 <= LO <= HI <= 65535), got '" << ports << "'"
+                << std::endl;
+      return 2;
+    }
+    options.c10d_port_min = lo;
+    options.c10d_port_max = hi;
+    if (absl::GetFlag(FLAGS_c10d_timeout_seconds) < 1) {
+      std::cerr << "finetune-worker: --c10d-timeout-seconds must be at least 1" << std::endl;
+      return 2;
+    }
+    options.c10d_timeout = absl::Seconds(absl::GetFlag(FLAGS_c10d_timeout_seconds));
+  }
+
   const std::string device = absl::GetFlag(FLAGS_device);
   try {
     if (device == "auto") {
@@ -205,6 +232,8 @@ int main(int argc, char** argv) {
   ::gethostname(host, sizeof(host) - 1);
   options.worker_id = absl::GetFlag(FLAGS_worker_id).empty() ? absl::StrCat(host, "-", ::getpid())
                                                              : absl::GetFlag(FLAGS_worker_id);
+  options.c10d_host = absl::GetFlag(FLAGS_c10d_host).empty() ? std::string(host) : absl::GetFlag(FLAGS_c10d_host);
+  if (options.c10d_host == "none") options.c10d_host.clear();
   if (auto s = ft::util::MakeDirs(options.work_dir); !s.ok()) {
     std::cerr << "finetune-worker: " << s.message() << std::endl;
     return 1;

@@ -418,6 +418,16 @@ absl::StatusOr<pb::ValidationReport> FineTuneService::RunValidation(pb::Resolved
   pb::ValidationReport report = std::move(*reply.mutable_validation());
   FT_ASSIGN_OR_RETURN(int queued, manager_->store()->CountInState(pb::QUEUED));
   report.set_queue_position(queued + 1);
+  // A multi-worker job starts only when that many workers are free at once.
+  const int needed = std::max(1, report.spec().workers());
+  FT_ASSIGN_OR_RETURN(int idle, manager_->store()->CountWaiting());
+  report.set_workers_needed(needed);
+  report.set_workers_idle(idle);
+  if (needed > 1 && idle < needed) {
+    report.add_warnings(absl::StrCat("the job needs ", needed, " workers at once and ", idle,
+                                     " are idle now (workers that can join a group: --c10d-host): it waits in the "
+                                     "queue until ", needed, " are free, while smaller jobs behind it run"));
+  }
   return report;
 }
 

@@ -247,47 +247,67 @@ void JobManager::WakeLeasers() {
 absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo& worker,
                                                            absl::Duration wait) {
   const absl::Time deadline = clock_->Now() + wait;
+  const auto resume_point = [this](const std::string& job_id) {
+    JobStore::ResumePoint point;
+    if (options_.checkpoints == nullptr) return point;
+    const auto stored = options_.checkpoints->List(job_id);
+    if (!stored.empty()) {
+      point.epoch = stored.back().epoch;
+      point.step = stored.back().step;
+    }
+    return point;
+  };
+  // A lease for `worker` (its own job, or a rank of another's group).
+  const auto leased_to = [&](std::optional<LeasedJob> leased) -> std::optional<LeasedJob> {
+    const pb::Lease& lease = leased->lease;
+    if (lease.rank() > 0) {
+      util::Log("info", "finetuned", "rank taken",
+                {{"job_id", lease.job_id()}, {"worker_id", worker.worker_id()},
+                 {"rank", absl::StrCat(lease.rank(), "/", lease.gang().world_size())}});
+      return leased;
+    }
+    if (lease.gang().world_size() > 1) {
+      // The group's other ranks wait in their own leases here, or on other
+      // replicas (the store's change feed wakes those).
+      WakeLeasers();
+    }
+    if (observer_ && lease.attempt() == 1) {
+      if (auto job = store_->GetJob(lease.job_id()); job.ok()) {
+        observer_->OnLeased(absl::FromUnixSeconds(job->start_time().seconds()) -
+                            absl::FromUnixSeconds(job->create_time().seconds()) +
+                            absl::Nanoseconds(job->start_time().nanos() - job->create_time().nanos()));
+      }
+    }
+    util::Log("info", "finetuned", "job leased",
+              {{"job_id", lease.job_id()}, {"worker_id", worker.worker_id()},
+               {"attempt", absl::StrCat(lease.attempt())},
+               {"workers", absl::StrCat(std::max(1, lease.gang().world_size()))}});
+    hub_->Notify(lease.job_id());
+    return leased;
+  };
   while (true) {
     int64_t generation;
     {
       absl::MutexLock lock(&mu_);
-      if (stopping_) return std::optional<LeasedJob>();
+      if (stopping_) break;
       generation = queue_generation_;
     }
     FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased,
-                        store_->LeaseNext(worker, options_.lease_ttl, [this](const std::string& job_id) {
-                          JobStore::ResumePoint point;
-                          if (options_.checkpoints == nullptr) return point;
-                          const auto stored = options_.checkpoints->List(job_id);
-                          if (!stored.empty()) {
-                            point.epoch = stored.back().epoch;
-                            point.step = stored.back().step;
-                          }
-                          return point;
-                        }));
+                        store_->LeaseNext(worker, options_.lease_ttl, resume_point, deadline));
     SeenWorker(worker.worker_id());
-    if (leased.has_value()) {
-      if (observer_ && leased->lease.attempt() == 1) {
-        if (auto job = store_->GetJob(leased->lease.job_id()); job.ok()) {
-          observer_->OnLeased(absl::FromUnixSeconds(job->start_time().seconds()) -
-                              absl::FromUnixSeconds(job->create_time().seconds()) +
-                              absl::Nanoseconds(job->start_time().nanos() - job->create_time().nanos()));
-        }
-      }
-      util::Log("info", "finetuned", "job leased",
-                {{"job_id", leased->lease.job_id()}, {"worker_id", worker.worker_id()},
-                 {"attempt", absl::StrCat(leased->lease.attempt())}});
-      hub_->Notify(leased->lease.job_id());
-      return leased;
-    }
+    if (leased.has_value()) return leased_to(std::move(leased));
     const absl::Duration left = deadline - clock_->Now();
-    if (left <= absl::ZeroDuration()) return std::optional<LeasedJob>();
+    if (left <= absl::ZeroDuration()) break;
     absl::MutexLock lock(&mu_);
     auto changed = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return queue_generation_ != generation;
     };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&changed), left)) return std::optional<LeasedJob>();
+    if (!mu_.AwaitWithTimeout(absl::Condition(&changed), left)) break;
   }
+  // No longer waiting: a rank given in the meantime is still this worker's.
+  FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> given, store_->StopWaiting(worker, options_.lease_ttl));
+  if (given.has_value()) return leased_to(std::move(given));
+  return std::optional<LeasedJob>();
 }
 
 absl::StatusOr<pb::Job> JobManager::Heartbeat(const std::string& job_id,

@@ -1,9 +1,11 @@
 #include "server/jobs/job_records.h"
 
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "google/protobuf/util/time_util.h"
 #include "common/util/status.h"
 
@@ -47,6 +49,12 @@ absl::StatusOr<pb::Job> JobFromRow(const JobRow& row) {
   job.set_cancel_requested(row.cancel_requested);
   job.set_last_sequence(row.last_seq);
   job.set_tenant(row.tenant);
+  pb::Gang gang;
+  if (!row.gang.empty() && gang.ParseFromString(row.gang) && gang.workers_size() > 0) {
+    *job.mutable_workers() = gang.workers();
+  } else if (!row.worker_id.empty()) {
+    job.add_workers(row.worker_id);
+  }
   return job;
 }
 
@@ -101,6 +109,40 @@ pb::Lease NewLease(const std::string& job_id, const std::string& lease_id, absl:
 
 std::string RunningMessage(const pb::WorkerInfo& worker, const JobStore::ResumePoint& resume) {
   std::string message = absl::StrCat("running on ", worker.worker_id(), " (", worker.device(), ")");
+  if (resume.epoch > 0) absl::StrAppend(&message, ", resuming at epoch ", resume.epoch, ", step ", resume.step);
+  return message;
+}
+
+int WorkersNeeded(const pb::ResolvedJob& job) { return std::max(1, job.spec().workers()); }
+
+bool CanJoinGang(const pb::WorkerInfo& worker) { return !worker.c10d_host().empty() && worker.c10d_port() > 0; }
+
+std::string DeviceKind(const pb::WorkerInfo& worker) {
+  const std::string& d = worker.device();
+  return d.substr(0, d.find(':'));
+}
+
+pb::Gang FormGang(const pb::WorkerInfo& leader, const std::vector<std::string>& others) {
+  pb::Gang gang;
+  gang.set_world_size(static_cast<int32_t>(others.size() + 1));
+  gang.add_workers(leader.worker_id());
+  for (const std::string& w : others) gang.add_workers(w);
+  gang.set_master_address(absl::StrCat(leader.c10d_host(), ":", leader.c10d_port()));
+  return gang;
+}
+
+pb::Lease RankLease(const std::string& job_id, const std::string& lease_id, absl::Duration ttl, int attempt,
+                    int rank, const pb::Gang& gang) {
+  pb::Lease lease = NewLease(job_id, lease_id, ttl, attempt);
+  lease.set_rank(rank);
+  *lease.mutable_gang() = gang;
+  return lease;
+}
+
+std::string GangRunningMessage(const pb::WorkerInfo& leader, const pb::Gang& gang,
+                               const JobStore::ResumePoint& resume) {
+  std::string message = absl::StrCat("running on ", gang.world_size(), " workers (", leader.device(), "): ",
+                                     absl::StrJoin(gang.workers(), ", "), "; rendezvous at ", gang.master_address());
   if (resume.epoch > 0) absl::StrAppend(&message, ", resuming at epoch ", resume.epoch, ", step ", resume.step);
   return message;
 }

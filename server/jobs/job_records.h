@@ -4,7 +4,9 @@
 // what makes the backends behave the same; each store keeps only its SQL.
 //
 // Schema versions, the same on both backends: 1, the jobs and events tables;
-// 2, jobs.tenant (and its index). PostgresJobStore records them in
+// 2, jobs.tenant (and its index); 3, jobs.workers (how many a job needs at
+// once) and jobs.gang (its current group, a serialised pb::Gang), and the
+// waiting_workers table (see "Multi-worker jobs" below). PostgresJobStore records them in
 // schema_migrations; SqliteJobStore has no version table and recognises
 // version 1 by the missing column (SqliteJobStore::MigrateLocked).
 #ifndef FT_SERVER_JOBS_JOB_RECORDS_H_
@@ -12,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,7 +26,7 @@ namespace ft::server {
 // them alike.
 inline constexpr char kJobColumns[] =
     "id, state, resolved, attempts, error, model_id, metrics, create_us, start_us, end_us, "
-    "worker_id, cancel_requested, last_seq, tenant";
+    "worker_id, cancel_requested, last_seq, tenant, gang";
 
 // One row of the jobs table, as read with kJobColumns. Times are Unix
 // microseconds from the store's clock, 0 for "not yet".
@@ -42,6 +45,7 @@ struct JobRow {
   bool cancel_requested = false;
   int64_t last_seq = 0;
   std::string tenant;
+  std::string gang;  // a serialised pb::Gang; empty for one worker
 };
 
 // DATA_LOSS when the stored spec does not parse.
@@ -75,6 +79,33 @@ pb::Lease NewLease(const std::string& job_id, const std::string& lease_id, absl:
 std::string RunningMessage(const pb::WorkerInfo& worker, const JobStore::ResumePoint& resume);
 std::string FinishedMessage(const pb::JobResult& result);
 std::string ReturnedMessage(const std::string& worker_id, const std::string& reason);
+
+// Multi-worker jobs. A worker that can join a group (it names a c10d
+// host and port) is recorded in waiting_workers while its LeaseNext waits
+// for work. The LeaseNext that picks a job needing N workers, when N - 1
+// others wait, makes its own worker rank 0 and gives the others ranks
+// 1..N-1 in their rows (the longest waiting first); each takes its rank at
+// its next LeaseNext (or StopWaiting). A job needing more workers than wait
+// is passed over for the next one that fits (backfill).
+//
+// The workers a job needs at once: JobSpec.workers, at least 1.
+int WorkersNeeded(const pb::ResolvedJob& job);
+// A worker may join a group: it said where its peers reach it.
+bool CanJoinGang(const pb::WorkerInfo& worker);
+// "cpu" or "cuda": a group's ranks are all of one kind.
+std::string DeviceKind(const pb::WorkerInfo& worker);
+// The group of `leader` (rank 0, whose rendezvous it names) and `others`.
+pb::Gang FormGang(const pb::WorkerInfo& leader, const std::vector<std::string>& others);
+// The lease of rank `rank` in `gang`.
+pb::Lease RankLease(const std::string& job_id, const std::string& lease_id, absl::Duration ttl, int attempt,
+                    int rank, const pb::Gang& gang);
+// The RUNNING message of a group's attempt.
+std::string GangRunningMessage(const pb::WorkerInfo& leader, const pb::Gang& gang,
+                               const JobStore::ResumePoint& resume);
+// How long a waiting worker's row outlives its wait when it was given a
+// rank it never took (it died): the job's rank 0 then finds no peer, and
+// the attempt ends.
+inline constexpr absl::Duration kUntakenRankGrace = absl::Seconds(60);
 
 // What becomes of a job whose lease expired: QUEUED again, CANCELLED when
 // its cancel was asked, FAILED once `attempts` reached `max_attempts`.

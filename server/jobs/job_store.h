@@ -65,10 +65,27 @@ class JobStore {
   };
   using ResumePointFn = std::function<ResumePoint(const std::string& job_id)>;
 
-  // Leases the next queued job, if any, until now + ttl. Its RUNNING event
-  // carries `resume_point(job)` when given.
+  // Leases `worker` a job until now + ttl: the rank of a multi-worker job
+  // that another worker's LeaseNext gave it, if any; else the first queued
+  // job (priority, then FIFO) that fits, that is one needing a single
+  // worker, or one needing N when N - 1 other workers of the same device
+  // kind wait for work now (they get ranks 1..N-1, this worker rank 0; see
+  // job_records.h, "Multi-worker jobs"). A job needing more is passed over
+  // for the next one (backfill). Its RUNNING event carries
+  // `resume_point(job)` when given. Until `waiting_until`, a worker that
+  // can join a group (CanJoinGang) and got nothing counts as waiting.
   virtual absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
-                                                             const ResumePointFn& resume_point = nullptr) = 0;
+                                                             const ResumePointFn& resume_point = nullptr,
+                                                             absl::Time waiting_until = absl::InfinitePast()) = 0;
+  // `worker` stops waiting for work: the rank it was given meanwhile, if
+  // any (to run), else nothing, and it no longer counts as waiting.
+  virtual absl::StatusOr<std::optional<LeasedJob>> StopWaiting(const pb::WorkerInfo& worker, absl::Duration ttl) = 0;
+  // Workers waiting for work now that could join a group, across every
+  // process sharing the store.
+  virtual absl::StatusOr<int> CountWaiting() = 0;
+  // The workers the queued jobs need, summed (JobSpec.workers each): what
+  // an autoscaler should provide.
+  virtual absl::StatusOr<int64_t> QueuedWorkerDemand() = 0;
   // Extends a valid lease to now + ttl. Returns the job (for cancel_requested).
   virtual absl::StatusOr<pb::Job> RenewLease(const std::string& job_id,
                                              const std::string& lease_id,

@@ -63,6 +63,18 @@ CREATE TABLE events (
 ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
 CREATE INDEX jobs_tenant ON jobs(tenant, state);
 )sql"},
+    {3, R"sql(
+ALTER TABLE jobs ADD COLUMN workers INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN gang BYTEA;
+CREATE TABLE waiting_workers (
+  worker_id TEXT PRIMARY KEY,
+  device_kind TEXT NOT NULL,
+  since_us BIGINT NOT NULL,
+  expires_us BIGINT NOT NULL,
+  job_id TEXT NOT NULL DEFAULT '',
+  rank INTEGER NOT NULL DEFAULT 0
+);
+)sql"},
 };
 constexpr int kSchemaVersion = static_cast<int>(sizeof(kMigrations) / sizeof(kMigrations[0]));
 
@@ -192,6 +204,7 @@ absl::StatusOr<pb::Job> JobFromResult(const Result& r, int i) {
   row.cancel_requested = r.Bool(i, 11);
   row.last_seq = r.Int(i, 12);
   row.tenant = r.Text(i, 13);
+  row.gang = r.Bytes(i, 14);
   return JobFromRow(row);
 }
 
@@ -480,7 +493,10 @@ absl::StatusOr<pb::JobEvent> PostgresJobStore::AppendEventLocked(Connection& c, 
                            Params().Add(job_id).Add(event.sequence()).AddBytes(event.SerializeAsString())));
   // Inside the transaction: listeners hear of it when, and only if, it
   // commits, so a woken watcher always finds the event in the table.
-  const bool queued = event.has_state_changed() && event.state_changed().state() == pb::QUEUED;
+  // Also a group's start: its other ranks, waiting on any replica, look
+  // for the ranks it gave them.
+  const bool queued = event.has_state_changed() && (event.state_changed().state() == pb::QUEUED ||
+                                                    event.state_changed().workers_size() > 1);
   FT_RETURN_IF_ERROR(c.Run("SELECT pg_notify($1, $2)",
                            Params().Add(std::string(kChangeChannel))
                                .Add(absl::StrCat(job_id, ":", event.sequence(), queued ? kQueuedSuffix : ""))));
@@ -599,12 +615,13 @@ absl::StatusOr<pb::Job> PostgresJobStore::CreateJob(const pb::ResolvedJob& job, 
         .Add(job.spec().priority())
         .AddBytes(job.SerializeAsString())
         .Add(ToMicros(clock_->Now()))
-        .Add(util::TenantOrDefault(job.tenant()));
+        .Add(util::TenantOrDefault(job.tenant()))
+        .Add(WorkersNeeded(job));
     // ON CONFLICT: the same request_id from another replica at the same
     // moment waits for that insert, then finds its job below.
     FT_ASSIGN_OR_RETURN(Result inserted,
-                        c.Exec("INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant) "
-                               "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING RETURNING id",
+                        c.Exec("INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant, workers) "
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING RETURNING id",
                                insert));
     if (inserted.rows() == 0) {
       FT_ASSIGN_OR_RETURN(Result s, c.Exec("SELECT id FROM jobs WHERE request_id = $1", Params().Add(request_id)));
@@ -665,40 +682,160 @@ absl::StatusOr<int> PostgresJobStore::CountInState(pb::JobState state) {
   return Count("SELECT COUNT(*) FROM jobs WHERE state = $1", Params().Add(state));
 }
 
+// The rank another worker's lease gave `worker_id` (its waiting row, locked
+// by the caller's transaction), taken: the row is deleted, and the lease
+// returned if the job still runs on that group.
+absl::StatusOr<std::optional<LeasedJob>> PostgresJobStore::TakeRank(Connection& c, const std::string& worker_id, absl::Duration ttl) {
+  FT_ASSIGN_OR_RETURN(Result w, c.Exec("DELETE FROM waiting_workers WHERE worker_id = $1 AND job_id <> '' "
+                                       "RETURNING job_id, rank",
+                                       Params().Add(worker_id)));
+  if (w.rows() == 0) return std::optional<LeasedJob>();
+  const std::string job_id = w.Text(0, 0);
+  const int rank = static_cast<int>(w.Int(0, 1));
+  FT_ASSIGN_OR_RETURN(Result j, c.Exec("SELECT state, lease_id, attempts, gang, resolved FROM jobs WHERE id = $1",
+                                       Params().Add(job_id)));
+  pb::Gang gang;
+  // The group may be gone already (its rank 0 failed, the job re-queued).
+  if (j.rows() == 0 || j.Int(0, 0) != pb::RUNNING || !gang.ParseFromString(j.Bytes(0, 3)) || rank <= 0 ||
+      rank >= gang.workers_size() || gang.workers(rank) != worker_id) {
+    return std::optional<LeasedJob>();
+  }
+  LeasedJob leased;
+  FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(job_id, j.Bytes(0, 4)));
+  leased.lease = RankLease(job_id, j.Text(0, 1), ttl, static_cast<int>(j.Int(0, 2)), rank, gang);
+  return std::optional<LeasedJob>(std::move(leased));
+}
+
 absl::StatusOr<std::optional<LeasedJob>> PostgresJobStore::LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
-                                                                     const ResumePointFn& resume_point) {
+                                                                     const ResumePointFn& resume_point,
+                                                                     absl::Time waiting_until) {
   return InTransaction<std::optional<LeasedJob>>([&](Connection& c) -> absl::StatusOr<std::optional<LeasedJob>> {
+    const int64_t now = ToMicros(clock_->Now());
+    // Rows of workers that stopped waiting without saying so, and ranks
+    // never taken. SKIP LOCKED: rows another lease holds are its business.
+    FT_RETURN_IF_ERROR(c.Run("DELETE FROM waiting_workers WHERE worker_id IN (SELECT worker_id FROM waiting_workers "
+                             "WHERE expires_us < $1 AND (job_id = '' OR expires_us < $2) FOR UPDATE SKIP LOCKED)",
+                             Params().Add(now).Add(now - absl::ToInt64Microseconds(kUntakenRankGrace))));
+    const bool gangs = CanJoinGang(worker);
+    if (gangs) {
+      // This worker's row, locked for the rest of the transaction: a lease
+      // forming a group elsewhere either gave it a rank already (taken
+      // now) or passes it over (SKIP LOCKED) until this one commits.
+      FT_RETURN_IF_ERROR(c.Run("INSERT INTO waiting_workers(worker_id, device_kind, since_us, expires_us) "
+                               "VALUES ($1, $2, $3, $4) ON CONFLICT (worker_id) DO UPDATE SET "
+                               "device_kind = EXCLUDED.device_kind",
+                               Params().Add(worker.worker_id()).Add(DeviceKind(worker)).Add(now).Add(now)));
+      FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> given, TakeRank(c, worker.worker_id(), ttl));
+      if (given.has_value()) return given;
+    }
+    int64_t others_waiting = 0;
+    if (gangs) {
+      FT_ASSIGN_OR_RETURN(Result n, c.Exec("SELECT COUNT(*) FROM waiting_workers WHERE job_id = '' AND expires_us > $1 "
+                                           "AND device_kind = $2 AND worker_id <> $3",
+                                           Params().Add(now).Add(DeviceKind(worker)).Add(worker.worker_id())));
+      others_waiting = n.Int(0, 0);
+    }
     // SKIP LOCKED: a job that another replica or thread is leasing right
     // now is passed over, not waited for, so no job is leased twice and no
-    // leaser queues behind another.
-    FT_ASSIGN_OR_RETURN(Result s, c.Exec("SELECT id, resolved, attempts, start_us FROM jobs WHERE state = $1 "
-                                         "ORDER BY priority DESC, n ASC LIMIT 1 FOR UPDATE SKIP LOCKED",
-                                         Params().Add(pb::QUEUED)));
-    if (s.rows() == 0) return std::optional<LeasedJob>();
+    // leaser queues behind another. A job needing more workers than wait
+    // is passed over too (backfill).
+    FT_ASSIGN_OR_RETURN(Result s, c.Exec("SELECT id, resolved, attempts, start_us, workers FROM jobs WHERE state = $1 "
+                                         "AND workers <= $2 ORDER BY priority DESC, n ASC LIMIT 1 "
+                                         "FOR UPDATE SKIP LOCKED",
+                                         Params().Add(pb::QUEUED).Add(others_waiting + 1)));
+    // Nothing for it: it waits (counting for others' groups) until
+    // waiting_until, or leaves no row.
+    auto wait = [&]() -> absl::StatusOr<std::optional<LeasedJob>> {
+      if (gangs && waiting_until > clock_->Now()) {
+        // (A row given a rank of a gone group was taken and deleted above.)
+        FT_RETURN_IF_ERROR(c.Run("INSERT INTO waiting_workers(worker_id, device_kind, since_us, expires_us) "
+                                 "VALUES ($1, $2, $3, $4) ON CONFLICT (worker_id) DO UPDATE SET "
+                                 "expires_us = EXCLUDED.expires_us",
+                                 Params().Add(worker.worker_id()).Add(DeviceKind(worker)).Add(now)
+                                     .Add(ToMicros(waiting_until))));
+      } else if (gangs) {
+        FT_RETURN_IF_ERROR(c.Run("DELETE FROM waiting_workers WHERE worker_id = $1", Params().Add(worker.worker_id())));
+      }
+      return std::optional<LeasedJob>();
+    };
+    if (s.rows() == 0) return wait();
     LeasedJob leased;
     const std::string id = s.Text(0, 0);
     FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(id, s.Bytes(0, 1)));
     const int attempt = static_cast<int>(s.Int(0, 2)) + 1;
-    const int64_t now = ToMicros(clock_->Now());
     const int64_t start = s.Int(0, 3) > 0 ? s.Int(0, 3) : now;
+    const int needed = static_cast<int>(s.Int(0, 4));
+    std::vector<std::string> others;
+    if (needed > 1) {
+      // The longest waiting first; rows other leases hold are passed over.
+      FT_ASSIGN_OR_RETURN(Result o, c.Exec("SELECT worker_id FROM waiting_workers WHERE job_id = '' AND expires_us > $1 "
+                                           "AND device_kind = $2 AND worker_id <> $3 ORDER BY since_us, worker_id "
+                                           "LIMIT $4 FOR UPDATE SKIP LOCKED",
+                                           Params().Add(now).Add(DeviceKind(worker)).Add(worker.worker_id())
+                                               .Add(needed - 1)));
+      for (int i = 0; i < o.rows(); ++i) others.push_back(o.Text(i, 0));
+      if (static_cast<int>(others.size()) < needed - 1) return wait();
+    }
+    if (gangs) {
+      FT_RETURN_IF_ERROR(c.Run("DELETE FROM waiting_workers WHERE worker_id = $1", Params().Add(worker.worker_id())));
+    }
     const std::string lease_id = NewStoreId("lease-");
+    const pb::Gang gang = needed > 1 ? FormGang(worker, others) : pb::Gang();
+    Params update;
+    update.Add(pb::RUNNING)
+        .Add(attempt)
+        .Add(start)
+        .Add(worker.worker_id())
+        .Add(lease_id)
+        .Add(now + absl::ToInt64Microseconds(ttl));
+    if (needed > 1) {
+      update.AddBytes(gang.SerializeAsString());
+    } else {
+      update.AddNull();
+    }
+    update.Add(id);
     FT_RETURN_IF_ERROR(c.Run("UPDATE jobs SET state = $1, attempts = $2, start_us = $3, worker_id = $4, "
-                             "lease_id = $5, lease_expires_us = $6 WHERE id = $7",
-                             Params()
-                                 .Add(pb::RUNNING)
-                                 .Add(attempt)
-                                 .Add(start)
-                                 .Add(worker.worker_id())
-                                 .Add(lease_id)
-                                 .Add(now + absl::ToInt64Microseconds(ttl))
-                                 .Add(id)));
+                             "lease_id = $5, lease_expires_us = $6, gang = $7 WHERE id = $8",
+                             update));
+    for (size_t r = 0; r < others.size(); ++r) {
+      FT_RETURN_IF_ERROR(c.Run("UPDATE waiting_workers SET job_id = $1, rank = $2 WHERE worker_id = $3",
+                               Params().Add(id).Add(static_cast<int64_t>(r + 1)).Add(others[r])));
+    }
     const ResumePoint resume = resume_point ? resume_point(id) : ResumePoint();
-    FT_RETURN_IF_ERROR(AppendEventLocked(c, id,
-                                         StateChangedEvent(pb::RUNNING, RunningMessage(worker, resume), attempt,
-                                                           worker.worker_id(), "", resume))
-                           .status());
-    leased.lease = NewLease(id, lease_id, ttl, attempt);
+    pb::JobEvent running = StateChangedEvent(
+        pb::RUNNING, needed > 1 ? GangRunningMessage(worker, gang, resume) : RunningMessage(worker, resume), attempt,
+        worker.worker_id(), "", resume);
+    if (needed > 1) *running.mutable_state_changed()->mutable_workers() = gang.workers();
+    FT_RETURN_IF_ERROR(AppendEventLocked(c, id, std::move(running)).status());
+    leased.lease = needed > 1 ? RankLease(id, lease_id, ttl, attempt, 0, gang) : NewLease(id, lease_id, ttl, attempt);
     return std::optional<LeasedJob>(std::move(leased));
+  });
+}
+
+absl::StatusOr<std::optional<LeasedJob>> PostgresJobStore::StopWaiting(const pb::WorkerInfo& worker,
+                                                                       absl::Duration ttl) {
+  if (!CanJoinGang(worker)) return std::optional<LeasedJob>();
+  return InTransaction<std::optional<LeasedJob>>([&](Connection& c) -> absl::StatusOr<std::optional<LeasedJob>> {
+    FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> given, TakeRank(c, worker.worker_id(), ttl));
+    if (given.has_value()) return given;
+    FT_RETURN_IF_ERROR(c.Run("DELETE FROM waiting_workers WHERE worker_id = $1", Params().Add(worker.worker_id())));
+    return std::optional<LeasedJob>();
+  });
+}
+
+absl::StatusOr<int> PostgresJobStore::CountWaiting() {
+  return Read<int>([&](Connection& c) -> absl::StatusOr<int> {
+    FT_ASSIGN_OR_RETURN(Result n, c.Exec("SELECT COUNT(*) FROM waiting_workers WHERE job_id = '' AND expires_us > $1",
+                                         Params().Add(ToMicros(clock_->Now()))));
+    return static_cast<int>(n.Int(0, 0));
+  });
+}
+
+absl::StatusOr<int64_t> PostgresJobStore::QueuedWorkerDemand() {
+  return Read<int64_t>([&](Connection& c) -> absl::StatusOr<int64_t> {
+    FT_ASSIGN_OR_RETURN(Result n, c.Exec("SELECT COALESCE(SUM(workers), 0) FROM jobs WHERE state = $1",
+                                         Params().Add(pb::QUEUED)));
+    return n.Int(0, 0);
   });
 }
 

@@ -68,7 +68,11 @@ class PostgresJobStore final : public JobStore {
   absl::StatusOr<int> CountInState(pb::JobState state) override;
   absl::StatusOr<int> CountActive(const std::string& tenant) override;
   absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
-                                                     const ResumePointFn& resume_point = nullptr) override;
+                                                     const ResumePointFn& resume_point = nullptr,
+                                                     absl::Time waiting_until = absl::InfinitePast()) override;
+  absl::StatusOr<std::optional<LeasedJob>> StopWaiting(const pb::WorkerInfo& worker, absl::Duration ttl) override;
+  absl::StatusOr<int> CountWaiting() override;
+  absl::StatusOr<int64_t> QueuedWorkerDemand() override;
   absl::StatusOr<pb::Job> RenewLease(const std::string& job_id, const std::string& lease_id,
                                      absl::Duration ttl) override;
   absl::StatusOr<pb::Job> FinishJob(const std::string& job_id, const std::string& lease_id,
@@ -97,6 +101,11 @@ class PostgresJobStore final : public JobStore {
  private:
   // A connection borrowed from the pool (postgres_job_store.cc).
   class Connection;
+  // The rank another worker's lease gave `worker_id` (its waiting row,
+  // locked by the caller's transaction), taken: the row is deleted, and the
+  // lease returned if the job still runs on that group.
+  static absl::StatusOr<std::optional<LeasedJob>> TakeRank(Connection& c, const std::string& worker_id,
+                                                           absl::Duration ttl);
 
   PostgresJobStore(const PostgresJobStoreOptions& options, std::vector<std::string> secrets,
                    std::unique_ptr<util::Clock> owned_clock);

@@ -27,6 +27,8 @@ constexpr float kDefaultLearningRate = 1e-3f;
 constexpr float kDefaultValSplit = 0.2f;
 constexpr int kDefaultCheckpointSeconds = 300;
 constexpr int kMaxCheckpointSeconds = 7 * 24 * 3600;
+// Ranks of one data-parallel job, at most.
+constexpr int kMaxWorkers = 64;
 
 }  // namespace
 
@@ -46,6 +48,26 @@ absl::Status ValidateSpec(pb::JobSpec* spec, const catalog::BackboneInfo** backb
                    absl::StrCat("must be between 1 and ", kMaxBatchSize, ", got ", spec->batch_size()));
   }
   if (spec->batch_size() == 0) spec->set_batch_size(kDefaultBatchSize);
+  if (spec->workers() < 0 || spec->workers() > kMaxWorkers) {
+    return Invalid("workers", absl::StrCat("must be between 1 and ", kMaxWorkers, ", got ", spec->workers()));
+  }
+  if (spec->workers() == 0) spec->set_workers(1);
+  // batch_size is the global batch; each rank trains on its share, and a
+  // train-mode BatchNorm needs two values per channel.
+  if (spec->workers() > 1 && spec->batch_size() < 2 * spec->workers()) {
+    return Invalid("batch_size", absl::StrCat("is the global batch, split between the ", spec->workers(),
+                                              " workers: it must be at least ", 2 * spec->workers(),
+                                              " (2 images per worker), got ", spec->batch_size()));
+  }
+  if (spec->sync_bn() && spec->workers() < 2) {
+    return Invalid("sync_bn", "synchronises BatchNorm across workers: it needs --workers 2 or more");
+  }
+  if (spec->sync_bn()) {
+    // Not built yet: BatchNorm stays local to each worker's share.
+    return absl::UnimplementedError(
+        "sync_bn: synchronised BatchNorm is not implemented yet; each worker's BatchNorm uses its own share of "
+        "the batch (leave sync_bn off)");
+  }
   if (spec->image_size() == 0) spec->set_image_size(kDefaultImageSize);
   if (spec->image_size() < kMinImageSize || spec->image_size() > kMaxImageSize) {
     return Invalid("image_size", absl::StrCat("must be between ", kMinImageSize, " and ",

@@ -32,9 +32,19 @@ CREATE TABLE IF NOT EXISTS jobs (
   lease_expires_us INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0,
   last_seq INTEGER NOT NULL DEFAULT 0,
-  tenant TEXT NOT NULL DEFAULT 'default'
+  tenant TEXT NOT NULL DEFAULT 'default',
+  workers INTEGER NOT NULL DEFAULT 1,
+  gang BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, n);
+CREATE TABLE IF NOT EXISTS waiting_workers (
+  worker_id TEXT PRIMARY KEY,
+  device_kind TEXT NOT NULL,
+  since_us INTEGER NOT NULL,
+  expires_us INTEGER NOT NULL,
+  job_id TEXT NOT NULL DEFAULT '',
+  rank INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
   job_id TEXT NOT NULL,
   seq INTEGER NOT NULL,
@@ -47,6 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
 // to the default tenant, which is what the column's default says.
 constexpr const char* kAddTenant = "ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'";
 constexpr const char* kTenantIndex = "CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, state)";
+// And before multi-worker jobs (schema 3): every job needed one worker.
+constexpr const char* kAddWorkers = "ALTER TABLE jobs ADD COLUMN workers INTEGER NOT NULL DEFAULT 1";
+constexpr const char* kAddGang = "ALTER TABLE jobs ADD COLUMN gang BLOB";
 
 // One prepared statement; finalised on destruction.
 class Stmt {
@@ -121,6 +134,7 @@ absl::StatusOr<pb::Job> JobFromRow(Stmt& s) {
   row.cancel_requested = s.Int(11) != 0;
   row.last_seq = s.Int(12);
   row.tenant = s.Text(13);
+  row.gang = s.Text(14);
   return ft::server::JobFromRow(row);
 }
 
@@ -162,9 +176,14 @@ SqliteJobStore::~SqliteJobStore() {
 }
 
 absl::Status SqliteJobStore::MigrateLocked() {
-  Stmt s(db_, "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'tenant'");
-  FT_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (row && s.Int(0) == 0) FT_RETURN_IF_ERROR(Exec(kAddTenant));
+  // Each later column, added where the file predates it.
+  for (const auto& [column, sql] : {std::pair<const char*, const char*>{"tenant", kAddTenant},
+                                    {"workers", kAddWorkers},
+                                    {"gang", kAddGang}}) {
+    Stmt s(db_, absl::StrCat("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = '", column, "'"));
+    FT_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row && s.Int(0) == 0) FT_RETURN_IF_ERROR(Exec(sql));
+  }
   return Exec(kTenantIndex);
 }
 
@@ -237,8 +256,8 @@ absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
     }
     const std::string id = NewStoreId("job-");
     Stmt ins(db_,
-             "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?)");
+             "INSERT INTO jobs(id, request_id, state, priority, resolved, create_us, tenant, workers) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     ins.Bind(1, id);
     if (request_id.empty()) {
       ins.BindNull(2);
@@ -249,7 +268,8 @@ absl::StatusOr<pb::Job> SqliteJobStore::CreateJob(const pb::ResolvedJob& job,
         .Bind(4, job.spec().priority())
         .BindBlob(5, job.SerializeAsString())
         .Bind(6, ToMicros(clock_->Now()))
-        .Bind(7, util::TenantOrDefault(job.tenant()));
+        .Bind(7, util::TenantOrDefault(job.tenant()))
+        .Bind(8, WorkersNeeded(job));
     FT_RETURN_IF_ERROR(ins.Run());
     FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::QUEUED, "queued", 0, "", ""));
     return LoadJobLocked(id);
@@ -313,42 +333,154 @@ absl::StatusOr<int> SqliteJobStore::CountInState(pb::JobState state) {
   return row ? static_cast<int>(s.Int(0)) : 0;
 }
 
+absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::TakeRankLocked(const std::string& worker_id,
+                                                                        absl::Duration ttl) {
+  Stmt w(db_, "SELECT job_id, rank FROM waiting_workers WHERE worker_id = ?");
+  w.Bind(1, worker_id);
+  FT_ASSIGN_OR_RETURN(bool waiting, w.Step());
+  if (!waiting || w.Text(0).empty()) return std::optional<LeasedJob>();
+  const std::string job_id = w.Text(0);
+  const int rank = static_cast<int>(w.Int(1));
+  Stmt del(db_, "DELETE FROM waiting_workers WHERE worker_id = ?");
+  del.Bind(1, worker_id);
+  FT_RETURN_IF_ERROR(del.Run());
+  Stmt j(db_, "SELECT state, lease_id, attempts, gang, resolved FROM jobs WHERE id = ?");
+  j.Bind(1, job_id);
+  FT_ASSIGN_OR_RETURN(bool row, j.Step());
+  pb::Gang gang;
+  // The group may be gone already (its rank 0 failed, the job re-queued).
+  if (!row || j.Int(0) != pb::RUNNING || !gang.ParseFromString(j.Text(3)) || rank <= 0 ||
+      rank >= gang.workers_size() || gang.workers(rank) != worker_id) {
+    return std::optional<LeasedJob>();
+  }
+  LeasedJob leased;
+  FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(job_id, j.Text(4)));
+  leased.lease = RankLease(job_id, j.Text(1), ttl, static_cast<int>(j.Int(2)), rank, gang);
+  return std::optional<LeasedJob>(std::move(leased));
+}
+
 absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::WorkerInfo& worker,
                                                                    absl::Duration ttl,
-                                                                   const ResumePointFn& resume_point) {
+                                                                   const ResumePointFn& resume_point,
+                                                                   absl::Time waiting_until) {
   absl::MutexLock lock(&mu_);
   return InTransaction<std::optional<LeasedJob>>(
       [&]() -> absl::StatusOr<std::optional<LeasedJob>> {
+        const int64_t now = ToMicros(clock_->Now());
+        // Rows of workers that stopped waiting without saying so, and ranks
+        // never taken.
+        Stmt stale(db_, "DELETE FROM waiting_workers WHERE expires_us < ? AND (job_id = '' OR expires_us < ?)");
+        stale.Bind(1, now).Bind(2, now - absl::ToInt64Microseconds(kUntakenRankGrace));
+        FT_RETURN_IF_ERROR(stale.Run());
+        FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> given, TakeRankLocked(worker.worker_id(), ttl));
+        if (given.has_value()) return given;
+        // Other workers of this kind waiting now, that a group could take.
+        int64_t others_waiting = 0;
+        if (CanJoinGang(worker)) {
+          Stmt c(db_,
+                 "SELECT COUNT(*) FROM waiting_workers WHERE job_id = '' AND expires_us > ? AND device_kind = ? "
+                 "AND worker_id != ?");
+          c.Bind(1, now).Bind(2, DeviceKind(worker)).Bind(3, worker.worker_id());
+          FT_ASSIGN_OR_RETURN(bool counted, c.Step());
+          if (counted) others_waiting = c.Int(0);
+        }
         Stmt s(db_,
-               "SELECT id, resolved, attempts, start_us FROM jobs WHERE state = ? "
+               "SELECT id, resolved, attempts, start_us, workers FROM jobs WHERE state = ? AND workers <= ? "
                "ORDER BY priority DESC, n ASC LIMIT 1");
-        s.Bind(1, pb::QUEUED);
+        s.Bind(1, pb::QUEUED).Bind(2, others_waiting + 1);
         FT_ASSIGN_OR_RETURN(bool row, s.Step());
-        if (!row) return std::optional<LeasedJob>();
+        if (!row) {
+          if (CanJoinGang(worker) && waiting_until > clock_->Now()) {
+            // Waits, and counts for the groups that other leases form.
+            Stmt up(db_,
+                    "INSERT INTO waiting_workers(worker_id, device_kind, since_us, expires_us) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(worker_id) DO UPDATE SET device_kind = excluded.device_kind, "
+                    "expires_us = excluded.expires_us");
+            up.Bind(1, worker.worker_id()).Bind(2, DeviceKind(worker)).Bind(3, now).Bind(4, ToMicros(waiting_until));
+            FT_RETURN_IF_ERROR(up.Run());
+          }
+          return std::optional<LeasedJob>();
+        }
         LeasedJob leased;
         const std::string id = s.Text(0);
         FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(id, s.Text(1)));
         const int attempt = static_cast<int>(s.Int(2)) + 1;
-        const int64_t now = ToMicros(clock_->Now());
         const int64_t start = s.Int(3) > 0 ? s.Int(3) : now;
+        const int needed = static_cast<int>(s.Int(4));
+        std::vector<std::string> others;
+        if (needed > 1) {
+          // The longest waiting first.
+          Stmt o(db_,
+                 "SELECT worker_id FROM waiting_workers WHERE job_id = '' AND expires_us > ? AND device_kind = ? "
+                 "AND worker_id != ? ORDER BY since_us, worker_id LIMIT ?");
+          o.Bind(1, now).Bind(2, DeviceKind(worker)).Bind(3, worker.worker_id()).Bind(4, needed - 1);
+          while (true) {
+            FT_ASSIGN_OR_RETURN(bool more, o.Step());
+            if (!more) break;
+            others.push_back(o.Text(0));
+          }
+          if (static_cast<int>(others.size()) < needed - 1) return std::optional<LeasedJob>();
+        }
+        Stmt gone(db_, "DELETE FROM waiting_workers WHERE worker_id = ?");
+        gone.Bind(1, worker.worker_id());
+        FT_RETURN_IF_ERROR(gone.Run());
         const std::string lease_id = NewStoreId("lease-");
+        const pb::Gang gang = needed > 1 ? FormGang(worker, others) : pb::Gang();
         Stmt u(db_,
                "UPDATE jobs SET state = ?, attempts = ?, start_us = ?, worker_id = ?, "
-               "lease_id = ?, lease_expires_us = ? WHERE id = ?");
+               "lease_id = ?, lease_expires_us = ?, gang = ? WHERE id = ?");
         u.Bind(1, pb::RUNNING)
             .Bind(2, attempt)
             .Bind(3, start)
             .Bind(4, worker.worker_id())
             .Bind(5, lease_id)
             .Bind(6, now + absl::ToInt64Microseconds(ttl))
-            .Bind(7, id);
+            .BindBlob(7, needed > 1 ? gang.SerializeAsString() : std::string())
+            .Bind(8, id);
         FT_RETURN_IF_ERROR(u.Run());
+        for (size_t r = 0; r < others.size(); ++r) {
+          Stmt give(db_, "UPDATE waiting_workers SET job_id = ?, rank = ? WHERE worker_id = ?");
+          give.Bind(1, id).Bind(2, static_cast<int64_t>(r + 1)).Bind(3, others[r]);
+          FT_RETURN_IF_ERROR(give.Run());
+        }
         const ResumePoint resume = resume_point ? resume_point(id) : ResumePoint();
-        FT_RETURN_IF_ERROR(AppendStateLocked(id, pb::RUNNING, RunningMessage(worker, resume), attempt,
-                                             worker.worker_id(), "", resume.epoch, resume.step));
-        leased.lease = NewLease(id, lease_id, ttl, attempt);
+        pb::JobEvent running = StateChangedEvent(
+            pb::RUNNING, needed > 1 ? GangRunningMessage(worker, gang, resume) : RunningMessage(worker, resume),
+            attempt, worker.worker_id(), "", resume);
+        if (needed > 1) *running.mutable_state_changed()->mutable_workers() = gang.workers();
+        FT_RETURN_IF_ERROR(AppendEventLocked(id, std::move(running)).status());
+        leased.lease = needed > 1 ? RankLease(id, lease_id, ttl, attempt, 0, gang) : NewLease(id, lease_id, ttl, attempt);
         return std::optional<LeasedJob>(std::move(leased));
       });
+}
+
+absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::StopWaiting(const pb::WorkerInfo& worker,
+                                                                     absl::Duration ttl) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction<std::optional<LeasedJob>>([&]() -> absl::StatusOr<std::optional<LeasedJob>> {
+    FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> given, TakeRankLocked(worker.worker_id(), ttl));
+    if (given.has_value()) return given;
+    Stmt del(db_, "DELETE FROM waiting_workers WHERE worker_id = ?");
+    del.Bind(1, worker.worker_id());
+    FT_RETURN_IF_ERROR(del.Run());
+    return std::optional<LeasedJob>();
+  });
+}
+
+absl::StatusOr<int> SqliteJobStore::CountWaiting() {
+  absl::MutexLock lock(&mu_);
+  Stmt c(db_, "SELECT COUNT(*) FROM waiting_workers WHERE job_id = '' AND expires_us > ?");
+  c.Bind(1, ToMicros(clock_->Now()));
+  FT_ASSIGN_OR_RETURN(bool row, c.Step());
+  return row ? static_cast<int>(c.Int(0)) : 0;
+}
+
+absl::StatusOr<int64_t> SqliteJobStore::QueuedWorkerDemand() {
+  absl::MutexLock lock(&mu_);
+  Stmt c(db_, "SELECT COALESCE(SUM(workers), 0) FROM jobs WHERE state = ?");
+  c.Bind(1, pb::QUEUED);
+  FT_ASSIGN_OR_RETURN(bool row, c.Step());
+  return row ? c.Int(0) : 0;
 }
 
 absl::Status SqliteJobStore::CheckLeaseLocked(const std::string& job_id,

@@ -37,7 +37,11 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<int> CountInState(pb::JobState state) override;
   absl::StatusOr<int> CountActive(const std::string& tenant) override;
   absl::StatusOr<std::optional<LeasedJob>> LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,
-                                                     const ResumePointFn& resume_point = nullptr) override;
+                                                     const ResumePointFn& resume_point = nullptr,
+                                                     absl::Time waiting_until = absl::InfinitePast()) override;
+  absl::StatusOr<std::optional<LeasedJob>> StopWaiting(const pb::WorkerInfo& worker, absl::Duration ttl) override;
+  absl::StatusOr<int> CountWaiting() override;
+  absl::StatusOr<int64_t> QueuedWorkerDemand() override;
   absl::StatusOr<pb::Job> RenewLease(const std::string& job_id, const std::string& lease_id,
                                      absl::Duration ttl) override;
   absl::StatusOr<pb::Job> FinishJob(const std::string& job_id, const std::string& lease_id,
@@ -62,6 +66,11 @@ class SqliteJobStore final : public JobStore {
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Brings a database made by an older finetuned up to the current schema.
   absl::Status MigrateLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The rank another worker's lease gave `worker_id` (its waiting row),
+  // taken: the row is gone, and the lease returned if the job still runs
+  // on that group.
+  absl::StatusOr<std::optional<LeasedJob>> TakeRankLocked(const std::string& worker_id, absl::Duration ttl)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<pb::Job> LoadJobLocked(const std::string& job_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckLeaseLocked(const std::string& job_id, const std::string& lease_id)

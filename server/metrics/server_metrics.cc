@@ -95,6 +95,12 @@ ServerMetrics::ServerMetrics(const ServerMetricsOptions& options)
   SeeTenant(util::kDefaultTenant);
   queue_depth_ = &BuildGauge().Name("finetune_queue_depth").Help("Jobs waiting in the queue.")
                       .Register(*registry_).Add({});
+  queued_worker_demand_ = &BuildGauge()
+                               .Name("finetune_queued_worker_demand")
+                               .Help("Workers the queued jobs need, each job counting its JobSpec.workers "
+                                     "(what an autoscaler should add).")
+                               .Register(*registry_)
+                               .Add({});
   queue_wait_ = &BuildHistogram().Name("finetune_queue_wait_seconds").Help("Time from submit to first lease.")
                      .Register(*registry_).Add({}, DurationBuckets());
   job_duration_ = &BuildHistogram().Name("finetune_job_duration_seconds").Help("Time from first start to end.")
@@ -198,6 +204,9 @@ void ServerMetrics::RecordAuthFailure(absl::string_view reason) {
 void ServerMetrics::Refresh() {
   JobManager* m = options_.manager;
   if (auto queued = m->store()->CountInState(pb::QUEUED); queued.ok()) queue_depth_->Set(*queued);
+  if (auto demand = m->store()->QueuedWorkerDemand(); demand.ok()) {
+    queued_worker_demand_->Set(static_cast<double>(*demand));
+  }
   const JobManager::WorkerCounts w = m->Workers();
   workers_idle_->Set(w.idle);
   workers_busy_->Set(w.busy);

@@ -69,6 +69,7 @@ class ServerMetrics final : public JobObserver {
   prometheus::Family<prometheus::Counter>* submitted_;
   prometheus::Family<prometheus::Counter>* finished_;
   prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* queued_worker_demand_;
   prometheus::Histogram* queue_wait_;
   prometheus::Histogram* job_duration_;
   prometheus::Gauge* workers_idle_;

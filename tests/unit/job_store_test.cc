@@ -41,6 +41,21 @@ pb::WorkerInfo Worker(const std::string& id) {
   return w;
 }
 
+// A worker that can join a multi-worker job's group.
+pb::WorkerInfo GangWorker(const std::string& id, int port = 29500, const std::string& device = "cpu") {
+  pb::WorkerInfo w = Worker(id);
+  w.set_device(device);
+  w.set_c10d_host("10.0.0.1");
+  w.set_c10d_port(port);
+  return w;
+}
+
+pb::ResolvedJob GangSpec(int workers, int priority = 0) {
+  pb::ResolvedJob r = Spec(priority);
+  r.mutable_spec()->set_workers(workers);
+  return r;
+}
+
 class JobStoreTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -96,6 +111,103 @@ class JobStoreTest : public ::testing::TestWithParam<std::string> {
 
 INSTANTIATE_TEST_SUITE_P(Backends, JobStoreTest, ::testing::Values("sqlite", "postgres"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// A job needing 3 workers waits until 3 wait at once, while a job needing
+// one behind it runs (backfill); then the third worker's lease forms the
+// group: it is rank 0, the two that waited longest ranks 1 and 2, which
+// take their ranks at their next LeaseNext, with the same lease.
+TEST_P(JobStoreTest, GangLeasesAllOrNothingWithBackfill) {
+  const absl::Time until = clock_.Now() + absl::Seconds(30);
+  const std::string gang_job = store_->CreateJob(GangSpec(3), "")->id();
+  const std::string small_job = Create(0).id();
+  EXPECT_EQ(*store_->QueuedWorkerDemand(), 4);
+  // Two workers: not enough for the group; the first takes the small job.
+  auto a = store_->LeaseNext(GangWorker("a"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(a.ok() && a->has_value()) << a.status();
+  EXPECT_EQ((*a)->lease.job_id(), small_job);
+  EXPECT_EQ((*a)->lease.gang().world_size(), 0);
+  auto b = store_->LeaseNext(GangWorker("b"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(b->has_value());
+  clock_.Advance(absl::Seconds(1));
+  auto c = store_->LeaseNext(GangWorker("c"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->has_value());
+  EXPECT_EQ(*store_->CountWaiting(), 2);
+  EXPECT_EQ(store_->GetJob(gang_job)->state(), pb::QUEUED);
+  // A worker that cannot join a group does not complete it.
+  auto plain = store_->LeaseNext(Worker("plain"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->has_value());
+  // Nor does one of another device kind.
+  auto gpu = store_->LeaseNext(GangWorker("gpu", 29500, "cuda:0"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_FALSE(gpu->has_value());
+  ASSERT_TRUE(store_->StopWaiting(GangWorker("gpu", 29500, "cuda:0"), absl::Seconds(30)).ok());
+  // The third: rank 0.
+  auto d = store_->LeaseNext(GangWorker("d", 29511), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(d.ok() && d->has_value()) << d.status();
+  const pb::Lease lead = (*d)->lease;
+  EXPECT_EQ(lead.job_id(), gang_job);
+  EXPECT_EQ(lead.rank(), 0);
+  EXPECT_EQ(lead.gang().world_size(), 3);
+  EXPECT_EQ(lead.gang().master_address(), "10.0.0.1:29511");
+  EXPECT_EQ(std::vector<std::string>(lead.gang().workers().begin(), lead.gang().workers().end()),
+            (std::vector<std::string>{"d", "b", "c"}));
+  const pb::Job running = *store_->GetJob(gang_job);
+  EXPECT_EQ(running.state(), pb::RUNNING);
+  EXPECT_EQ(std::vector<std::string>(running.workers().begin(), running.workers().end()),
+            (std::vector<std::string>{"d", "b", "c"}));
+  const pb::JobEvent started = Events(gang_job).back();
+  EXPECT_EQ(started.state_changed().state(), pb::RUNNING);
+  EXPECT_EQ(started.state_changed().workers_size(), 3);
+  EXPECT_NE(started.state_changed().message().find("running on 3 workers"), std::string::npos)
+      << started.state_changed().message();
+  EXPECT_EQ(*store_->CountWaiting(), 0);
+  EXPECT_EQ(*store_->QueuedWorkerDemand(), 0);
+  // b takes rank 1 at its next lease; c, stopping its wait, rank 2.
+  auto b2 = store_->LeaseNext(GangWorker("b"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(b2.ok() && b2->has_value()) << b2.status();
+  EXPECT_EQ((*b2)->lease.rank(), 1);
+  EXPECT_EQ((*b2)->lease.lease_id(), lead.lease_id());
+  EXPECT_EQ((*b2)->job.spec().workers(), 3);
+  auto c2 = store_->StopWaiting(GangWorker("c"), absl::Seconds(30));
+  ASSERT_TRUE(c2.ok() && c2->has_value()) << c2.status();
+  EXPECT_EQ((*c2)->lease.rank(), 2);
+  EXPECT_EQ((*c2)->lease.gang().master_address(), "10.0.0.1:29511");
+  // Taken once.
+  auto c3 = store_->LeaseNext(GangWorker("c"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(c3.ok()) << c3.status();
+  EXPECT_FALSE(c3->has_value());
+  // Every rank's lease is the job's: rank 0 reports, and it holds.
+  EXPECT_TRUE(store_->CheckLease(gang_job, (*c2)->lease.lease_id()).ok());
+}
+
+// A rank given to a worker that never took it is worthless once the job
+// left that group: the job re-queued, the rank leads nowhere.
+TEST_P(JobStoreTest, AGangRankOfARequeuedJobIsNotTaken) {
+  const absl::Time until = clock_.Now() + absl::Seconds(30);
+  const std::string job = store_->CreateJob(GangSpec(2), "")->id();
+  ASSERT_FALSE(store_->LeaseNext(GangWorker("a"), absl::Seconds(30), nullptr, until)->has_value());
+  auto b = store_->LeaseNext(GangWorker("b"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(b.ok() && b->has_value()) << b.status();
+  ASSERT_TRUE(store_->ReleaseLease(job, (*b)->lease.lease_id()).ok());
+  ASSERT_TRUE(store_->ExpireLeases(3).ok());
+  EXPECT_EQ(store_->GetJob(job)->state(), pb::QUEUED);
+  // a's rank was for the attempt that ended: a now waits again, and with
+  // another worker forms the next group itself.
+  auto a = store_->LeaseNext(GangWorker("a"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_FALSE(a->has_value());
+  auto c = store_->LeaseNext(GangWorker("c"), absl::Seconds(30), nullptr, until);
+  ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
+  EXPECT_EQ((*c)->lease.attempt(), 2);
+  EXPECT_EQ((*c)->lease.gang().workers(1), "a");
+  // A waiting row outlives its wait only briefly.
+  clock_.Advance(absl::Seconds(31));
+  ASSERT_FALSE(store_->LeaseNext(GangWorker("e"), absl::Seconds(30))->has_value());
+  EXPECT_EQ(*store_->CountWaiting(), 0);
+}
 
 TEST_P(JobStoreTest, PriorityThenFifo) {
   pb::Job a = Create(0), b = Create(5), c = Create(0), d = Create(5);
@@ -619,7 +731,7 @@ TEST_F(PostgresJobStoreTest, MigratesADatabaseAtSchemaVersion1) {
     INSERT INTO jobs(id, state, priority, resolved, create_us)
       VALUES ('job-old', 1, 0, decode(')sql",
                      spec, "', 'hex'), 1);"));
-  ASSERT_EQ(PostgresJobStore::SchemaVersion(), 2);
+  ASSERT_EQ(PostgresJobStore::SchemaVersion(), 3);
   for (int open = 0; open < 2; ++open) {  // the second open finds nothing to do
     auto store = Open();
     ASSERT_TRUE(store.ok()) << store.status();
@@ -633,7 +745,7 @@ TEST_F(PostgresJobStoreTest, MigratesADatabaseAtSchemaVersion1) {
       ASSERT_TRUE((*store)->CreateJob(Spec(), "").ok());
     }
     EXPECT_EQ(Query("SELECT version FROM schema_migrations ORDER BY version"),
-              (std::vector<std::vector<std::string>>{{"1"}, {"2"}}));
+              (std::vector<std::vector<std::string>>{{"1"}, {"2"}, {"3"}}));
   }
   EXPECT_EQ(Query("SELECT indexname FROM pg_indexes WHERE indexname = 'jobs_tenant'").size(), 1u);
 }
@@ -652,7 +764,7 @@ TEST_F(PostgresJobStoreTest, RefusesASchemaNewerThanItKnows) {
   Query("INSERT INTO schema_migrations(version) VALUES (99)");
   auto store = Open();
   ASSERT_TRUE(absl::IsFailedPrecondition(store.status())) << store.status();
-  EXPECT_NE(store.status().message().find("schema version 99, newer than this finetuned's 2"), std::string::npos)
+  EXPECT_NE(store.status().message().find("schema version 99, newer than this finetuned's 3"), std::string::npos)
       << store.status();
 }
 

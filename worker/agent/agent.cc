@@ -1,6 +1,8 @@
 #include "worker/agent/agent.h"
 
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +16,7 @@
 
 #include <torch/script.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -33,6 +36,7 @@
 #include "worker/export/onnx_export.h"
 #include "worker/export/torchscript.h"
 #include "worker/train/checkpoint.h"
+#include "worker/train/gang.h"
 #include "worker/train/torch_process.h"
 #include "worker/train/trainer.h"
 
@@ -262,6 +266,32 @@ absl::Status WriteScratchFile(const std::string& path, const std::string& bytes)
   return absl::OkStatus();
 }
 
+// A port of [lo, hi] that nothing listens on now, tried from a point that
+// differs between processes (so that workers of one machine offer
+// different ones); 0 when all are taken.
+int FreePortIn(int lo, int hi) {
+  if (lo <= 0 || hi < lo) return 0;
+  const int span = hi - lo + 1;
+  const int start = static_cast<int>((static_cast<uint64_t>(::getpid()) * 2654435761ULL +
+                                      static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))) %
+                                     static_cast<uint64_t>(span));
+  for (int i = 0; i < span; ++i) {
+    const int port = lo + (start + i) % span;
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  return 0;
+}
+
 std::string Describe(const pb::CheckpointHeader& h) {
   return absl::StrCat("checkpoint ", h.number(), " (epoch ", h.epoch(), ", step ", h.step(), ")");
 }
@@ -333,6 +363,13 @@ absl::Status Agent::Run() {
     char host[256] = {0};
     ::gethostname(host, sizeof(host) - 1);
     request.mutable_worker()->set_hostname(host);
+    if (!options_.c10d_host.empty()) {
+      // Where this worker would open a multi-worker job's rendezvous.
+      if (const int port = FreePortIn(options_.c10d_port_min, options_.c10d_port_max); port > 0) {
+        request.mutable_worker()->set_c10d_host(options_.c10d_host);
+        request.mutable_worker()->set_c10d_port(port);
+      }
+    }
     request.set_wait_seconds(kLeaseWaitSeconds);
     pb::LeaseJobResponse response;
     grpc::ClientContext ctx;
@@ -349,7 +386,7 @@ absl::Status Agent::Run() {
     }
     failures = 0;
     if (!response.leased()) continue;
-    absl::Status run = RunOne(response);
+    absl::Status run = response.lease().rank() > 0 ? RunRank(response) : RunOne(response);
     if (!run.ok()) {
       std::cerr << "finetune-worker: job " << response.lease().job_id() << ": " << run.message() << std::endl;
     }
@@ -359,7 +396,7 @@ absl::Status Agent::Run() {
 }
 
 struct Agent::RunningJob {
-  JobSession* session;  // not owned
+  JobSession* session;  // not owned; null on a rank other than 0
   pb::Lease lease;
   std::string dir;
   // The server answered UNIMPLEMENTED: it keeps no checkpoints.
@@ -370,7 +407,7 @@ struct Agent::RunningJob {
 };
 
 bool Agent::Abandoned(const RunningJob& job) const {
-  return job.session->lease_lost() || stopping_ || ParentGone();
+  return (job.session != nullptr && job.session->lease_lost()) || stopping_ || ParentGone();
 }
 
 TrainerHooks Agent::HooksFor(RunningJob* job) {
@@ -459,7 +496,7 @@ absl::StatusOr<std::string> Agent::LatestCheckpoint(RunningJob* job, const Train
         options_.retry_for, [&hooks] { return hooks.cancelled() || hooks.preempted(); }, "fetching the checkpoint");
     // None (before `before`), or a server that keeps none.
     if (absl::IsNotFound(got) || absl::IsUnimplemented(got)) break;
-    if (absl::IsFailedPrecondition(got)) job->session->MarkLeaseLost();
+    if (absl::IsFailedPrecondition(got) && job->session != nullptr) job->session->MarkLeaseLost();
     std::string why;
     if (got.ok()) {
       const absl::StatusOr<CheckpointInfo> info = InspectCheckpoint(fetched.bytes);
@@ -505,11 +542,40 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
   if (stop()) return stopped();
   FT_RETURN_IF_ERROR(resume.status());
   trainer_options.resume = *std::move(resume);
+  // A multi-worker job: every rank meets at rank 0's rendezvous first.
+  std::unique_ptr<Gang> gang;
+  const pb::Gang& group = lease.lease().gang();
+  if (group.world_size() > 1) {
+    hooks.on_log("info", absl::StrCat("rank ", lease.lease().rank(), " of ", group.world_size(), " (",
+                                      options_.worker_id, ") joining the group at ", group.master_address()));
+    FT_ASSIGN_OR_RETURN(gang, JoinGang(lease.lease()));
+    if (stop()) return stopped();
+    trainer_options.gang = gang.get();
+  }
   util::Log("info", "finetune-worker", "job started",
             {{"job_id", lease.lease().job_id()}, {"worker_id", options_.worker_id},
              {"attempt", absl::StrCat(lease.lease().attempt())},
+             {"rank", absl::StrCat(lease.lease().rank(), "/", std::max(1, group.world_size()))},
              {"resumed", trainer_options.resume.empty() ? "false" : "true"}});
   return RunTraining(*prepared, std::move(trainer_options), hooks);
+}
+
+absl::StatusOr<std::unique_ptr<Gang>> Agent::JoinGang(const pb::Lease& lease) {
+  const std::string& master = lease.gang().master_address();
+  const size_t colon = master.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(master.substr(colon + 1), &port) || port <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the lease names no usable rendezvous: '", master, "'"));
+  }
+  GangOptions options;
+  options.rank = lease.rank();
+  options.world_size = lease.gang().world_size();
+  options.master_host = master.substr(0, colon);
+  options.master_port = port;
+  options.host = options_.c10d_host.empty() ? "127.0.0.1" : options_.c10d_host;
+  options.timeout = absl::ToChronoMilliseconds(options_.c10d_timeout);
+  options.device = options_.device;
+  return Gang::Join(options);
 }
 
 namespace {
@@ -592,19 +658,32 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
   RunningJob job{session.get(), lease.lease(), absl::StrCat(options_.work_dir, "/", job_id)};
   pb::JobResult result;
   bool preempted = false;
+  bool group_broke = false;
   {
     // What the job holds (its model, data, loaders and their threads) lives
     // in this scope, and is gone before the next job.
     const TrainerHooks hooks = HooksFor(&job);
     const absl::StatusOr<TrainResult> trained = TrainJob(lease, &job, hooks);
     preempted = trained.ok() ? trained->preempted : job.abandoned_for_preemption;
+    // A multi-worker job whose group broke (a rank died or never came): not
+    // the job's failure. Ending the stream without a result puts it back in
+    // the queue at once (the attempt counts against --max-attempts), and the
+    // next group resumes from its newest checkpoint.
+    group_broke = lease.lease().gang().world_size() > 1 && !trained.ok() && absl::IsUnavailable(trained.status());
+    if (group_broke) {
+      hooks.on_log("warning", absl::StrCat(trained.status().message(),
+                                           "; the job goes back to the queue, to resume on a new group of ",
+                                           lease.lease().gang().world_size(), " workers from its newest checkpoint"));
+    }
     // With the lease lost there is nothing to report: the server re-queues the job.
-    if (!session->lease_lost() && !preempted) result = Conclude(trained, &job, hooks);
+    if (!session->lease_lost() && !preempted && !group_broke) result = Conclude(trained, &job, hooks);
   }
   ReleaseCachedMemory(options_.device);
   std::string state = pb::JobState_Name(result.state());
   if (session->lease_lost()) {
     state = "LEASE_LOST";
+  } else if (group_broke) {
+    state = "GROUP_BROKEN";
   } else if (preempted) {
     // Given back: the server queues it again, to resume from its checkpoint.
     state = session->SendRelease("preempted", kPreemptedRetryFor) ? "RELEASED" : "RELEASE_NOT_SENT";
@@ -622,6 +701,47 @@ absl::Status Agent::RunOne(const pb::LeaseJobResponse& lease) {
     return absl::AbortedError("lease lost; the server re-queues the job");
   }
   return finished;
+}
+
+}  // namespace ft::worker
+
+namespace ft::worker {
+
+absl::Status Agent::RunRank(const pb::LeaseJobResponse& lease) {
+  const pb::Lease& l = lease.lease();
+  const std::string& job_id = l.job_id();
+  const std::string rank = absl::StrCat(l.rank(), "/", l.gang().world_size());
+  RunningJob job{nullptr, l, absl::StrCat(options_.work_dir, "/", job_id, "-rank", l.rank())};
+  std::string state;
+  absl::Status outcome;
+  {
+    // Rank 0 reports; this rank's words go to its own log.
+    TrainerHooks hooks;
+    hooks.on_log = [job_id, rank](const std::string& level, const std::string& message) {
+      util::Log(level, "finetune-worker", message, {{"job_id", job_id}, {"rank", rank}});
+    };
+    if (options_.metrics != nullptr) {
+      hooks.on_step = [this](double seconds, int64_t images) { options_.metrics->OnStep(seconds, images); };
+    }
+    hooks.cancelled = [this] { return stopping_ || ParentGone(); };
+    hooks.preempted = [this] { return preempting_.load(); };
+    hooks.fetch_model = [this, dir = job.dir](const std::string& model_id) {
+      return FetchModel(stub_.get(), dir, model_id);
+    };
+    const absl::StatusOr<TrainResult> trained = TrainJob(lease, &job, hooks);
+    if (!trained.ok()) {
+      state = absl::IsUnavailable(trained.status()) ? "GROUP_BROKEN" : "FAILED";
+      outcome = trained.status();
+    } else {
+      state = trained->cancelled ? "CANCELLED" : trained->preempted ? "STOPPED" : "TRAINED";
+    }
+  }
+  ReleaseCachedMemory(options_.device);
+  util::Log(outcome.ok() ? "info" : "warning", "finetune-worker", "rank ended",
+            {{"job_id", job_id}, {"rank", rank}, {"state", state}, {"error", std::string(outcome.message())}});
+  std::error_code ec;
+  std::filesystem::remove_all(job.dir, ec);
+  return outcome;
 }
 
 }  // namespace ft::worker

@@ -18,6 +18,7 @@ namespace ft::worker {
 
 namespace pb = ::finetune::v1;
 class DeviceMemory;
+class Gang;
 class WorkerMetrics;
 struct CheckpointPosition;
 struct TrainerHooks;
@@ -50,6 +51,16 @@ struct AgentOptions {
   // checkpoint a job resumes from. Mid-epoch checkpoints wait less, and a
   // preempted worker's much less.
   absl::Duration retry_for = absl::Minutes(10);
+  // Multi-worker jobs (c10d): the address this worker's peers reach it at,
+  // and the ports it may open the group's rendezvous on as rank 0 (the
+  // first free one is offered with every lease request). An empty host
+  // leaves the worker to single-worker jobs.
+  std::string c10d_host;
+  int c10d_port_min = 29500;
+  int c10d_port_max = 29599;
+  // How long a gang waits for its ranks to join, and then for any one
+  // collective, before the attempt counts as broken.
+  absl::Duration c10d_timeout = absl::Minutes(10);
 };
 
 // The worker's lease loop: lease a job, run it in a JobSession (which
@@ -79,6 +90,12 @@ class Agent {
   // One leased job: fetch its dataset and newest checkpoint, train, export
   // and upload, report (or release).
   absl::Status RunOne(const pb::LeaseJobResponse& lease);
+  // A rank other than 0 of a multi-worker job: no stream, no checkpoints,
+  // no model; it fetches what rank 0 does, joins the group, trains its
+  // share, and stops when the group does (or breaks).
+  absl::Status RunRank(const pb::LeaseJobResponse& lease);
+  // Joins the lease's group (Gang::Join) with this worker's settings.
+  absl::StatusOr<std::unique_ptr<Gang>> JoinGang(const pb::Lease& lease);
   // The trainer's hooks: events go to the job's session, fetched models to
   // its folder, checkpoints to the server. `job` must outlive them.
   TrainerHooks HooksFor(RunningJob* job);

@@ -31,6 +31,7 @@ BatchLoader::~BatchLoader() {
 int64_t BatchLoader::CountBatches(int64_t images, const LoaderOptions& options) {
   const int64_t batches = (images + options.batch_size - 1) / options.batch_size;
   const bool single_tail = batches > 1 && images % options.batch_size == 1;
+  if (options.merge_tail && batches > 1) return batches - 1;
   return options.merge_single_tail && single_tail ? batches - 1 : batches;
 }
 
@@ -38,17 +39,24 @@ Batch BatchLoader::Make(int64_t b) {
   const int64_t images = static_cast<int64_t>(order_.size());
   const int64_t begin = b * options_.batch_size;
   // The last batch takes whatever is left (one more image when merged).
-  const int64_t end = b == num_batches_ - 1 ? images : std::min<int64_t>(begin + options_.batch_size, images);
-  const int64_t n = end - begin;
+  const int64_t global_end =
+      b == num_batches_ - 1 ? images : std::min<int64_t>(begin + options_.batch_size, images);
+  // This rank's share of it (all of it on one rank).
+  const int64_t global_n = global_end - begin;
+  const int64_t share_begin = global_n * options_.shard / std::max(1, options_.shards);
+  const int64_t share_end = global_n * (options_.shard + 1) / std::max(1, options_.shards);
+  const int64_t n = share_end - share_begin;
   const int s = options_.transform.image_size;
   auto opts = torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(options_.pin_memory);
-  Batch batch{torch::empty({n, 3, s, s}, opts), torch::empty({n}, torch::kInt64)};
+  Batch batch{torch::empty({n, 3, s, s}, opts), torch::empty({n}, torch::kInt64), global_n};
   float* out = batch.images.data_ptr<float>();
   int64_t* labels = batch.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t idx = order_[static_cast<size_t>(begin + i)];
-    // A per-image stream: deterministic whatever the thread that makes it.
-    std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(begin + i));
+    const int64_t position = begin + share_begin + i;
+    const int64_t idx = order_[static_cast<size_t>(position)];
+    // A per-image stream: deterministic whatever the thread (or the rank)
+    // that makes it.
+    std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(position));
     TransformInto(images_->Get(static_cast<size_t>(idx)), options_.transform, &rng, out + i * 3 * s * s);
     labels[i] = images_->labels[static_cast<size_t>(idx)];
   }

@@ -18,6 +18,9 @@ namespace ft::worker {
 struct Batch {
   torch::Tensor images;  // float32 [B, 3, S, S]
   torch::Tensor labels;  // int64 [B]
+  // The whole batch's images, of which this is one rank's share
+  // (LoaderOptions::shards); B on one rank.
+  int64_t global_size = 0;
 };
 
 struct LoaderOptions {
@@ -34,6 +37,15 @@ struct LoaderOptions {
   // A last batch of one image joins the batch before it (see PlanBatches:
   // a train-mode BatchNorm cannot learn from one value per channel).
   bool merge_single_tail = false;
+  // The last batch, whatever its size, joins the batch before it (a plan's
+  // BatchPlan::merged_tail).
+  bool merge_tail = false;
+  // A multi-worker job: every batch is cut from `order` as on one worker,
+  // and this loader makes share `shard` of `shards` of it (SplitShare in
+  // train/guards.h), each image with the augmentation it would have had on
+  // one worker.
+  int shard = 0;
+  int shards = 1;
   // The pass starts at this batch of `order` (a resumed epoch): the batches
   // before it are neither decoded nor returned, and every later batch is
   // exactly what it is in a pass from the start.

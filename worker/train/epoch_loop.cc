@@ -26,6 +26,7 @@
 #include "common/util/status.h"
 #include "worker/backbones/jit_modules.h"
 #include "worker/train/frozen_prefix.h"
+#include "worker/train/gang.h"
 
 namespace ft::worker {
 namespace {
@@ -223,21 +224,28 @@ absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Back
 }
 
 absl::StatusOr<PhasePlans> PlanPhases(torch::jit::Module& model, const Backbone& backbone, const Recipe& recipe,
-                                      int64_t train_images, bool cached, const Reporter& report) {
+                                      int64_t train_images, bool cached, const Reporter& report, int ranks) {
   const pb::JobSpec& spec = recipe.spec();
   // A last batch of one image would leave a train-mode BatchNorm whose input
   // is 1x1 with one value per channel (NaN running variance), so it is then
   // merged into the one before.
   auto plan_batches = [&](int depth, const char* phase) -> absl::StatusOr<BatchPlan> {
     std::string single_value_bn;
-    const bool one_image_batch = spec.batch_size() == 1 || train_images % spec.batch_size() == 1;
+    // A batch, or a rank's share of one, that may hold a single image.
+    ranks = std::max(1, ranks);
+    const int64_t last = train_images - (train_images - 1) / spec.batch_size() * spec.batch_size();
+    const bool one_image_batch = spec.batch_size() / ranks < 2 || last / ranks < 2;
     if (!cached && one_image_batch) {
       ApplyFreeze(model, backbone, depth);
       FT_ASSIGN_OR_RETURN(single_value_bn, SingleValueBatchNorm(model, spec.image_size()));
     }
     FT_ASSIGN_OR_RETURN(BatchPlan plan,
-                        PlanBatches(train_images, spec.batch_size(), single_value_bn, spec.image_size()));
-    if (plan.merged_tail) {
+                        PlanBatches(train_images, spec.batch_size(), single_value_bn, spec.image_size(), ranks));
+    if (plan.merged_tail && ranks > 1) {
+      report.Info(absl::StrCat("the last training batch would leave a worker with too few images: ", phase,
+                               " merges it into the batch before it (", plan.num_batches,
+                               " batches an epoch, the last of ", plan.last_batch_size, " images)"));
+    } else if (plan.merged_tail) {
       report.Info(absl::StrCat("the last training batch would hold 1 image, and the train-mode BatchNorm ",
                                single_value_bn, " would see one value per channel at ", spec.image_size(), " px: ",
                                phase, " merges that image into the batch before it (", plan.num_batches,
@@ -271,7 +279,9 @@ EpochLoop::EpochLoop(const Recipe& recipe, const EpochLoopOptions& options, torc
       divergence_(num_classes),
       order_rng_(static_cast<uint64_t>(recipe.spec().seed()) ^ kOrderSeedMix),
       epoch_order_rng_(order_rng_),
-      best_loss_(std::numeric_limits<double>::infinity()) {
+      best_loss_(std::numeric_limits<double>::infinity()),
+      rank_(options.gang != nullptr ? options.gang->rank() : 0),
+      ranks_(options.gang != nullptr ? options.gang->world_size() : 1) {
   const int first_phase_epochs = recipe.FirstPhaseEpochs();
   total_steps_ = plans.first.num_batches * first_phase_epochs +
                  plans.finetune.num_batches * (recipe.spec().epochs() - first_phase_epochs);
@@ -299,7 +309,9 @@ absl::Status EpochLoop::EnterPhase(bool finetune) {
   ApplyFreeze(model_, backbone_, freeze_depth_);
   optimizer_ = recipe_.MakeOptimizer(TrainableParameters(model_), base_lr_);
   steps_per_epoch_ = plan.num_batches;
-  data_.train_loader.merge_single_tail = plan.merged_tail;
+  data_.train_loader.merge_tail = plan.merged_tail;
+  data_.train_loader.shard = rank_;
+  data_.train_loader.shards = ranks_;
   // Without a cache, the stages this phase keeps frozen run as an inference
   // graph, the same one a cache would have been computed with.
   prefix_.reset();
@@ -373,7 +385,7 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
   int64_t step = first_step;
   while (true) {
     // Preempted: stop at this step boundary, once its state is stored.
-    if (step < steps_per_epoch_ && report_.Preempted()) {
+    if (step < steps_per_epoch_ && (options_.gang != nullptr ? agreed_preempt_ : report_.Preempted())) {
       stats.preempted = true;
       bring_up_to_date();
       if (!checkpointed_) {
@@ -386,21 +398,26 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       return stats;
     }
     torch::Tensor x, y;
+    int64_t global_n = 0;  // the images of the whole batch, all ranks' shares
     if (data_.precomputed()) {
       if (step >= steps_per_epoch_) break;
       // The last batch takes what is left: a merged tail (PlanPhases) too.
+      const int64_t begin = step * spec.batch_size();
       const int64_t end = step + 1 == steps_per_epoch_ ? order_tensor.size(0) : (step + 1) * spec.batch_size();
-      auto idx = order_tensor.slice(0, step * spec.batch_size(), end);
+      global_n = end - begin;
+      const auto [share_begin, share_end] = SplitShare(global_n, rank_, ranks_);
+      auto idx = order_tensor.slice(0, begin + share_begin, begin + share_end);
       // Widened where the cache is float16 (a no-op on float32).
       x = data_.train_features.index_select(0, idx).to(torch::kFloat);
       y = data_.train_labels.index_select(0, idx);
     } else {
       auto batch = loader->Next();
       if (!batch) break;
+      global_n = batch->global_size;
       x = batch->images.to(options_.device, /*non_blocking=*/true);
       y = batch->labels.to(options_.device, /*non_blocking=*/true);
     }
-    if (report_.Cancelled()) {
+    if (options_.gang != nullptr ? agreed_cancel_ : report_.Cancelled()) {
       stats.cancelled = true;
       return stats;
     }
@@ -412,7 +429,37 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
     // Gradients start undefined at every step, as after a resume: nothing
     // carries over from one step to the next but the optimiser's state.
     ClearGradients(*optimizer_);
-    loss.backward();
+    const int64_t n = y.size(0);
+    double step_loss = 0;
+    int64_t step_correct = 0;
+    if (options_.gang == nullptr) {
+      loss.backward();
+      step_loss = loss.item<double>();
+      step_correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+    } else {
+      // This rank's share of the batch's mean loss: summed over the ranks,
+      // the gradients are the whole batch's.
+      (loss * (static_cast<double>(n) / static_cast<double>(global_n))).backward();
+      // With them: the step's figures and the ranks' flags.
+      const bool preempt = report_.Preempted() || (rank_ > 0 && report_.Cancelled());
+      const bool cancel = rank_ == 0 && report_.Cancelled();
+      const auto flag = [&](bool on) {
+        return torch::full({}, on ? 1.0f : 0.0f, torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
+      };
+      auto figures = torch::stack({loss.detach().to(torch::kFloat) * static_cast<float>(n),
+                                   logits.argmax(1).eq(y).sum().to(torch::kFloat), flag(preempt), flag(cancel)});
+      std::vector<torch::Tensor> summed;
+      for (const auto& p : TrainableParameters(model_)) {
+        if (p.grad().defined()) summed.push_back(p.grad());
+      }
+      summed.push_back(figures);
+      options_.gang->AllReduceSum(summed);
+      const auto f = figures.cpu();
+      step_loss = static_cast<double>(f[0].item<float>()) / static_cast<double>(global_n);
+      step_correct = static_cast<int64_t>(std::llround(f[1].item<float>()));
+      agreed_preempt_ = f[2].item<float>() > 0;
+      agreed_cancel_ = f[3].item<float>() > 0;
+    }
     if (spec.grad_clip_norm() > 0) {
       torch::nn::utils::clip_grad_norm_(TrainableParameters(model_), spec.grad_clip_norm());
     }
@@ -420,15 +467,13 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
     checkpointed_ = false;
     ++step;
     ++steps_done_;
-    const int64_t n = y.size(0);
-    const double step_loss = loss.item<double>();
     FT_RETURN_IF_ERROR(divergence_.Observe(epoch, step, step_loss, stats.lr));
-    stats.loss_sum += step_loss * n;
+    stats.loss_sum += step_loss * static_cast<double>(global_n);
     stats.window_loss += step_loss;
     if (++stats.window_steps == steps_per_point) close_window();
-    stats.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
-    stats.seen += n;
-    report_.Step(Seconds(step_start), n);
+    stats.correct += step_correct;
+    stats.seen += global_n;
+    report_.Step(Seconds(step_start), global_n);
     if (Seconds(last_report) >= options_.progress_interval_seconds || step == steps_per_epoch_) {
       last_report = Clock::now();
       const double elapsed = train_seconds_ + stats.seconds_before + Seconds(stats.start);
@@ -783,6 +828,13 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     FT_RETURN_IF_ERROR(EnterPhase(/*finetune=*/false));
     LogTrainable();
   }
+  if (options_.gang != nullptr) {
+    // Every rank starts from rank 0's state, as DDP does.
+    BroadcastState(/*parameters=*/true);
+    // Each rank's own random stream (dropout, stochastic depth); the data
+    // order and the augmentation are the job's seed's on every rank.
+    if (rank_ > 0) torch::manual_seed(static_cast<uint64_t>(spec.seed()) * 1000003ULL + static_cast<uint64_t>(rank_));
+  }
   last_checkpoint_ = Now();
   const bool stopped_early = resume_ && resume_->stopped_early;
   for (int epoch = first_epoch; epoch <= spec.epochs() && !stopped_early; ++epoch) {
@@ -800,6 +852,8 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
       result_.preempted = stats.preempted;
       return std::move(result_);
     }
+    // Every rank validates rank 0's model, BatchNorm statistics included.
+    if (options_.gang != nullptr) BroadcastState(/*parameters=*/false);
     const EvalResult val = Validate(epoch, stats);
     // Nothing non-finite survives an epoch: not a weight, not the val loss.
     if (auto bad = FirstNonFiniteTensor(model_)) return Diverged(epoch, *bad, stats.lr);
@@ -831,6 +885,7 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     summary.mutable_step_learning_rates()->Add(stats.step_lrs.begin(), stats.step_lrs.end());
     summary.set_steps_per_point(static_cast<int32_t>(StepsPerPoint(steps_per_epoch_, options_.max_step_points)));
     summary.set_steps(steps_per_epoch_);
+    summary.set_world_size(ranks_);
     metrics->set_trained_images(metrics->trained_images() + stats.seen);
     metrics->set_epochs_completed(epoch);
     // Never a NaN epoch, even if one got this far.
@@ -863,6 +918,18 @@ absl::StatusOr<EpochsResult> EpochLoop::Run(pb::JobMetrics* metrics) {
     }
   }
   return std::move(result_);
+}
+
+void EpochLoop::BroadcastState(bool parameters) {
+  std::vector<torch::Tensor> state;
+  if (parameters) {
+    for (const auto& p : model_.parameters()) state.push_back(p);
+  }
+  for (const auto& b : model_.buffers()) {
+    // Integers too (BatchNorm's num_batches_tracked): one bucket per dtype.
+    state.push_back(b);
+  }
+  options_.gang->Broadcast(state);
 }
 
 void SelectExportedEpoch(const Recipe& recipe, torch::jit::Module& model, EpochsResult* epochs,

@@ -35,6 +35,8 @@ class Clock;
 
 namespace ft::worker {
 
+class Gang;
+
 // What the epochs train and validate on: decoded images, batched by a
 // BatchLoader every epoch, or, when `cached`, the backbone's features of
 // every image, computed once.
@@ -95,8 +97,10 @@ struct PhasePlans {
 // which leaves the model and the random stream as they were), unless the
 // epochs run on cached features. Logs a merged last batch. PlanBatches' and
 // the probe's errors.
+// With `ranks` > 1 each batch is split between that many workers
+// (PlanBatches).
 absl::StatusOr<PhasePlans> PlanPhases(torch::jit::Module& model, const Backbone& backbone, const Recipe& recipe,
-                                      int64_t train_images, bool cached, const Reporter& report);
+                                      int64_t train_images, bool cached, const Reporter& report, int ranks = 1);
 
 struct EpochLoopOptions {
   torch::Device device = torch::kCPU;
@@ -113,6 +117,9 @@ struct EpochLoopOptions {
   // The most points of an epoch's per-step curve (EpochSummary.step_losses);
   // a longer epoch is summed in windows of equal steps.
   int64_t max_step_points = 1000;
+  // A multi-worker job: this rank's group (not owned), or null. See
+  // EpochLoop, "Data parallel".
+  Gang* gang = nullptr;
 };
 
 // What the epochs leave.
@@ -143,6 +150,20 @@ struct EpochsResult {
 // Checkpoint in epoch_loop.cc), so that a loop restored from one, in a new
 // process with the same thread count, trains exactly what the loop that
 // wrote it would have trained, bit for bit.
+//
+// Data parallel (options.gang): every rank runs this loop over the same
+// seeded order, and trains on its share of each global batch (SplitShare),
+// each image augmented as on one worker. Its loss is scaled by its share of
+// the batch, and after backward the gradients are summed across the ranks
+// (bucketed all-reduce), which gives every rank the whole batch's mean
+// gradient; the optimisers then take identical steps. The step's loss,
+// correct count and images travel in the same all-reduce, so every rank
+// keeps the same sums, curve and divergence verdict, and with them two
+// flags: a rank preempted (or stopped) and rank 0 cancelled; every rank
+// acts on them at the next step boundary. BatchNorm keeps each rank's
+// statistics; rank 0's are broadcast before each validation, which every
+// rank runs alike. Rank 0 alone has checkpoint and event hooks. A failed
+// collective throws GangError.
 class EpochLoop {
  public:
   EpochLoop(const Recipe& recipe, const EpochLoopOptions& options, torch::jit::Module& model,
@@ -268,6 +289,13 @@ class EpochLoop {
   // The state is the newest checkpoint's: no step since it was made.
   bool checkpointed_ = false;
   absl::Time last_checkpoint_;
+  // Data parallel: what the ranks agreed at the last step.
+  bool agreed_preempt_ = false;
+  bool agreed_cancel_ = false;
+  int rank_ = 0;
+  int ranks_ = 1;
+  // Rank 0's parameters and buffers (or its buffers alone) on every rank.
+  void BroadcastState(bool parameters);
 };
 
 // Leaves in `model` the weights export_weights asks for: the best epoch's

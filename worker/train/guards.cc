@@ -1,5 +1,6 @@
 #include "worker/train/guards.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <vector>
@@ -40,9 +41,20 @@ class GeneratorStateGuard {
 }  // namespace
 
 absl::StatusOr<BatchPlan> PlanBatches(int64_t images, int64_t batch_size, const std::string& single_value_batchnorm,
-                                      int image_size) {
+                                      int image_size, int ranks) {
   if (batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("batch_size must be >= 1, got ", batch_size));
   if (images < 1) return absl::FailedPreconditionError("the training split has no images");
+  ranks = std::max(1, ranks);
+  // The fewest images a rank's share of a batch may hold.
+  const int64_t least_share = single_value_batchnorm.empty() ? 1 : 2;
+  if (ranks > 1 && images < least_share * ranks) {
+    return absl::FailedPreconditionError(absl::StrCat("the training split has ", images, " images: too few for ",
+                                                      ranks, " workers to have ", least_share, " each"));
+  }
+  if (ranks > 1 && batch_size < least_share * ranks) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size ", batch_size, " is too small for ", ranks,
+                                                   " workers to have ", least_share, " images each"));
+  }
   const std::string why =
       absl::StrCat("the train-mode BatchNorm ", single_value_batchnorm, " would see one value per channel at ",
                    image_size, " px (its input is 1x1 there) and its running variance would become NaN");
@@ -57,9 +69,13 @@ absl::StatusOr<BatchPlan> PlanBatches(int64_t images, int64_t batch_size, const 
   BatchPlan plan;
   plan.num_batches = (images + batch_size - 1) / batch_size;
   plan.last_batch_size = images - (plan.num_batches - 1) * batch_size;
-  if (plan.last_batch_size == 1 && !single_value_batchnorm.empty()) {
+  // The last batch's smallest share; on one rank, the batch itself.
+  const int64_t last_share = plan.last_batch_size / ranks;
+  const bool too_small = ranks > 1 ? last_share < least_share
+                                   : plan.last_batch_size == 1 && !single_value_batchnorm.empty();
+  if (too_small && plan.num_batches > 1) {
     --plan.num_batches;
-    plan.last_batch_size = batch_size + 1;
+    plan.last_batch_size += batch_size;
     plan.merged_tail = true;
   }
   return plan;

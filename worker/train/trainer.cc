@@ -19,6 +19,7 @@
 #include "worker/train/checkpoint.h"
 #include "worker/train/epoch_loop.h"
 #include "worker/train/evaluation.h"
+#include "worker/train/gang.h"
 #include "worker/train/guards.h"
 #include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
@@ -59,6 +60,12 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   // First, so that a slow machine explains itself.
   report.Info(absl::StrCat("compute: ", options.device.str(), ", ", torch::get_num_threads(), " threads, BLAS ",
                            BlasInUse(), ", allocator ", AllocatorInUse()));
+  if (options.gang != nullptr) {
+    report.Info(absl::StrCat("data parallel: ", options.gang->world_size(), " workers (c10d ",
+                             options.gang->backend(), "), each training on ", spec.batch_size() / options.gang->world_size(),
+                             "-", (spec.batch_size() + options.gang->world_size() - 1) / options.gang->world_size(),
+                             " images of every batch of ", spec.batch_size()));
+  }
   pb::Progress load_progress;
   load_progress.set_phase("load");
   load_progress.set_epochs(spec.epochs());
@@ -135,7 +142,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   }
   FT_ASSIGN_OR_RETURN(const PhasePlans plans,
                       PlanPhases(model, backbone, recipe, static_cast<int64_t>(data.train.images.size()), cached,
-                                 report));
+                                 report, options.gang != nullptr ? options.gang->world_size() : 1));
   EpochLoopOptions loop_options;
   loop_options.device = options.device;
   loop_options.progress_interval_seconds = options.progress_interval_seconds;
@@ -144,6 +151,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
                                                  : kDefaultCheckpointIntervalSeconds;
   loop_options.clock = options.clock;
   loop_options.max_step_points = options.max_step_points;
+  loop_options.gang = options.gang;
   loop_options.fingerprint =
       TrainingFingerprint(options.job_id, spec, data.layout.classes, data.train.labels, data.val.labels);
   EpochLoop loop(recipe, loop_options, model, backbone, epoch_data, std::move(loss), plans, data.num_classes(),
@@ -155,6 +163,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
     result.preempted = epochs.preempted;
     return result;
   }
+  // The other ranks' part ends with the epochs: rank 0 tests and exports.
+  if (options.gang != nullptr && options.gang->rank() > 0) return result;
 
   // The exported epoch: the best unless asked for the last, tested.
   SelectExportedEpoch(recipe, model, &epochs, &result.metrics);
@@ -223,6 +233,9 @@ absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptio
                                         const TrainerHooks& hooks) {
   try {
     return Train(job, options, hooks);
+  } catch (const GangError& e) {
+    // Not the job's fault: the attempt is over, and the gang leased again.
+    return absl::UnavailableError(e.what());
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {

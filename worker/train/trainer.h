@@ -17,6 +17,8 @@ class Clock;
 
 namespace ft::worker {
 
+class Gang;
+
 namespace pb = ::finetune::v1;
 
 // Mid-epoch checkpoints when the spec leaves checkpoint_interval_seconds unset.
@@ -41,6 +43,10 @@ struct TrainerOptions {
   util::Clock* clock = nullptr;
   // The most points of an epoch's per-step curve (EpochLoopOptions).
   int64_t max_step_points = 1000;
+  // A multi-worker job: this rank's group (not owned), or null. Ranks other
+  // than 0 stop after the epochs (no test, no export); a broken group is
+  // UNAVAILABLE.
+  Gang* gang = nullptr;
 };
 
 struct TrainResult {

@@ -1,0 +1,88 @@
+// The ranks of one multi-worker job (JobSpec.workers > 1) as a c10d
+// process group: PyTorch's own rendezvous (TCPStore, opened by rank 0) and
+// collectives (ProcessGroupGloo on CPU; ProcessGroupNCCL on CUDA where the
+// LibTorch build has it, else Gloo there too). The epoch loop averages
+// gradients through it (EpochLoop, "Data parallel").
+#ifndef FT_WORKER_TRAIN_GANG_H_
+#define FT_WORKER_TRAIN_GANG_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+
+namespace ft::worker {
+
+struct GangOptions {
+  int rank = 0;
+  int world_size = 1;
+  // Rank 0's TCPStore, where every rank meets: rank 0 listens on
+  // master_port (on every address), the others connect to it.
+  std::string master_host;
+  int master_port = 0;
+  // This rank's own address, which its peers reach it at (Gloo binds its
+  // connections there): the worker's --c10d-host.
+  std::string host = "127.0.0.1";
+  // How long joining, and then any one collective, may wait for the other
+  // ranks before the gang counts as broken. A rank that dies closes its
+  // connections, and its peers' collectives fail at once.
+  std::chrono::milliseconds timeout = std::chrono::minutes(10);
+  torch::Device device = torch::kCPU;
+  // Gradients are summed in buckets of about this many bytes, one
+  // collective each, all in flight at once.
+  int64_t bucket_bytes = int64_t{25} << 20;
+};
+
+// A collective failed: a rank died, or did not answer within the timeout.
+// The job's attempt is over on every rank (the server leases the whole
+// gang again, from the newest checkpoint).
+class GangError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Gang {
+ public:
+  // Opens (rank 0) or reaches (the others) the TCPStore, and joins the
+  // process group. UNAVAILABLE, naming the master, when that fails within
+  // options.timeout.
+  static absl::StatusOr<std::unique_ptr<Gang>> Join(const GangOptions& options);
+  ~Gang();
+  Gang(const Gang&) = delete;
+  Gang& operator=(const Gang&) = delete;
+
+  int rank() const { return options_.rank; }
+  int world_size() const { return options_.world_size; }
+  // "gloo" or "nccl".
+  const std::string& backend() const { return backend_; }
+
+  // Sums every tensor across the ranks, in place. Every rank passes tensors
+  // of the same shapes, dtypes and order. Packed into buckets of
+  // options.bucket_bytes per dtype, whose collectives run concurrently.
+  // Throws GangError.
+  void AllReduceSum(const std::vector<torch::Tensor>& tensors);
+  // Rank 0's values, in place, on every rank. Throws GangError.
+  void Broadcast(const std::vector<torch::Tensor>& tensors);
+
+  // The backend's two collectives, on one tensor each, returning when done.
+  class Group;
+
+ private:
+  Gang(const GangOptions& options, std::unique_ptr<Group> group, std::string backend);
+  // Runs `collective` on `tensors` packed into buckets.
+  void Bucketed(const std::vector<torch::Tensor>& tensors, bool broadcast);
+
+  const GangOptions options_;
+  std::unique_ptr<Group> group_;
+  const std::string backend_;
+};
+
+}  // namespace ft::worker
+
+#endif  // FT_WORKER_TRAIN_GANG_H_
