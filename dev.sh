@@ -18,7 +18,7 @@ BUILD_PACKAGES=(
   libsqlite3-dev libpq-dev libssl-dev zlib1g-dev nlohmann-json3-dev prometheus-cpp-dev libarchive-dev
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libgtest-dev libgmock-dev libgoogle-perftools-dev libcairo2-dev
-  libonnx-dev
+  libonnx-dev libgloo-dev
 )
 TEST_PACKAGES=(
   python3-torch python3-torchvision python3-pil python3-yaml python3-numpy

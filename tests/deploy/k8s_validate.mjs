@@ -402,7 +402,8 @@ for (const so of of("ScaledObject")) {
   const ref = so.spec.scaleTargetRef;
   if (!one(ref.kind ?? "Deployment", ref.name)) fail(id(so), `scaleTargetRef ${ref.kind ?? "Deployment"}/${ref.name} is not rendered`);
   const trig = (so.spec.triggers ?? []).find((t) => t.type === "prometheus");
-  if (!trig || !/\bfinetune_queue_depth\b/.test(trig.metadata?.query ?? "")) fail(id(so), "no prometheus trigger on finetune_queue_depth");
+  // Each queued job counts the workers it needs (JobSpec.workers).
+  if (!trig || !/\bfinetune_queued_worker_demand\b/.test(trig.metadata?.query ?? "")) fail(id(so), "no prometheus trigger on finetune_queued_worker_demand");
   if (!trig?.metadata?.serverAddress || !trig?.metadata?.threshold) fail(id(so), "prometheus trigger lacks serverAddress or threshold");
   if ((so.spec.minReplicaCount ?? 0) > (so.spec.maxReplicaCount ?? 100)) fail(id(so), "minReplicaCount > maxReplicaCount");
 }
@@ -434,6 +435,14 @@ if (server && worker) {
     (np.spec.ingress ?? []).some((r) => (r.ports ?? []).some((p) => p.port === 50051) &&
       (r.from ?? []).some((peer) => !peer.namespaceSelector && matches(peer.podSelector?.matchLabels, podLabels(worker)))));
   if (!open) fail("NetworkPolicy", "no rule lets the workers reach the server on 50051");
+  // Multi-worker jobs: the workers reach each other (c10d's rendezvous and Gloo's pairs).
+  const peers = policies.filter((np) => matches(np.spec.podSelector?.matchLabels, podLabels(worker))).some((np) =>
+    (np.spec.ingress ?? []).some((r) => (r.from ?? []).some((peer) => !peer.namespaceSelector &&
+      matches(peer.podSelector?.matchLabels, podLabels(worker))) &&
+      (r.ports ?? []).some((p) => p.port <= 29500 && (p.endPort ?? p.port) >= 29509)));
+  if (!peers) fail("NetworkPolicy", "no rule lets the workers reach each other for c10d (29500-29509 and Gloo's ports)");
+  const args = worker.spec.template.spec.containers[0].args ?? [];
+  if (!args.some((a) => a.startsWith("--c10d-host="))) fail(id(worker), "no --c10d-host: its peers cannot reach it");
 }
 
 // PodDisruptionBudgets for server and workers.

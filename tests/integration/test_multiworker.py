@@ -1,0 +1,199 @@
+"""One job trained on several workers at once (JobSpec.workers, c10d).
+
+Real finetuned and real finetune-workers (one thread each, started by hand
+with --c10d-host=127.0.0.1), real c10d rendezvous and Gloo all-reduce:
+- two workers train what one trains: on models without BatchNorm and
+  dropout the weights agree within float reduction-order tolerance, and on
+  resnet18 (local BatchNorm) the accuracy is within 8 points;
+- a job needing more workers than there are waits, while a smaller job
+  behind it runs (backfill), and ValidateJob says how many it needs;
+- a rank killed with SIGKILL mid-job: the whole group is leased again, and
+  the job resumes from its newest checkpoint and succeeds.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness
+
+wait_for = harness.wait_for
+
+
+def load_state(model_dir):
+    import torch
+    m = torch.jit.load(os.path.join(model_dir, "model.pt"), map_location="cpu")
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+class MultiWorkerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        import torch
+        cls.tmp = tempfile.mkdtemp(prefix="ft-multiworker-")
+        cls.root = os.path.join(cls.tmp, "data")
+        cls.data = harness.make_imagefolder(os.path.join(cls.root, "shapes"), classes=3, train_per_class=30,
+                                            val_per_class=10, size=32)
+        # A backbone without BatchNorm or dropout: every rank computes
+        # exactly what one worker would, but for the order of float sums.
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten())
+        cls.plain_net = os.path.join(cls.root, "plain.pt")
+        torch.jit.save(torch.jit.script(net.eval()), cls.plain_net)
+        cls.server = harness.Server(os.path.join(cls.tmp, "var"), [cls.root], local_workers=0,
+                                    extra=["--lease-ttl-seconds=6"]).start()
+        cls.workers = {}
+        for i in range(3):
+            cls.start_worker(f"w{i}")
+
+    @classmethod
+    def start_worker(cls, name):
+        cls.workers[name] = harness.Worker(cls.server, os.path.join(cls.tmp, name), "--threads=1",
+                                           "--c10d-host=127.0.0.1", f"--worker-id={name}",
+                                           "--c10d-ports=29600-29699")
+
+    @classmethod
+    def tearDownClass(cls):
+        for w in cls.workers.values():
+            w.stop()
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def logs(self):
+        return "\n".join([self.server.log()] + [f"--- {n}\n{w.log()}" for n, w in self.workers.items()])
+
+    def run_job(self, *flags, timeout=900):
+        r, events, job = self.server.submit(f"--dataset=file://{self.data}", "--image-size=32", "--batch-size=12",
+                                            *flags, timeout=timeout)
+        self.assertEqual(r.returncode, 0, r.stderr + self.logs())
+        self.assertEqual(job["state"], "SUCCEEDED", json.dumps(job)[:2000])
+        return events, job
+
+    def download(self, job):
+        out = os.path.join(self.tmp, "models", job["model_id"])
+        r = self.server.ftctl("models", "download", job["model_id"], f"--dir={out}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return out
+
+    def assert_same_weights(self, one, two, rtol, atol):
+        import torch
+        a, b = load_state(self.download(one)), load_state(self.download(two))
+        self.assertEqual(sorted(a), sorted(b))
+        for k in a:
+            if not a[k].is_floating_point():
+                continue
+            self.assertTrue(torch.allclose(a[k], b[k], rtol=rtol, atol=atol),
+                            f"{k}: max difference {(a[k] - b[k]).abs().max().item():.3g}")
+
+    def test_two_workers_train_what_one_trains(self):
+        # The whole conv net trains (no cache), with augmentation: each
+        # image is cropped and flipped as on one worker.
+        common = ["--backbone=torchscript", f"--weights=file://{self.plain_net}", "--epochs=2", "--lr=0.01",
+                  "--optimizer=sgd", "--augment=standard", "--seed=3"]
+        _, one = self.run_job(*common)
+        events, two = self.run_job(*common, "--workers=2")
+        self.assertEqual(len(two["workers"]), 2, two)
+        self.assertEqual(len(one["workers"]), 1, one)
+        epochs = [e["epoch"] for e in events if "epoch" in e]
+        self.assertEqual([e["world_size"] for e in epochs], [2, 2])
+        running = [e["state_changed"] for e in events
+                   if "state_changed" in e and e["state_changed"]["state"] == "RUNNING"]
+        self.assertEqual(running[-1]["workers"], two["workers"])
+        logs = [e["log"]["message"] for e in events if "log" in e]
+        self.assertTrue(any("data parallel: 2 workers (c10d gloo)" in m for m in logs), logs)
+        # The same images seen, the same curve (within float sums).
+        self.assertEqual(one["metrics"]["trained_images"], two["metrics"]["trained_images"])
+        self.assertAlmostEqual(one["metrics"]["train_loss"], two["metrics"]["train_loss"], places=3)
+        self.assert_same_weights(one, two, rtol=1e-3, atol=1e-5)
+        # vgg11 has dropout in its classifier, drawn per rank: with the
+        # backbone frozen only its head trains, deterministically.
+        common = ["--backbone=vgg11", "--weights=none", "--freeze-depth=all", "--epochs=1", "--augment=light",
+                  "--seed=5"]
+        _, one = self.run_job(*common)
+        _, two = self.run_job(*common, "--workers=2")
+        self.assert_same_weights(one, two, rtol=1e-3, atol=1e-5)
+
+    def test_resnet18_on_two_workers_is_as_accurate(self):
+        # Local BatchNorm: each rank's statistics come from its half of
+        # the batch, so the runs differ; the outcome must not.
+        common = ["--backbone=resnet18", "--weights=none", "--epochs=4", "--lr=0.003", "--seed=1",
+                  "--augment=none", "--cache-features=off"]
+        _, one = self.run_job(*common)
+        _, two = self.run_job(*common, "--workers=2")
+        a, b = one["metrics"]["val_accuracy"], two["metrics"]["val_accuracy"]
+        self.assertLessEqual(abs(a - b), 0.08, f"1 worker {a:.3f}, 2 workers {b:.3f}")
+
+    def test_a_gang_waits_and_smaller_jobs_run(self):
+        flags = [f"--dataset=file://{self.data}", "--backbone=torchscript", f"--weights=file://{self.plain_net}",
+                 "--image-size=32", "--epochs=1", "--batch-size=16"]
+        r = self.server.ftctl("validate", *flags, "--workers=4", json_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual(report["workers_needed"], 4)
+        self.assertTrue(any("needs 4 workers" in w for w in report["warnings"]), report["warnings"])
+        r = self.server.ftctl("submit", *flags, "--workers=4", json_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        big = json.loads(r.stdout)["id"]
+        # Three workers: the big job waits; a small one behind it runs.
+        _, small = self.run_job("--backbone=torchscript", f"--weights=file://{self.plain_net}", "--epochs=1")
+        big_job = json.loads(self.server.ftctl("get", big, json_output=True).stdout)
+        self.assertEqual(big_job["state"], "QUEUED", big_job)
+        r = self.server.ftctl("cancel", big)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_a_killed_rank_regroups_and_resumes(self):
+        flags = [f"--dataset=file://{self.data}", "--backbone=resnet18", "--weights=none", "--image-size=32",
+                 "--batch-size=12", "--epochs=4", "--augment=none", "--cache-features=off", "--workers=2"]
+        r = self.server.ftctl("submit", *flags, json_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job_id = json.loads(r.stdout)["id"]
+
+        def events():
+            # The job has ended: watch prints every event and returns.
+            r = self.server.ftctl("watch", job_id, "--from=1", json_output=True)
+            return [json.loads(l) for l in r.stdout.splitlines() if l.strip() and '"sequence"' in l]
+
+        # Live, until the first epoch ends (its checkpoint is stored first).
+        watch = subprocess.Popen([harness.FTCTL, f"--server={self.server.address}", "--output=json", "watch",
+                                  job_id], stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 600
+            for line in watch.stdout:
+                if '"epoch"' in line and json.loads(line).get("epoch") or time.time() > deadline:
+                    break
+        finally:
+            watch.kill()
+            watch.wait()
+        job = json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)
+        victim = job["workers"][1]
+        self.workers[victim].proc.send_signal(signal.SIGKILL)
+        self.workers[victim].proc.wait()
+        try:
+            done = wait_for(lambda: (lambda j: j if j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None)(
+                json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)), 900, interval=1)
+            self.assertIsNotNone(done, self.logs())
+            self.assertEqual(done["state"], "SUCCEEDED", json.dumps(done)[:2000] + self.logs())
+            self.assertEqual(done["attempts"], 2, done)
+            self.assertNotIn(victim, done["workers"])
+            evs = events()
+            running = [e["state_changed"] for e in evs
+                       if "state_changed" in e and e["state_changed"]["state"] == "RUNNING"]
+            self.assertEqual(len(running), 2)
+            self.assertGreaterEqual(running[1].get("resumed_epoch", 0), 1, running[1])
+            warnings = [e["log"]["message"] for e in evs if "log" in e and e["log"]["level"] == "warning"]
+            self.assertTrue(any("goes back to the queue" in w for w in warnings), warnings)
+            epochs = [e["epoch"]["epoch"] for e in evs if "epoch" in e]
+            self.assertEqual(sorted(set(epochs)), [1, 2, 3, 4])
+        finally:
+            self.start_worker(victim)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
