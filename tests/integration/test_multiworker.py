@@ -86,6 +86,8 @@ class MultiWorkerTest(unittest.TestCase):
         import torch
         a, b = load_state(self.download(one)), load_state(self.download(two))
         self.assertEqual(sorted(a), sorted(b))
+        worst = max(((a[k] - b[k]).abs().max().item(), k) for k in a if a[k].is_floating_point())
+        print(f"largest weight difference, 1 worker against 2: {worst[0]:.3g} ({worst[1]})", flush=True)
         for k in a:
             if not a[k].is_floating_point():
                 continue

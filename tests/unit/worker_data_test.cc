@@ -187,6 +187,55 @@ TEST(LoaderTest, MergesASingleTail) {
   EXPECT_EQ(sizes(true), (std::vector<int64_t>{8, 8, 9}));
 }
 
+// A multi-worker job: each rank's loader makes its share of every batch,
+// and the shares, side by side, are the one-worker batch, augmentation and
+// all (each image's random stream follows its place in the epoch).
+TEST(LoaderTest, ShardsAreTheOneWorkerBatchSplit) {
+  ImageSet set;
+  cv::RNG noise(5);
+  for (int i = 0; i < 23; ++i) {
+    cv::Mat img(12, 10, CV_8UC3);
+    noise.fill(img, cv::RNG::UNIFORM, 0, 255);
+    set.images.push_back(img);
+    set.labels.push_back(i % 4);
+    set.paths.push_back("");
+  }
+  std::vector<int64_t> order(23);
+  for (int i = 0; i < 23; ++i) order[static_cast<size_t>(i)] = (i * 5) % 23;
+  LoaderOptions lo;
+  lo.batch_size = 6;
+  lo.transform.image_size = 8;
+  lo.transform.train = true;
+  lo.transform.color_jitter = 0.4f;
+  lo.threads = 2;
+  lo.seed = 7;
+  lo.merge_tail = true;  // 23 = 6 + 6 + 11
+  auto pass = [&](int shard, int shards) {
+    lo.shard = shard;
+    lo.shards = shards;
+    BatchLoader loader(&set, order, lo);
+    std::vector<Batch> out;
+    while (auto b = loader.Next()) out.push_back(*std::move(b));
+    return out;
+  };
+  const std::vector<Batch> whole = pass(0, 1);
+  ASSERT_EQ(whole.size(), 3u);
+  EXPECT_EQ(whole[2].images.size(0), 11);
+  std::vector<std::vector<Batch>> ranks = {pass(0, 3), pass(1, 3), pass(2, 3)};
+  for (size_t b = 0; b < whole.size(); ++b) {
+    std::vector<torch::Tensor> images, labels;
+    for (const auto& r : ranks) {
+      ASSERT_EQ(r.size(), whole.size());
+      EXPECT_EQ(r[b].global_size, whole[b].images.size(0));
+      EXPECT_GE(r[b].images.size(0), 2);
+      images.push_back(r[b].images);
+      labels.push_back(r[b].labels);
+    }
+    EXPECT_TRUE(torch::equal(torch::cat(images), whole[b].images)) << "batch " << b;
+    EXPECT_TRUE(torch::equal(torch::cat(labels), whole[b].labels)) << "batch " << b;
+  }
+}
+
 // A resumed epoch: a pass from batch k gives exactly the batches k... of a
 // pass from the start (augmentation included), and never makes the ones
 // before it.

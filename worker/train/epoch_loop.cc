@@ -152,7 +152,11 @@ absl::StatusOr<EpochData> PrepareEpochData(torch::jit::Module& model, const Back
   const int k = plan.features ? 0 : plan.prefix_stages;
   const std::string stage = plan.features ? "features" : backbone.stage_names[static_cast<size_t>(k - 1)];
   // Computed through the frozen stages' inference graph.
-  auto built = BuildFrozenPrefix(model, k == 0 ? -1 : k, eval_loader.transform.image_size);
+  std::string unoptimised;
+  auto built = BuildFrozenPrefix(model, k == 0 ? -1 : k, eval_loader.transform.image_size, &unoptimised);
+  if (!unoptimised.empty()) {
+    report.Info(absl::StrCat("the frozen stages run frozen but not optimised for inference: ", unoptimised));
+  }
   if (!built.ok()) {
     report.Log("warning", absl::StrCat("not caching the output of ", stage, ": ", built.status().message()));
     return data;
@@ -324,7 +328,11 @@ absl::Status EpochLoop::EnterPhase(bool finetune) {
       prefix_stages_ = freeze_depth_;
     }
     if (prefix_stages_ != 0) {
-      auto prefix = BuildFrozenPrefix(model_, prefix_stages_, recipe_.spec().image_size());
+      std::string unoptimised;
+      auto prefix = BuildFrozenPrefix(model_, prefix_stages_, recipe_.spec().image_size(), &unoptimised);
+      if (!unoptimised.empty()) {
+        report_.Info(absl::StrCat("the frozen stages run frozen but not optimised for inference: ", unoptimised));
+      }
       if (prefix.ok()) {
         prefix_ = *std::move(prefix);
       } else {
@@ -546,7 +554,13 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   // own (BatchNorm folded, oneDNN layouts), the whole backbone through it.
   // Built anew each validation, since the weights changed (bench/README.md,
   // "Full fine-tune").
-  if (auto frozen = BuildFrozenPrefix(model_, -1, recipe_.spec().image_size()); frozen.ok()) {
+  std::string unoptimised;
+  auto frozen = BuildFrozenPrefix(model_, -1, recipe_.spec().image_size(), &unoptimised);
+  if (!unoptimised.empty() && !warned_unoptimised_validation_) {
+    warned_unoptimised_validation_ = true;
+    report_.Info(absl::StrCat("validation runs frozen but not optimised for inference: ", unoptimised));
+  }
+  if (frozen.ok()) {
     return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_, [&](const torch::Tensor& x) {
       return head_.forward({frozen->forward({x}).toTensor()}).toTensor();
     });

@@ -258,6 +258,8 @@ class EpochLoop {
   int prefix_stages_ = 0;
   // Validation fell back to the training module once, and said so.
   bool warned_unfrozen_validation_ = false;
+  // ... or ran unoptimised (BuildFrozenPrefix's note), and said so.
+  bool warned_unoptimised_validation_ = false;
   const Backbone& backbone_;
   EpochData& data_;
   const torch::nn::functional::CrossEntropyFuncOptions loss_;

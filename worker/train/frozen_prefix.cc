@@ -1,11 +1,14 @@
 #include "worker/train/frozen_prefix.h"
 
+#include <algorithm>
 #include <exception>
+#include <limits>
 #include <string>
 
 #include <torch/csrc/jit/passes/inliner.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "worker/backbones/jit_modules.h"
 
 namespace ft::worker {
@@ -21,10 +24,17 @@ bool HasCalls(const torch::jit::Block& block) {
   return false;
 }
 
+std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
 }  // namespace
 
-absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& model, int stages, int image_size) {
+absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& model, int stages, int image_size,
+                                                     std::string* note) {
   std::string why;
+  // The frozen graph without optimize_for_inference: what the optimised one
+  // must match, on a probe of two random images (their own generator: the
+  // job's random streams are left alone).
+  c10::optional<torch::Tensor> probe, reference;
   for (const bool optimize : {true, false}) {
     try {
       torch::jit::Module wrapper = NewModule("FrozenPrefix");
@@ -43,18 +53,34 @@ absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& m
       auto graph = wrapper.get_method("forward").graph();
       for (int level = 0; level < 64 && HasCalls(*graph->block()); ++level) torch::jit::Inline(*graph);
       torch::jit::Module frozen = torch::jit::freeze(wrapper);
-      if (optimize) frozen = torch::jit::optimize_for_inference(frozen);
-      // oneDNN's versions of some ops take fewer shapes (adaptive pooling
-      // to 7x7 from 2x2, for one): try the job's size before trusting it.
       torch::NoGradGuard no_grad;
       const torch::Device device = (*model.attr("head").toModule().parameters().begin()).device();
-      frozen.forward({torch::zeros({2, 3, image_size, image_size}, torch::TensorOptions().device(device))});
-      return frozen;
+      if (!probe.has_value()) {
+        auto generator = at::detail::createCPUGenerator(0x5EED);
+        probe = torch::randn({2, 3, image_size, image_size}, generator).to(device);
+        // On a copy: a forward before optimize_for_inference changes what
+        // that makes of the graph (it skips some of oneDNN's rewrites).
+        reference = frozen.clone().forward({*probe}).toTensor();
+      }
+      if (!optimize) return frozen;
+      frozen = torch::jit::optimize_for_inference(frozen);
+      // oneDNN's versions of some ops take fewer shapes (adaptive pooling
+      // to 7x7 from 2x2, for one), and on some CPUs compute some wrongly
+      // (LibTorch 1.13 on AVX-512: mobilenet_v3's squeeze-and-excitation
+      // blocks, off by 30%): try the job's size, and the values, before
+      // trusting it.
+      const torch::Tensor got = frozen.forward({*probe}).toTensor();
+      const double scale = std::max(reference->abs().max().item<double>(), 1e-12);
+      const double rel = got.sizes() == reference->sizes() ? (got - *reference).abs().max().item<double>() / scale
+                                                           : std::numeric_limits<double>::infinity();
+      if (rel <= kFrozenPrefixTolerance) return frozen;
+      why = absl::StrFormat("optimize_for_inference's graph is off by %.3g relative on this CPU", rel);
     } catch (const c10::Error& e) {
       why = e.what_without_backtrace();
     } catch (const std::exception& e) {  // the interpreter's errors are not c10::Errors
       why = e.what();
     }
+    if (optimize && note != nullptr) *note = FirstLine(why);
   }
   return absl::InternalError(absl::StrCat("cannot freeze the frozen stages for inference: ", why));
 }

@@ -7,6 +7,8 @@
 #ifndef FT_WORKER_TRAIN_FROZEN_PREFIX_H_
 #define FT_WORKER_TRAIN_FROZEN_PREFIX_H_
 
+#include <string>
+
 #include <torch/script.h>
 
 #include "absl/status/statusor.h"
@@ -19,10 +21,15 @@ namespace ft::worker {
 // a copy: `model` is left as it was. Its outputs stay within 1e-5 relative
 // of the unfolded stages (tests/unit/train_test.cc), not bit for bit, so a
 // job uses it for every pass over frozen stages, cached or not, alike.
-// It is tried on two images of `image_size` px; where oneDNN's versions of
-// its ops refuse that shape, it is frozen without optimize_for_inference.
-// INTERNAL naming LibTorch's error when neither runs.
-absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& model, int stages, int image_size);
+// It is tried on two random images of `image_size` px against the frozen
+// graph without optimize_for_inference; where oneDNN's versions of its ops
+// refuse that shape, or compute it more than kFrozenPrefixTolerance off
+// (some do on some CPUs), it is that unoptimised graph, and `note` (when
+// given) says why. INTERNAL naming LibTorch's error when neither runs.
+absl::StatusOr<torch::jit::Module> BuildFrozenPrefix(const torch::jit::Module& model, int stages, int image_size,
+                                                     std::string* note = nullptr);
+
+inline constexpr double kFrozenPrefixTolerance = 1e-5;
 
 }  // namespace ft::worker
 
