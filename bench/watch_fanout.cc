@@ -31,6 +31,8 @@ ABSL_FLAG(std::string, dataset, "", "a dataset URI the server accepts");
 ABSL_FLAG(int, streams, 1000, "concurrent WatchJob streams");
 ABSL_FLAG(int, events, 200, "live events the fake worker sends");
 ABSL_FLAG(int, interval_ms, 20, "between live events");
+ABSL_FLAG(std::string, watch_server, "",
+          "where the watchers connect (another replica on the same database); default --server");
 
 namespace pb = ::finetune::v1;
 namespace {
@@ -114,9 +116,14 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 8; ++i) {
     grpc::ChannelArguments a;
     a.SetInt("ft.bench.channel", i);  // distinct args: distinct connections
-    stubs.push_back(pb::FineTune::NewStub(
-        grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), a)));
+    const std::string watch_at =
+        absl::GetFlag(FLAGS_watch_server).empty() ? absl::GetFlag(FLAGS_server) : absl::GetFlag(FLAGS_watch_server);
+    stubs.push_back(
+        pb::FineTune::NewStub(grpc::CreateCustomChannel(watch_at, grpc::InsecureChannelCredentials(), a)));
   }
+  // The job is submitted, and its worker talks, through --server.
+  auto submit_stub = pb::FineTune::NewStub(
+      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
   auto gateway = pb::WorkerGateway::NewStub(
       grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
 
@@ -126,7 +133,7 @@ int main(int argc, char** argv) {
     pb::SubmitJobRequest req;
     req.mutable_spec()->set_backbone("resnet18");
     req.mutable_spec()->set_dataset_uri(absl::GetFlag(FLAGS_dataset));
-    grpc::Status s = stubs[0]->SubmitJob(&ctx, req, &job);
+    grpc::Status s = submit_stub->SubmitJob(&ctx, req, &job);
     if (!s.ok()) {
       std::fprintf(stderr, "submit: %s\n", s.error_message().c_str());
       return 1;

@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, worker_binary, "",
           "finetune-worker for local workers and for the validate/predict tool processes (default: next to "
           "finetuned)");
 ABSL_FLAG(std::string, worker_device, "auto", "--device for local workers");
+ABSL_FLAG(std::string, worker_c10d_host, "",
+          "--c10d-host for local workers: where other workers reach them in multi-worker jobs (default: the "
+          "hostname; none: single-worker jobs only)");
 ABSL_FLAG(std::string, log_format, "text", "log lines on stderr: text or json");
 ABSL_FLAG(int, lease_ttl_seconds, 30, "a job's lease expires this long after its worker's last heartbeat");
 ABSL_FLAG(int, max_attempts, 3, "a job fails after its worker is lost this many times");
@@ -94,6 +97,7 @@ int Run() {
   o.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   o.worker_device = absl::GetFlag(FLAGS_worker_device);
+  o.worker_c10d_host = absl::GetFlag(FLAGS_worker_c10d_host);
   o.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_ttl_seconds));
   o.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);

@@ -316,6 +316,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& in) 
   pool.threads_per_worker =
       o.worker_threads > 0 ? o.worker_threads : (o.local_workers > 0 ? std::max(1, cores / o.local_workers) : 0);
   pool.extra_args = {absl::StrCat("--device=", o.worker_device)};
+  if (!o.worker_c10d_host.empty()) pool.extra_args.push_back(absl::StrCat("--c10d-host=", o.worker_c10d_host));
   pool.env = std::move(worker_env);
   pool.clock = p->clock;
   p->pool = std::make_unique<LocalWorkerPool>(pool);

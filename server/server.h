@@ -66,6 +66,9 @@ struct ServerOptions {
   // means the one next to the running executable.
   std::string worker_binary;
   std::string worker_device = "auto";
+  // --c10d-host for local workers (multi-worker jobs); empty: theirs (the
+  // hostname).
+  std::string worker_c10d_host;
 
   absl::Duration lease_ttl = absl::Seconds(30);
   int max_attempts = 3;

@@ -44,8 +44,10 @@ class LifecycleTest(unittest.TestCase):
         return json.loads(r.stdout)
 
     def test_cancel_mid_epoch_then_next_job_runs(self):
-        # Large enough that an epoch lasts well beyond the cancel.
-        job = self.submit("--epochs=50", "--image-size=96", "--name=long")
+        # Large enough that an epoch lasts well beyond the cancel: 40 steps
+        # of 2 images at 96 px (an epoch's last step also sends a progress
+        # event, which on a fast machine could be the first one seen).
+        job = self.submit("--epochs=50", "--image-size=96", "--batch-size=2", "--name=long")
         # Wait for a mid-epoch progress event, reading the live stream.
         def has_train_progress():
             p = subprocess.Popen([harness.FTCTL, f"--server={self.server.address}", "--output=json",

@@ -8,7 +8,9 @@ with --c10d-host=127.0.0.1), real c10d rendezvous and Gloo all-reduce:
 - a job needing more workers than there are waits, while a smaller job
   behind it runs (backfill), and ValidateJob says how many it needs;
 - a rank killed with SIGKILL mid-job: the whole group is leased again, and
-  the job resumes from its newest checkpoint and succeeds.
+  the job resumes from its newest checkpoint and succeeds;
+- a rank preempted (SIGTERM): every rank stops at the same step, and the job
+  is given back without using an attempt, and finishes on a new group.
 """
 import json
 import os
@@ -150,18 +152,13 @@ class MultiWorkerTest(unittest.TestCase):
         r = self.server.ftctl("cancel", big)
         self.assertEqual(r.returncode, 0, r.stderr)
 
-    def test_a_killed_rank_regroups_and_resumes(self):
+    def start_gang_job_and_wait_for_epoch_1(self):
+        """A 2-worker job, once its first epoch (and its checkpoint) is done."""
         flags = [f"--dataset=file://{self.data}", "--backbone=resnet18", "--weights=none", "--image-size=32",
                  "--batch-size=12", "--epochs=4", "--augment=none", "--cache-features=off", "--workers=2"]
         r = self.server.ftctl("submit", *flags, json_output=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         job_id = json.loads(r.stdout)["id"]
-
-        def events():
-            # The job has ended: watch prints every event and returns.
-            r = self.server.ftctl("watch", job_id, "--from=1", json_output=True)
-            return [json.loads(l) for l in r.stdout.splitlines() if l.strip() and '"sequence"' in l]
-
         # Live, until the first epoch ends (its checkpoint is stored first).
         watch = subprocess.Popen([harness.FTCTL, f"--server={self.server.address}", "--output=json", "watch",
                                   job_id], stdout=subprocess.PIPE, text=True)
@@ -173,14 +170,53 @@ class MultiWorkerTest(unittest.TestCase):
         finally:
             watch.kill()
             watch.wait()
+            watch.stdout.close()
+        return job_id
+
+    def wait_until_done(self, job_id):
+        done = wait_for(lambda: (lambda j: j if j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None)(
+            json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)), 900, interval=1)
+        self.assertIsNotNone(done, self.logs())
+        return done
+
+    def all_events(self, job_id):
+        # The job has ended: watch prints every event and returns.
+        r = self.server.ftctl("watch", job_id, "--from=1", json_output=True)
+        return [json.loads(l) for l in r.stdout.splitlines() if l.strip() and '"sequence"' in l]
+
+    def test_a_preempted_rank_stops_the_group_and_gives_the_job_back(self):
+        job_id = self.start_gang_job_and_wait_for_epoch_1()
+        job = json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)
+        victim = job["workers"][1]
+        # SIGTERM: every rank stops at the same step, rank 0 checkpoints and
+        # hands the job back (no attempt used); the preempted worker exits.
+        self.workers[victim].proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.workers[victim].proc.wait(timeout=120), 0, self.workers[victim].log())
+        try:
+            done = self.wait_until_done(job_id)
+            self.assertEqual(done["state"], "SUCCEEDED", json.dumps(done)[:2000] + self.logs())
+            self.assertEqual(done["attempts"], 1, done)
+            evs = self.all_events(job_id)
+            states = [e["state_changed"]["state"] for e in evs if "state_changed" in e]
+            self.assertEqual(states, ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"], states)
+            returned = [e["state_changed"]["message"] for e in evs
+                        if "state_changed" in e and e["state_changed"]["state"] == "QUEUED"][1]
+            self.assertIn("preempted", returned)
+        finally:
+            self.start_worker(victim)
+
+    def test_a_killed_rank_regroups_and_resumes(self):
+        job_id = self.start_gang_job_and_wait_for_epoch_1()
+
+        def events():
+            return self.all_events(job_id)
+
         job = json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)
         victim = job["workers"][1]
         self.workers[victim].proc.send_signal(signal.SIGKILL)
         self.workers[victim].proc.wait()
         try:
-            done = wait_for(lambda: (lambda j: j if j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None)(
-                json.loads(self.server.ftctl("get", job_id, json_output=True).stdout)), 900, interval=1)
-            self.assertIsNotNone(done, self.logs())
+            done = self.wait_until_done(job_id)
             self.assertEqual(done["state"], "SUCCEEDED", json.dumps(done)[:2000] + self.logs())
             self.assertEqual(done["attempts"], 2, done)
             self.assertNotIn(victim, done["workers"])

@@ -74,7 +74,8 @@ class ReplicasTest(unittest.TestCase):
     def replica(cls, name):
         return harness.Server(cls.var, [cls.root], local_workers=1, name=name,
                               extra=[f"--database={cls.url}", f"--replica-id={name}",
-                                     f"--lease-ttl-seconds={LEASE_TTL_SECONDS}", "--worker-device=cpu"]).start()
+                                     f"--lease-ttl-seconds={LEASE_TTL_SECONDS}", "--worker-device=cpu",
+                                     "--worker-c10d-host=127.0.0.1"]).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -210,6 +211,20 @@ class ReplicasTest(unittest.TestCase):
         events, final = self.watch(self.b, job["id"])
         self.check_log(events)
         self.assertEqual(events[-1]["state_changed"]["state"], "CANCELLED")
+
+    def test_3b_one_job_on_a_worker_of_each_replica(self):
+        # Each replica has one local worker: a job needing two takes both,
+        # a group formed across the replicas through the shared database.
+        job = self.submit(self.a, "--name=gang", "--workers=2", epochs=2)
+        events, final = self.watch(self.b, job["id"])
+        self.assertEqual(final["state"], "SUCCEEDED", str(final) + self.logs())
+        self.check_log(events)
+        self.assertEqual(sorted(final["workers"]), ["a-local-0", "b-local-0"], final)
+        running = self.running_events(events)
+        self.assertEqual(len(running), 1, running)
+        self.assertEqual(running[0]["workers"], final["workers"])
+        epochs = [e["epoch"] for e in events if "epoch" in e]
+        self.assertEqual([e["world_size"] for e in epochs], [2, 2])
 
     def test_4_replica_killed_mid_job(self):
         # Only a's worker is there while the job is leased: b restarts
