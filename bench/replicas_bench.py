@@ -63,21 +63,30 @@ def main():
                                         size=16)
         for rep in range(a.reps):
             for backend in ("sqlite", "postgres"):
-                var = os.path.join(tmp, f"var-{backend}-{rep}")
-                if backend == "sqlite":
-                    servers = [harness.Server(var, [tmp], local_workers=0).start()]
-                else:
-                    url = pg.create_database(f"bench{rep}")
-                    servers = [harness.Server(var, [tmp], local_workers=0, name=n,
-                                              extra=[f"--database={url}", f"--replica-id={n}"]).start()
-                               for n in ("a", "b")]
+                def start(phase):
+                    var = os.path.join(tmp, f"var-{backend}-{rep}-{phase}")
+                    if backend == "sqlite":
+                        return [harness.Server(var, [tmp], local_workers=0).start()]
+                    url = pg.create_database(f"bench{rep}{phase}")
+                    return [harness.Server(var, [tmp], local_workers=0, name=n,
+                                           extra=[f"--database={url}", f"--replica-id={n}"]).start()
+                            for n in ("a", "b")]
+                # Each phase on fresh servers and a fresh store: the submit
+                # phase's 500 leased jobs would come back to the queue when
+                # their leases lapse, and the watch phase's worker lease one.
+                servers = start("load")
                 try:
                     addrs = ",".join(s.address for s in servers)
                     load = run_json([os.path.join(bindir, "ft_bench_submit_load"), f"--server={addrs}",
-                                     f"--dataset=file://{data}", "--clients=20", "--per-client=25", "--leasers=8"])
+                                     f"--dataset=file://{data}", "--clients=20", "--per_client=25", "--leasers=8"])
+                finally:
+                    for s in servers:
+                        s.stop()
+                servers = start("watch")
+                try:
                     watch = run_json([os.path.join(bindir, "ft_bench_watch_fanout"), f"--server={servers[0].address}",
-                                      f"--watch-server={servers[-1].address}", f"--dataset=file://{data}",
-                                      "--streams=200", "--events=100", "--interval-ms=20"])
+                                      f"--watch_server={servers[-1].address}", f"--dataset=file://{data}",
+                                      "--streams=200", "--events=100", "--interval_ms=20"])
                 finally:
                     for s in servers:
                         s.stop()

@@ -154,8 +154,20 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<Watcher>> watchers;
   for (int i = 0; i < n; ++i) watchers.push_back(std::make_unique<Watcher>(stubs[i % stubs.size()].get(), job.id()));
   // Every watcher has replayed the history (submit and lease) before the live part.
-  for (auto& w : watchers) {
-    while (w->Received() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (auto& w : watchers) {
+      while (w->Received() < 2) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          int short_of = 0;
+          for (auto& v : watchers) short_of += v->Received() < 2 ? 1 : 0;
+          std::fprintf(stderr, "%d of %d watchers did not replay the job's first 2 events within 30 s\n", short_of,
+                       n);
+          return 1;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
   }
 
   grpc::ClientContext run_ctx;
