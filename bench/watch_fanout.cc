@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -22,6 +23,8 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "finetune/v1/finetune.grpc.pb.h"
 #include "finetune/v1/worker.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -67,9 +70,10 @@ class Watcher final : public grpc::ClientReadReactor<pb::JobEvent> {
     status_ = s;
     done_ = true;
   }
-  void AwaitDone() {
+  // False when the stream has not ended within `timeout`.
+  bool AwaitDone(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
+    return mu_.AwaitWithTimeout(absl::Condition(&done_), timeout);
   }
   int Received() {
     absl::MutexLock lock(&mu_);
@@ -194,7 +198,25 @@ int main(int argc, char** argv) {
   }
   stream->Finish();
 
-  for (auto& w : watchers) w->AwaitDone();
+  {
+    // A watcher whose stream does not end: say how far each got.
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    int unfinished = 0;
+    std::map<int, int> stuck_at;  // events received -> watchers
+    for (auto& w : watchers) {
+      if (!w->AwaitDone(std::max(absl::ZeroDuration(), deadline - absl::Now()))) {
+        ++unfinished;
+        ++stuck_at[w->Received()];
+      }
+    }
+    if (unfinished > 0) {
+      std::string where;
+      for (const auto& [got, count] : stuck_at) where += " " + std::to_string(count) + "x" + std::to_string(got);
+      std::fprintf(stderr, "%d of %d watch streams did not end within 30 s of the job's end (watchers x events "
+                   "received:%s; the job has %d)\n", unfinished, n, where.c_str(), events + 3);
+      std::_Exit(1);
+    }
+  }
   std::vector<double> delays;
   const std::vector<int64_t> first = watchers[0]->sequences();
   bool same = true, gap_free = true, all_ok = true;
