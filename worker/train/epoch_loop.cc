@@ -25,6 +25,7 @@
 #include "common/util/log.h"
 #include "common/util/status.h"
 #include "worker/backbones/jit_modules.h"
+#include "worker/train/first_line.h"
 #include "worker/train/frozen_prefix.h"
 #include "worker/train/gang.h"
 
@@ -97,8 +98,6 @@ void SetGeneratorState(at::Generator generator, const torch::Tensor& state) {
   std::lock_guard<std::mutex> lock(generator.mutex());
   generator.set_state(state.to(torch::kCPU));
 }
-
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 std::string ShapeOf(const torch::Tensor& t) {
   return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "] ", std::string(c10::toString(t.scalar_type())));

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/backbones/jit_modules.h"
+#include "worker/train/first_line.h"
 
 namespace ft::worker {
 namespace {
@@ -23,8 +24,6 @@ bool HasCalls(const torch::jit::Block& block) {
   }
   return false;
 }
-
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "worker/train/first_line.h"
 
 namespace ft::worker {
 
@@ -45,8 +46,6 @@ class GroupOf : public Gang::Group {
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<PG> group_;
 };
-
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 }  // namespace
 
