@@ -43,8 +43,7 @@ Batch BatchLoader::Make(int64_t b) {
       b == num_batches_ - 1 ? images : std::min<int64_t>(begin + options_.batch_size, images);
   // This rank's share of it (all of it on one rank).
   const int64_t global_n = global_end - begin;
-  const int64_t share_begin = global_n * options_.shard / std::max(1, options_.shards);
-  const int64_t share_end = global_n * (options_.shard + 1) / std::max(1, options_.shards);
+  const auto [share_begin, share_end] = SplitShare(global_n, options_.shard, std::max(1, options_.shards));
   const int64_t n = share_end - share_begin;
   const int s = options_.transform.image_size;
   auto opts = torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(options_.pin_memory);

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -14,6 +15,12 @@
 #include "worker/data/images.h"
 
 namespace ft::worker {
+
+// Rank `rank`'s share [begin, end) of a batch of `n` images split between
+// `ranks`: contiguous, in rank order, sizes differing by at most one.
+inline std::pair<int64_t, int64_t> SplitShare(int64_t n, int rank, int ranks) {
+  return {n * rank / ranks, n * (rank + 1) / ranks};
+}
 
 struct Batch {
   torch::Tensor images;  // float32 [B, 3, S, S]
@@ -41,8 +48,8 @@ struct LoaderOptions {
   // BatchPlan::merged_tail).
   bool merge_tail = false;
   // A multi-worker job: every batch is cut from `order` as on one worker,
-  // and this loader makes share `shard` of `shards` of it (SplitShare in
-  // train/guards.h), each image with the augmentation it would have had on
+  // and this loader makes share `shard` of `shards` of it (SplitShare), each
+  // image with the augmentation it would have had on
   // one worker.
   int shard = 0;
   int shards = 1;

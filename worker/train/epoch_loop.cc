@@ -232,10 +232,10 @@ absl::StatusOr<PhasePlans> PlanPhases(torch::jit::Module& model, const Backbone&
   // A last batch of one image would leave a train-mode BatchNorm whose input
   // is 1x1 with one value per channel (NaN running variance), so it is then
   // merged into the one before.
+  ranks = std::max(1, ranks);
   auto plan_batches = [&](int depth, const char* phase) -> absl::StatusOr<BatchPlan> {
     std::string single_value_bn;
     // A batch, or a rank's share of one, that may hold a single image.
-    ranks = std::max(1, ranks);
     const int64_t last = train_images - (train_images - 1) / spec.batch_size() * spec.batch_size();
     const bool one_image_batch = spec.batch_size() / ranks < 2 || last / ranks < 2;
     if (!cached && one_image_batch) {

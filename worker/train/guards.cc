@@ -69,11 +69,9 @@ absl::StatusOr<BatchPlan> PlanBatches(int64_t images, int64_t batch_size, const 
   BatchPlan plan;
   plan.num_batches = (images + batch_size - 1) / batch_size;
   plan.last_batch_size = images - (plan.num_batches - 1) * batch_size;
-  // The last batch's smallest share; on one rank, the batch itself.
-  const int64_t last_share = plan.last_batch_size / ranks;
-  const bool too_small = ranks > 1 ? last_share < least_share
-                                   : plan.last_batch_size == 1 && !single_value_batchnorm.empty();
-  if (too_small && plan.num_batches > 1) {
+  // The last batch's smallest share (on one rank, the batch itself) is
+  // merged when it holds fewer than least_share images.
+  if (plan.last_batch_size / ranks < least_share && plan.num_batches > 1) {
     --plan.num_batches;
     plan.last_batch_size += batch_size;
     plan.merged_tail = true;

@@ -12,8 +12,6 @@
 
 #include <torch/script.h>
 
-#include <utility>
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
@@ -37,18 +35,13 @@ struct BatchPlan {
 //  - a training split of one image is FAILED_PRECONDITION, naming the layer.
 // Without one the batches are plain (the last may hold one image).
 // With `ranks` > 1 (a multi-worker job) each batch is split into `ranks`
-// shares (SplitShare), and a last batch whose smallest share would be empty,
+// shares (SplitShare in data/loader.h), and a last batch whose smallest share
+// would be empty,
 // or of one image with such a layer, is merged into the batch before it; a
 // training split too small to give every rank a share is
 // FAILED_PRECONDITION.
 absl::StatusOr<BatchPlan> PlanBatches(int64_t images, int64_t batch_size, const std::string& single_value_batchnorm,
                                       int image_size, int ranks = 1);
-
-// Rank `rank`'s share [begin, end) of a batch of `n` images split between
-// `ranks`: contiguous, in rank order, sizes differing by at most one.
-inline std::pair<int64_t, int64_t> SplitShare(int64_t n, int rank, int ranks) {
-  return {n * rank / ranks, n * (rank + 1) / ranks};
-}
 
 // The divergence criterion, fed one training step at a time. Training has
 // diverged when
