@@ -139,6 +139,21 @@ pb::Lease RankLease(const std::string& job_id, const std::string& lease_id, absl
   return lease;
 }
 
+absl::StatusOr<std::optional<LeasedJob>> TakenRank(const std::string& job_id, const std::string& worker_id, int rank,
+                                                   int64_t state, const std::string& lease_id, int attempts,
+                                                   const std::string& gang_bytes, const std::string& resolved,
+                                                   absl::Duration ttl) {
+  pb::Gang gang;
+  if (state != pb::RUNNING || !gang.ParseFromString(gang_bytes) || rank <= 0 || rank >= gang.workers_size() ||
+      gang.workers(rank) != worker_id) {
+    return std::optional<LeasedJob>();
+  }
+  LeasedJob leased;
+  FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(job_id, resolved));
+  leased.lease = RankLease(job_id, lease_id, ttl, attempts, rank, gang);
+  return std::optional<LeasedJob>(std::move(leased));
+}
+
 std::string GangRunningMessage(const pb::WorkerInfo& leader, const pb::Gang& gang,
                                const JobStore::ResumePoint& resume) {
   std::string message = absl::StrCat("running on ", gang.world_size(), " workers (", leader.device(), "): ",

@@ -13,6 +13,7 @@
 #define FT_SERVER_JOBS_JOB_RECORDS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,15 @@ pb::Gang FormGang(const pb::WorkerInfo& leader, const std::vector<std::string>& 
 // The lease of rank `rank` in `gang`.
 pb::Lease RankLease(const std::string& job_id, const std::string& lease_id, absl::Duration ttl, int attempt,
                     int rank, const pb::Gang& gang);
+// Rank `rank` of `worker_id` in job `job_id`, from the job's row (its
+// state, lease id, attempts, serialised gang and resolved spec): the lease,
+// or nothing when the job no longer runs on a group that gives the worker
+// that rank (its rank 0 failed, the job was re-queued). DATA_LOSS when the
+// spec does not parse.
+absl::StatusOr<std::optional<LeasedJob>> TakenRank(const std::string& job_id, const std::string& worker_id, int rank,
+                                                   int64_t state, const std::string& lease_id, int attempts,
+                                                   const std::string& gang, const std::string& resolved,
+                                                   absl::Duration ttl);
 // The RUNNING message of a group's attempt.
 std::string GangRunningMessage(const pb::WorkerInfo& leader, const pb::Gang& gang,
                                const JobStore::ResumePoint& resume);

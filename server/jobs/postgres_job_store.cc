@@ -694,16 +694,9 @@ absl::StatusOr<std::optional<LeasedJob>> PostgresJobStore::TakeRank(Connection& 
   const int rank = static_cast<int>(w.Int(0, 1));
   FT_ASSIGN_OR_RETURN(Result j, c.Exec("SELECT state, lease_id, attempts, gang, resolved FROM jobs WHERE id = $1",
                                        Params().Add(job_id)));
-  pb::Gang gang;
-  // The group may be gone already (its rank 0 failed, the job re-queued).
-  if (j.rows() == 0 || j.Int(0, 0) != pb::RUNNING || !gang.ParseFromString(j.Bytes(0, 3)) || rank <= 0 ||
-      rank >= gang.workers_size() || gang.workers(rank) != worker_id) {
-    return std::optional<LeasedJob>();
-  }
-  LeasedJob leased;
-  FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(job_id, j.Bytes(0, 4)));
-  leased.lease = RankLease(job_id, j.Text(0, 1), ttl, static_cast<int>(j.Int(0, 2)), rank, gang);
-  return std::optional<LeasedJob>(std::move(leased));
+  if (j.rows() == 0) return std::optional<LeasedJob>();
+  return TakenRank(job_id, worker_id, rank, j.Int(0, 0), j.Text(0, 1), static_cast<int>(j.Int(0, 2)), j.Bytes(0, 3),
+                   j.Bytes(0, 4), ttl);
 }
 
 absl::StatusOr<std::optional<LeasedJob>> PostgresJobStore::LeaseNext(const pb::WorkerInfo& worker, absl::Duration ttl,

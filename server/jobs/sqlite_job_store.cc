@@ -347,16 +347,8 @@ absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::TakeRankLocked(const st
   Stmt j(db_, "SELECT state, lease_id, attempts, gang, resolved FROM jobs WHERE id = ?");
   j.Bind(1, job_id);
   FT_ASSIGN_OR_RETURN(bool row, j.Step());
-  pb::Gang gang;
-  // The group may be gone already (its rank 0 failed, the job re-queued).
-  if (!row || j.Int(0) != pb::RUNNING || !gang.ParseFromString(j.Text(3)) || rank <= 0 ||
-      rank >= gang.workers_size() || gang.workers(rank) != worker_id) {
-    return std::optional<LeasedJob>();
-  }
-  LeasedJob leased;
-  FT_ASSIGN_OR_RETURN(leased.job, ParseResolvedJob(job_id, j.Text(4)));
-  leased.lease = RankLease(job_id, j.Text(1), ttl, static_cast<int>(j.Int(2)), rank, gang);
-  return std::optional<LeasedJob>(std::move(leased));
+  if (!row) return std::optional<LeasedJob>();
+  return TakenRank(job_id, worker_id, rank, j.Int(0), j.Text(1), static_cast<int>(j.Int(2)), j.Text(3), j.Text(4), ttl);
 }
 
 absl::StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(const pb::WorkerInfo& worker,
