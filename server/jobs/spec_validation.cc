@@ -62,11 +62,11 @@ absl::Status ValidateSpec(pb::JobSpec* spec, const catalog::BackboneInfo** backb
   if (spec->sync_bn() && spec->workers() < 2) {
     return Invalid("sync_bn", "synchronises BatchNorm across workers: it needs --workers 2 or more");
   }
-  if (spec->sync_bn()) {
-    // Not built yet: BatchNorm stays local to each worker's share.
-    return absl::UnimplementedError(
-        "sync_bn: synchronised BatchNorm is not implemented yet; each worker's BatchNorm uses its own share of "
-        "the batch (leave sync_bn off)");
+  if (spec->sync_bn() && catalog::IsTorchScriptBackbone(spec->backbone())) {
+    // The worker swaps the forward of the BatchNorm layers it builds; a
+    // TorchScript backbone's own layers it cannot.
+    return Invalid("sync_bn", "works with the built-in architectures' BatchNorm, not with a TorchScript backbone's "
+                              "own layers");
   }
   if (spec->image_size() == 0) spec->set_image_size(kDefaultImageSize);
   if (spec->image_size() < kMinImageSize || spec->image_size() > kMaxImageSize) {

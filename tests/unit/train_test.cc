@@ -2,6 +2,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -14,6 +15,7 @@
 
 #include <opencv2/imgcodecs.hpp>
 
+#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
@@ -31,6 +33,7 @@
 #include "worker/train/guards.h"
 #include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
+#include "worker/train/sync_batch_norm.h"
 #include "worker/train/torch_process.h"
 #include "worker/train/trainer.h"
 
@@ -82,6 +85,78 @@ TEST(FrozenPrefixTest, MatchesTheUnfoldedStages) {
     torch::NoGradGuard no_grad;
     EXPECT_EQ(model.forward({x}).toTensor().size(1), 3);
   }
+}
+
+// sync_bn's swapped-in forward on one rank (no gang: the sum is over one)
+// is torch.nn.BatchNorm2d: the same outputs, running statistics and
+// gradients in training mode, the same eval forward, and after Restore the
+// layer's own forward again, with no finetuned op left in the model.
+TEST(SyncBatchNormTest, OneRankComputesWhatBatchNormDoes) {
+  ft::worker::InitTorchProcess(2);
+  using ft::worker::BatchNorm2d;
+  using ft::worker::Conv2d;
+  torch::manual_seed(2);
+  auto make = [] { return ft::worker::Sequential({Conv2d(3, 4, 3, {}), BatchNorm2d(4, 1e-3, 0.2)}); };
+  torch::jit::Module plain = make();
+  torch::jit::Module synced = make();
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : plain.named_parameters()) synced.attr(p.name.substr(0, 1)).toModule()
+        .attr(p.name.substr(2)).toTensor().copy_(p.value);
+  }
+  auto sync = ft::worker::SyncBatchNorm::Install(synced, nullptr);
+  ASSERT_TRUE(sync.ok()) << sync.status();
+  EXPECT_EQ((*sync)->layers(), 1);
+  plain.train();
+  synced.train();
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(step);
+    const auto x = torch::randn({5, 3, 9, 9}) * 2 + 1;
+    const auto w = torch::randn({5, 4, 7, 7});
+    auto y1 = plain.forward({x}).toTensor();
+    auto y2 = synced.forward({x}).toTensor();
+    EXPECT_TRUE(torch::allclose(y1, y2, 1e-4, 1e-5)) << (y1 - y2).abs().max().item<double>();
+    (y1 * w).sum().backward();
+    (y2 * w).sum().backward();
+    std::map<std::string, torch::Tensor> p2, b2;
+    for (const auto& p : synced.named_parameters()) p2[p.name] = p.value;
+    for (const auto& b : synced.named_buffers()) b2[b.name] = b.value;
+    for (const auto& p : plain.named_parameters()) {
+      const auto g2 = p2.at(p.name).grad();
+      EXPECT_TRUE(torch::allclose(p.value.grad(), g2, 1e-4, 1e-5))
+          << p.name << ": " << (p.value.grad() - g2).abs().max().item<double>();
+    }
+    for (const auto& b : plain.named_buffers()) {
+      EXPECT_TRUE(torch::allclose(b.value.to(torch::kDouble), b2.at(b.name).to(torch::kDouble), 1e-5, 1e-6))
+          << b.name;
+    }
+  }
+  (*sync)->Restore();
+  // In any block (the training branch is an If's).
+  std::function<bool(const torch::jit::Block*)> calls_gang = [&](const torch::jit::Block* block) {
+    for (const torch::jit::Node* node : block->nodes()) {
+      if (std::string(node->kind().toQualString()) == "ft::gang_all_reduce_sum") return true;
+      for (const torch::jit::Block* inner : node->blocks()) {
+        if (calls_gang(inner)) return true;
+      }
+    }
+    return false;
+  };
+  const auto uses_gang = [&](const torch::jit::Module& m) {
+    for (const auto& sub : m.modules()) {
+      if (calls_gang(torch::jit::toGraphFunction(sub.type()->getMethod("forward")).graph()->block())) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(uses_gang(synced));
+  plain.eval();
+  synced.eval();
+  const auto x = torch::randn({2, 3, 9, 9});
+  EXPECT_TRUE(torch::allclose(plain.forward({x}).toTensor(), synced.forward({x}).toTensor(), 1e-5, 1e-6));
+  // Swapped in again, the op is there (the check above can fail).
+  auto again = ft::worker::SyncBatchNorm::Install(synced, nullptr);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(uses_gang(synced));
 }
 
 TEST(GuardsTest, PlanBatchesKeepsMergesOrRefuses) {

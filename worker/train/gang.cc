@@ -148,6 +148,7 @@ void Gang::Bucketed(const std::vector<torch::Tensor>& tensors, bool broadcast) {
       }
     }
   } catch (const std::exception& e) {
+    failed_.store(true);
     throw GangError(absl::StrCat("the ", what, " across ", options_.world_size, " workers failed at rank ",
                                  options_.rank, ": ", FirstLine(e.what())));
   }

@@ -6,6 +6,7 @@
 #ifndef FT_WORKER_TRAIN_GANG_H_
 #define FT_WORKER_TRAIN_GANG_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -70,6 +71,11 @@ class Gang {
   // Rank 0's values, in place, on every rank. Throws GangError.
   void Broadcast(const std::vector<torch::Tensor>& tensors);
 
+  // Whether a collective has failed: the gang is broken, whatever a caller
+  // made of the GangError (the TorchScript interpreter rethrows what an op
+  // throws as its own error).
+  bool failed() const { return failed_.load(); }
+
   // The backend's two collectives, on one tensor each, returning when done.
   class Group;
 
@@ -81,6 +87,7 @@ class Gang {
   const GangOptions options_;
   std::unique_ptr<Group> group_;
   const std::string backend_;
+  std::atomic<bool> failed_{false};
 };
 
 }  // namespace ft::worker

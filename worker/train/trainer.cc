@@ -20,6 +20,7 @@
 #include "worker/train/epoch_loop.h"
 #include "worker/train/evaluation.h"
 #include "worker/train/gang.h"
+#include "worker/train/sync_batch_norm.h"
 #include "worker/train/guards.h"
 #include "worker/train/job_data.h"
 #include "worker/train/recipe.h"
@@ -97,6 +98,20 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
     };
   }
   FT_ASSIGN_OR_RETURN(StartingModel start, BuildStartingModel(job, data.layout.classes, start_hooks, report));
+  // Synchronised BatchNorm: swapped in before the model's first forward,
+  // and out again after the epochs, so that the saved model is plain
+  // PyTorch.
+  std::unique_ptr<SyncBatchNorm> sync_bn;
+  if (spec.sync_bn() && options.gang != nullptr) {
+    FT_ASSIGN_OR_RETURN(sync_bn, SyncBatchNorm::Install(start.model, options.gang));
+    if (sync_bn->layers() > 0) {
+      report.Info(absl::StrCat("sync_bn: ", sync_bn->layers(),
+                               " BatchNorm layers normalise with the statistics of the whole batch of ",
+                               spec.batch_size(), ", summed across ", options.gang->world_size(), " workers"));
+    } else {
+      report.Log("warning", absl::StrCat("sync_bn: ", spec.backbone(), " has no BatchNorm layers; nothing to synchronise"));
+    }
+  }
   std::string weights_sha256;
   if (!weights_path.empty()) {
     FT_ASSIGN_OR_RETURN(weights_sha256, util::Sha256File(weights_path));
@@ -158,6 +173,7 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
                  report);
   if (!options.resume.empty()) FT_RETURN_IF_ERROR(loop.Restore(std::move(options.resume)));
   FT_ASSIGN_OR_RETURN(EpochsResult epochs, loop.Run(&result.metrics));
+  if (sync_bn != nullptr) sync_bn->Restore();
   if (epochs.cancelled || epochs.preempted) {
     result.cancelled = epochs.cancelled;
     result.preempted = epochs.preempted;
@@ -237,6 +253,11 @@ absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptio
     // Not the job's fault: the attempt is over, and the gang leased again.
     return absl::UnavailableError(e.what());
   } catch (const c10::Error& e) {
+    // A collective inside the model (sync_bn) failed: the interpreter
+    // rethrew its GangError as its own.
+    if (options.gang != nullptr && options.gang->failed()) {
+      return absl::UnavailableError(absl::StrCat("a collective across the workers failed: ", e.what_without_backtrace()));
+    }
     return absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training failed: ", e.what()));
