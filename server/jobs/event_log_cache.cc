@@ -46,11 +46,12 @@ absl::StatusOr<EventLogCache::Slice> EventLogCache::Read(const std::string& job_
     Entry& e = EntryLocked(job_id);
     const int64_t end = e.first + static_cast<int64_t>(e.events.size());
     if (from < e.first) break;  // older than the cache keeps: straight from the store
-    if (from < end || (from == end && !e.stale)) return SliceLocked(e, from, max);
-    if (from > end && !e.stale) {
-      // Past everything there is (a cursor ahead of the log): nothing yet.
-      return SliceLocked(e, from, max);
-    }
+    if (from < end) return SliceLocked(e, from, max);
+    // Caught up (or a cursor ahead of the log): nothing new, unless there
+    // is news, or a read under way, which began after some watcher's news
+    // and may hold this one's too. Answering "nothing" during a read would
+    // leave a watcher woken before it idle with its news unread.
+    if (!e.stale && !e.loading) return SliceLocked(e, from, max);
     if (e.loading) {
       // One read for all: wait for it, then look again.
       auto done = [this, &job_id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
