@@ -445,16 +445,27 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       step_correct = logits.argmax(1).eq(y).sum().item<int64_t>();
     } else {
       // This rank's share of the batch's mean loss: summed over the ranks,
-      // the gradients are the whole batch's.
-      (loss * (static_cast<double>(n) / static_cast<double>(global_n))).backward();
+      // the gradients are the whole batch's. The mean divides by the
+      // batch's weight: its image count, or with class weights the sum of
+      // its images' weights, which no rank knows before the all-reduce. So
+      // with class weights a rank's gradients are of its weighted sum, and
+      // are divided by the batch's weight once summed.
+      const bool weighted = loss_.weight().defined();
+      const torch::Tensor share_weight =
+          weighted ? loss_.weight().index_select(0, y).sum().to(torch::kFloat)
+                   : torch::full({}, static_cast<float>(n),
+                                 torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
+      (weighted ? loss * share_weight.detach() : loss * (static_cast<double>(n) / static_cast<double>(global_n)))
+          .backward();
       // With them: the step's figures and the ranks' flags.
       const bool preempt = report_.Preempted() || (rank_ > 0 && report_.Cancelled());
       const bool cancel = rank_ == 0 && report_.Cancelled();
       const auto flag = [&](bool on) {
         return torch::full({}, on ? 1.0f : 0.0f, torch::TensorOptions().dtype(torch::kFloat).device(options_.device));
       };
-      auto figures = torch::stack({loss.detach().to(torch::kFloat) * static_cast<float>(n),
-                                   logits.argmax(1).eq(y).sum().to(torch::kFloat), flag(preempt), flag(cancel)});
+      auto figures = torch::stack({loss.detach().to(torch::kFloat) * share_weight,
+                                   logits.argmax(1).eq(y).sum().to(torch::kFloat), flag(preempt), flag(cancel),
+                                   share_weight});
       std::vector<torch::Tensor> summed;
       for (const auto& p : TrainableParameters(model_)) {
         if (p.grad().defined()) summed.push_back(p.grad());
@@ -462,7 +473,11 @@ absl::StatusOr<EpochLoop::EpochStats> EpochLoop::TrainOneEpoch(int epoch, int64_
       summed.push_back(figures);
       options_.gang->AllReduceSum(summed);
       const auto f = figures.cpu();
-      step_loss = static_cast<double>(f[0].item<float>()) / static_cast<double>(global_n);
+      const double batch_weight = static_cast<double>(f[4].item<float>());
+      if (weighted) {
+        for (size_t i = 0; i + 1 < summed.size(); ++i) summed[i].div_(batch_weight);
+      }
+      step_loss = static_cast<double>(f[0].item<float>()) / batch_weight;
       step_correct = static_cast<int64_t>(std::llround(f[1].item<float>()));
       agreed_preempt_ = f[2].item<float>() > 0;
       agreed_cancel_ = f[3].item<float>() > 0;

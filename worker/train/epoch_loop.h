@@ -154,7 +154,8 @@ struct EpochsResult {
 // Data parallel (options.gang): every rank runs this loop over the same
 // seeded order, and trains on its share of each global batch (SplitShare),
 // each image augmented as on one worker. Its loss is scaled by its share of
-// the batch, and after backward the gradients are summed across the ranks
+// the batch (with class weights: of the batch's weight, once the all-reduce
+// has summed it), and after backward the gradients are summed across the ranks
 // (bucketed all-reduce), which gives every rank the whole batch's mean
 // gradient; the optimisers then take identical steps. The step's loss,
 // correct count and images travel in the same all-reduce, so every rank
