@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <future>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -325,7 +327,10 @@ Agent::Agent(const AgentOptions& options) : options_(options) {
   }
 }
 
-Agent::~Agent() = default;
+Agent::~Agent() {
+  closing_ = true;
+  notices_.clear();  // each waits for its thread, which now ends
+}
 
 bool Agent::ParentGone() const {
   return options_.parent_pid > 0 && ::getppid() != options_.parent_pid;
@@ -532,24 +537,53 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
     result.preempted = !result.cancelled;
     return result;
   };
-  const auto stop = [&hooks] { return hooks.cancelled() || hooks.preempted(); };
+  const std::function<bool()> stop = [&hooks] { return hooks.cancelled() || hooks.preempted(); };
+  const pb::Gang& group = lease.lease().gang();
+  absl::StatusOr<GangOptions> gang_options = GangOptionsFor(lease.lease(), stop);
+  // A rank of a multi-worker job that fails before it joins tells the
+  // others, who would otherwise wait for it until the timeout.
+  const auto failed_before_joining = [&](const absl::Status& status) {
+    if (group.world_size() > 1 && gang_options.ok()) {
+      hooks.on_log("warning", absl::StrCat("rank ", lease.lease().rank(), " cannot train: ", status.message(),
+                                           "; telling the group at ", group.master_address()));
+      if (lease.lease().rank() == 0) {
+        // Rank 0's store stays open for the others after the job has ended
+        // here, while this worker takes other work.
+        GangOptions notice = *gang_options;
+        notice.stopped = [this] { return closing_.load() || ParentGone(); };
+        notices_.erase(std::remove_if(notices_.begin(), notices_.end(),
+                                      [](const std::future<void>& f) {
+                                        return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+                                      }),
+                       notices_.end());
+        notices_.push_back(std::async(std::launch::async, [notice, status] {
+          Gang::ReportBeforeJoining(notice, status);
+        }));
+      } else {
+        Gang::ReportBeforeJoining(*gang_options, status);
+      }
+    }
+    return status;
+  };
   // Uploaded and archived datasets are fetched (or found cached) first.
   auto prepared = datasets_->Prepare(
       lease.job(), [&](const std::string& message) { hooks.on_log("info", message); }, stop);
   if (absl::IsCancelled(prepared.status())) return stopped();
-  FT_RETURN_IF_ERROR(prepared.status());
+  if (!prepared.ok()) return failed_before_joining(prepared.status());
   absl::StatusOr<std::string> resume = LatestCheckpoint(job, hooks);
   if (stop()) return stopped();
-  FT_RETURN_IF_ERROR(resume.status());
+  if (!resume.ok()) return failed_before_joining(resume.status());
   trainer_options.resume = *std::move(resume);
   // A multi-worker job: every rank meets at rank 0's rendezvous first.
   std::unique_ptr<Gang> gang;
-  const pb::Gang& group = lease.lease().gang();
   if (group.world_size() > 1) {
+    FT_RETURN_IF_ERROR(gang_options.status());
     hooks.on_log("info", absl::StrCat("rank ", lease.lease().rank(), " of ", group.world_size(), " (",
                                       options_.worker_id, ") joining the group at ", group.master_address()));
-    FT_ASSIGN_OR_RETURN(gang, JoinGang(lease.lease()));
+    absl::StatusOr<std::unique_ptr<Gang>> joined = Gang::Join(*gang_options);
     if (stop()) return stopped();
+    FT_RETURN_IF_ERROR(joined.status());
+    gang = *std::move(joined);
     trainer_options.gang = gang.get();
   }
   util::Log("info", "finetune-worker", "job started",
@@ -560,7 +594,7 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
   return RunTraining(*prepared, std::move(trainer_options), hooks);
 }
 
-absl::StatusOr<std::unique_ptr<Gang>> Agent::JoinGang(const pb::Lease& lease) {
+absl::StatusOr<GangOptions> Agent::GangOptionsFor(const pb::Lease& lease, std::function<bool()> stopped) const {
   const std::string& master = lease.gang().master_address();
   const size_t colon = master.rfind(':');
   int port = 0;
@@ -568,6 +602,9 @@ absl::StatusOr<std::unique_ptr<Gang>> Agent::JoinGang(const pb::Lease& lease) {
     return absl::InvalidArgumentError(absl::StrCat("the lease names no usable rendezvous: '", master, "'"));
   }
   GangOptions options;
+  options.key_prefix = absl::StrCat(lease.lease_id(), "/", lease.attempt());
+  options.worker_id = options_.worker_id;
+  options.stopped = std::move(stopped);
   options.rank = lease.rank();
   options.world_size = lease.gang().world_size();
   options.master_host = master.substr(0, colon);
@@ -575,7 +612,7 @@ absl::StatusOr<std::unique_ptr<Gang>> Agent::JoinGang(const pb::Lease& lease) {
   options.host = options_.c10d_host.empty() ? "127.0.0.1" : options_.c10d_host;
   options.timeout = absl::ToChronoMilliseconds(options_.c10d_timeout);
   options.device = options_.device;
-  return Gang::Join(options);
+  return options;
 }
 
 namespace {

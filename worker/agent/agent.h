@@ -2,8 +2,11 @@
 #define FT_WORKER_AGENT_AGENT_H_
 
 #include <atomic>
+#include <functional>
+#include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -20,6 +23,7 @@ namespace pb = ::finetune::v1;
 class DeviceMemory;
 class Gang;
 class WorkerMetrics;
+struct GangOptions;
 struct CheckpointPosition;
 struct TrainerHooks;
 struct TrainResult;
@@ -94,8 +98,10 @@ class Agent {
   // no model; it fetches what rank 0 does, joins the group, trains its
   // share, and stops when the group does (or breaks).
   absl::Status RunRank(const pb::LeaseJobResponse& lease);
-  // Joins the lease's group (Gang::Join) with this worker's settings.
-  absl::StatusOr<std::unique_ptr<Gang>> JoinGang(const pb::Lease& lease);
+  // This worker's settings for the lease's group (Gang::Join); `stopped`
+  // ends the wait for the others. INVALID_ARGUMENT when the lease names no
+  // usable rendezvous.
+  absl::StatusOr<GangOptions> GangOptionsFor(const pb::Lease& lease, std::function<bool()> stopped) const;
   // The trainer's hooks: events go to the job's session, fetched models to
   // its folder, checkpoints to the server. `job` must outlive them.
   TrainerHooks HooksFor(RunningJob* job);
@@ -129,6 +135,12 @@ class Agent {
   std::unique_ptr<DeviceMemory> device_memory_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> preempting_{false};
+  // Set as the agent is destroyed: ends what notices_ wait for.
+  std::atomic<bool> closing_{false};
+  // Rank 0's stores, each held open by a thread of its own after rank 0
+  // failed before its group formed, until the other ranks have read why
+  // (Gang::ReportBeforeJoining). Touched by Run()'s thread only.
+  std::vector<std::future<void>> notices_;
 };
 
 }  // namespace ft::worker

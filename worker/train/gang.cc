@@ -1,7 +1,9 @@
 #include "worker/train/gang.h"
 
+#include <algorithm>
 #include <exception>
 #include <map>
+#include <thread>
 #include <utility>
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -11,6 +13,7 @@
 #endif
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/train/first_line.h"
 
@@ -23,6 +26,7 @@ class Gang::Group {
   virtual ~Group() = default;
   virtual c10::intrusive_ptr<c10d::Work> AllReduce(std::vector<at::Tensor>& tensors) = 0;
   virtual c10::intrusive_ptr<c10d::Work> Broadcast(std::vector<at::Tensor>& tensors) = 0;
+  virtual c10d::Store& store() = 0;
 };
 
 namespace {
@@ -40,6 +44,7 @@ class GroupOf : public Gang::Group {
     options.rootRank = 0;
     return group_->broadcast(tensors, options);
   }
+  c10d::Store& store() override { return *store_; }
 
  private:
   // The store outlives the group, which uses it to connect.
@@ -49,20 +54,164 @@ class GroupOf : public Gang::Group {
 
 }  // namespace
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// This group's keys in rank 0's store.
+struct Keys {
+  explicit Keys(const GangOptions& options) : base(absl::StrCat("ft/", options.key_prefix, "/")) {}
+  std::string arrived() const { return base + "arrived"; }
+  std::string failures() const { return base + "failures"; }
+  std::string failed(int rank) const { return absl::StrCat(base, "failed/", rank); }
+  const std::string base;
+};
+
+std::string Where(const GangOptions& options) { return absl::StrCat(options.master_host, ":", options.master_port); }
+
+bool Stopped(const GangOptions& options) { return options.stopped && options.stopped(); }
+
+// Rank 0's TCPStore: opened by rank 0; reached by the others, which try
+// again until options.timeout has passed, unless options.stopped.
+absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> ReachStore(const GangOptions& options) {
+  const auto deadline = Clock::now() + options.timeout;
+  while (true) {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<uint16_t>(options.master_port);
+    store_options.isServer = options.rank == 0;
+    store_options.numWorkers = options.world_size;
+    // Every rank's arrival is awaited below, where a failure can cut it short.
+    store_options.waitWorkers = false;
+    // Short tries, between which `stopped` is asked; c10d counts a connect
+    // timeout in whole seconds.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    store_options.timeout = options.rank == 0
+                                ? options.timeout
+                                : std::clamp(left, std::chrono::milliseconds(1000), std::chrono::milliseconds(2000));
+    std::string why;
+    try {
+      auto store = c10::make_intrusive<c10d::TCPStore>(options.master_host, store_options);
+      store->setTimeout(options.timeout);
+      return store;
+    } catch (const std::exception& e) {
+      why = FirstLine(e.what());
+    }
+    if (options.rank == 0 || Clock::now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("rank ", options.rank, " of ", options.world_size,
+                                                 options.rank == 0 ? " could not open" : " could not reach",
+                                                 " the group's store at ", Where(options), ": ", why));
+    }
+    if (Stopped(options)) {
+      return absl::CancelledError(absl::StrCat("stopped while reaching the group's store at ", Where(options)));
+    }
+  }
+}
+
+void WriteFailure(c10d::Store& store, const GangOptions& options, const absl::Status& status) {
+  const std::string text = absl::StrCat(static_cast<int>(status.code()), "\n", "rank ", options.rank, " of ",
+                                        options.world_size, " (worker ", options.worker_id, "): ", status.message());
+  const Keys keys(options);
+  store.set(keys.failed(options.rank), std::vector<uint8_t>(text.begin(), text.end()));
+  // A round trip after the set: it is in the store before this rank's
+  // connections close and its peers' collectives fail.
+  store.add(keys.failures(), 1);
+}
+
+std::optional<absl::Status> ReadFailure(c10d::Store& store, const GangOptions& options) {
+  const Keys keys(options);
+  if (store.add(keys.failures(), 0) == 0) return std::nullopt;
+  for (int r = 0; r < options.world_size; ++r) {
+    if (r == options.rank || !store.check({keys.failed(r)})) continue;
+    const std::vector<uint8_t> value = store.get(keys.failed(r));
+    const std::string text(value.begin(), value.end());
+    const size_t newline = text.find('\n');
+    int code = 0;
+    if (newline == std::string::npos || !absl::SimpleAtoi(text.substr(0, newline), &code) || code <= 0 ||
+        code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+      code = static_cast<int>(absl::StatusCode::kUnknown);
+    }
+    return absl::Status(static_cast<absl::StatusCode>(code),
+                        newline == std::string::npos ? text : text.substr(newline + 1));
+  }
+  return std::nullopt;
+}
+
+// Every rank counts itself in, then waits until all have, or until one
+// reports a failure (its status), or the timeout (UNAVAILABLE), or
+// options.stopped (CANCELLED, after telling the others).
+absl::Status AwaitRanks(c10d::Store& store, const GangOptions& options) {
+  const Keys keys(options);
+  store.add(keys.arrived(), 1);
+  const auto deadline = Clock::now() + options.timeout;
+  while (true) {
+    if (std::optional<absl::Status> failure = ReadFailure(store, options)) return *failure;
+    const int64_t arrived = store.add(keys.arrived(), 0);
+    if (arrived >= options.world_size) return absl::OkStatus();
+    if (Stopped(options)) {
+      WriteFailure(store, options, absl::UnavailableError("stopped before the group formed"));
+      return absl::CancelledError("stopped while waiting for the group to form");
+    }
+    if (Clock::now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "rank ", options.rank, ": only ", arrived, " of ", options.world_size, " workers reached the group at ",
+          Where(options), " within ", std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count(),
+          " s"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+}  // namespace
+
+void Gang::ReportBeforeJoining(const GangOptions& options, const absl::Status& status) {
+  if (options.world_size < 2 || options.rank < 0 || options.rank >= options.world_size || status.ok()) return;
+  absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> store = ReachStore(options);
+  if (!store.ok()) return;
+  try {
+    WriteFailure(**store, options, status);
+    if (options.rank > 0) return;
+    // The store lives in this process: held open until the others have
+    // come (each counts itself in, then reads the failures).
+    const Keys keys(options);
+    const auto deadline = Clock::now() + options.timeout;
+    while ((*store)->add(keys.arrived(), 0) < options.world_size - 1 && Clock::now() < deadline &&
+           !Stopped(options)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  } catch (const std::exception&) {
+    // Rank 0 is gone too, or its store failed: no one left to tell.
+  }
+}
+
+void Gang::ReportFailure(const absl::Status& status) {
+  if (status.ok()) return;
+  try {
+    WriteFailure(group_->store(), options_, status);
+  } catch (const std::exception&) {
+    // Rank 0's store is gone: there is no one left to tell.
+  }
+}
+
+std::optional<absl::Status> Gang::PeerFailure() {
+  try {
+    return ReadFailure(group_->store(), options_);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 absl::StatusOr<std::unique_ptr<Gang>> Gang::Join(const GangOptions& options) {
   if (options.world_size < 2 || options.rank < 0 || options.rank >= options.world_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("rank ", options.rank, " of ", options.world_size, " is not a multi-worker rank"));
   }
-  const std::string where = absl::StrCat(options.master_host, ":", options.master_port);
+  const std::string where = Where(options);
+  absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> reached = ReachStore(options);
+  if (!reached.ok()) return reached.status();
+  c10::intrusive_ptr<c10d::TCPStore> store = *std::move(reached);
   try {
-    c10d::TCPStoreOptions store_options;
-    store_options.port = static_cast<uint16_t>(options.master_port);
-    store_options.isServer = options.rank == 0;
-    store_options.numWorkers = options.world_size;
-    store_options.waitWorkers = true;
-    store_options.timeout = options.timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(options.master_host, store_options);
+    if (absl::Status all = AwaitRanks(*store, options); !all.ok()) return all;
     std::unique_ptr<Group> group;
     std::string backend = "gloo";
 #ifdef FT_HAVE_NCCL

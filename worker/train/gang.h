@@ -9,13 +9,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace ft::worker {
@@ -38,6 +41,15 @@ struct GangOptions {
   // Gradients are summed in buckets of about this many bytes, one
   // collective each, all in flight at once.
   int64_t bucket_bytes = int64_t{25} << 20;
+  // Names this group's keys in the store (the lease and its attempt), so
+  // that a late rank of an earlier group on the same port is not taken for
+  // one of this group.
+  std::string key_prefix;
+  // This rank's worker, named in the failure it reports.
+  std::string worker_id;
+  // Polled while waiting for rank 0's store and for the other ranks: true
+  // gives up (CANCELLED), telling the others.
+  std::function<bool()> stopped;
 };
 
 // A collective failed: a rank died, or did not answer within the timeout.
@@ -48,12 +60,28 @@ class GangError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+//
+// Why a rank ended travels in rank 0's store: a rank that fails for its own
+// reason (out of memory, a file it cannot read) writes its status there
+// before it leaves, and a peer whose collective then fails reads it
+// (PeerFailure), so that the job ends with that reason, and at once, not
+// as "the all-reduce failed" or after the timeout.
 class Gang {
  public:
-  // Opens (rank 0) or reaches (the others) the TCPStore, and joins the
-  // process group. UNAVAILABLE, naming the master, when that fails within
-  // options.timeout.
+  // Opens (rank 0) or reaches (the others) the TCPStore, waits until every
+  // rank has reached it, and joins the process group. UNAVAILABLE, naming
+  // the master, when that fails within options.timeout; a failure another
+  // rank reported meanwhile (ReportBeforeJoining) as that rank's status;
+  // CANCELLED when options.stopped.
   static absl::StatusOr<std::unique_ptr<Gang>> Join(const GangOptions& options);
+  // For a rank that fails before it joins (it could not fetch the dataset,
+  // say): reports `status` in rank 0's store, so that the ranks at the
+  // rendezvous end with it. A rank other than 0 reaches the store, waiting
+  // for it as Join does. Rank 0 opens it, and keeps it open until every
+  // other rank has reached it (and a moment more, for the last to read
+  // why), options.timeout has passed, or options.stopped: long, so it is
+  // called off the job's thread. Best effort.
+  static void ReportBeforeJoining(const GangOptions& options, const absl::Status& status);
   ~Gang();
   Gang(const Gang&) = delete;
   Gang& operator=(const Gang&) = delete;
@@ -75,6 +103,14 @@ class Gang {
   // made of the GangError (the TorchScript interpreter rethrows what an op
   // throws as its own error).
   bool failed() const { return failed_.load(); }
+
+  // Tells the other ranks why this one ends: `status`, in rank 0's store.
+  // Best effort: a store that is gone is ignored.
+  void ReportFailure(const absl::Status& status);
+  // The first failure another rank reported, as that rank's status, its
+  // message prefixed with the rank and its worker; nullopt when none did
+  // (it died, or the store is gone).
+  std::optional<absl::Status> PeerFailure();
 
   // The backend's two collectives, on one tensor each, returning when done.
   class Group;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 
 #include <opencv2/core/version.hpp>
 #include <torch/torch.h>
@@ -243,9 +244,8 @@ absl::StatusOr<TrainResult> Train(const pb::ResolvedJob& job, TrainerOptions& op
   return result;
 }
 
-}  // namespace
-
-absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptions options,
+// Train, its exceptions as statuses.
+absl::StatusOr<TrainResult> TrainCaught(const pb::ResolvedJob& job, TrainerOptions& options,
                                         const TrainerHooks& hooks) {
   try {
     return Train(job, options, hooks);
@@ -262,6 +262,23 @@ absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptio
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training failed: ", e.what()));
   }
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptions options,
+                                        const TrainerHooks& hooks) {
+  absl::StatusOr<TrainResult> result = TrainCaught(job, options, hooks);
+  if (options.gang == nullptr || result.ok()) return result;
+  if (!options.gang->failed()) {
+    // This rank's own failure: its peers' next collective fails, and they
+    // end with this reason.
+    options.gang->ReportFailure(result.status());
+  } else if (std::optional<absl::Status> peer = options.gang->PeerFailure()) {
+    // The collective failed because a peer ended for its own reason.
+    return *std::move(peer);
+  }
+  return result;
 }
 
 }  // namespace ft::worker

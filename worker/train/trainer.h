@@ -70,8 +70,11 @@ struct TrainResult {
 // and OpenCV errors come back as a Status naming the problem; an unknown
 // string option in the spec is INVALID_ARGUMENT; a checkpoint that does
 // not parse is DATA_LOSS, and one of another job, spec or dataset
-// FAILED_PRECONDITION (EpochLoop::Restore). `options` is taken by value so
-// that a caller can move the checkpoint's bytes in.
+// FAILED_PRECONDITION (EpochLoop::Restore). On a rank of a multi-worker
+// job, its own failure is reported to the others (Gang::ReportFailure), and
+// a collective that failed because another rank ended for its own reason
+// returns that rank's status. `options` is taken by value so that a caller
+// can move the checkpoint's bytes in.
 absl::StatusOr<TrainResult> RunTraining(const pb::ResolvedJob& job, TrainerOptions options,
                                         const TrainerHooks& hooks);
 
