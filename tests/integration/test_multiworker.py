@@ -379,7 +379,9 @@ class RankFailureTest(unittest.TestCase):
 
     def test_a_rank_0_that_cannot_fetch_the_dataset_frees_the_others_at_once(self):
         # Rank 0 fails the job itself, and holds its store open for rank 1,
-        # which learns why as soon as it reaches the rendezvous.
+        # which learns why as soon as it reaches the rendezvous, or, when the
+        # job has FAILED before it asks for the checkpoint (the lease is
+        # gone), from the store all the same.
         self.run_with_a_rank_that_cannot_fetch(bad_rank=0)
         good = self.workers[0]
         ended = wait_for(lambda: "rank ended" in good.log(), 120)

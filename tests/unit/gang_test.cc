@@ -107,6 +107,41 @@ TEST(GangTest, ARank0ThatFailsBeforeJoiningHoldsItsStoreOpenToTellTheOthers) {
   EXPECT_EQ(g.status().message(), "rank 0 of 2 (worker w0): no dataset on rank 0");
 }
 
+TEST(GangTest, ARankThatFindsTheJobEndedLearnsRank0sReasonAndLetsItsStoreClose) {
+  const int port = FreePort();
+  const auto start = std::chrono::steady_clock::now();
+  // Rank 0 failed the job before the group formed; rank 1 finds its lease
+  // gone, before or after rank 0 has written why.
+  std::thread zero([&] { Gang::ReportBeforeJoining(Rank(0, port), absl::NotFoundError("no dataset on rank 0")); });
+  const std::optional<absl::Status> why = Gang::PeerFailureBeforeJoining(Rank(1, port));
+  zero.join();
+  ASSERT_TRUE(why.has_value());
+  EXPECT_EQ(why->code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(why->message(), "rank 0 of 2 (worker w0): no dataset on rank 0");
+  // Rank 0's store closed once rank 1 had read it, not after the 60 s.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+TEST(GangTest, ARankThatFindsTheJobEndedWithoutAReasonGivesUp) {
+  // No rank 0 at all (it died): nothing to learn, within the timeout.
+  GangOptions one = Rank(1, FreePort());
+  one.timeout = std::chrono::milliseconds(1500);
+  EXPECT_FALSE(Gang::PeerFailureBeforeJoining(one).has_value());
+  // Nor from a rank 0 that is alive and waiting for the group: no reason,
+  // and rank 1 does not count itself in, so no group forms.
+  const int port = FreePort();
+  GangOptions zero = Rank(0, port);
+  zero.timeout = std::chrono::seconds(4);
+  absl::Status zero_status;
+  std::thread first([&] { zero_status = Gang::Join(zero).status(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  GangOptions late = Rank(1, port);
+  late.timeout = std::chrono::milliseconds(1500);
+  EXPECT_FALSE(Gang::PeerFailureBeforeJoining(late).has_value());
+  first.join();
+  EXPECT_EQ(zero_status.code(), absl::StatusCode::kUnavailable) << zero_status;
+}
+
 TEST(GangTest, AFailureOfAnotherGroupIsNotThisGroups) {
   const int port = FreePort();
   std::thread peer([&] {

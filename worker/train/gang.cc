@@ -63,6 +63,9 @@ struct Keys {
   explicit Keys(const GangOptions& options) : base(absl::StrCat("ft/", options.key_prefix, "/")) {}
   std::string arrived() const { return base + "arrived"; }
   std::string failures() const { return base + "failures"; }
+  // Ranks other than 0 that will never arrive: they failed before joining,
+  // or learnt why the job ended from the store.
+  std::string gone() const { return base + "gone"; }
   std::string failed(int rank) const { return absl::StrCat(base, "failed/", rank); }
   const std::string base;
 };
@@ -169,18 +172,41 @@ void Gang::ReportBeforeJoining(const GangOptions& options, const absl::Status& s
   if (!store.ok()) return;
   try {
     WriteFailure(**store, options, status);
-    if (options.rank > 0) return;
-    // The store lives in this process: held open until the others have
-    // come (each counts itself in, then reads the failures).
     const Keys keys(options);
+    if (options.rank > 0) {
+      (*store)->add(keys.gone(), 1);
+      return;
+    }
+    // The store lives in this process: held open until the others have
+    // come (each counts itself in, then reads the failures) or gone.
     const auto deadline = Clock::now() + options.timeout;
-    while ((*store)->add(keys.arrived(), 0) < options.world_size - 1 && Clock::now() < deadline &&
-           !Stopped(options)) {
+    while ((*store)->add(keys.arrived(), 0) + (*store)->add(keys.gone(), 0) < options.world_size - 1 &&
+           Clock::now() < deadline && !Stopped(options)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     std::this_thread::sleep_for(std::chrono::seconds(2));
   } catch (const std::exception&) {
     // Rank 0 is gone too, or its store failed: no one left to tell.
+  }
+}
+
+std::optional<absl::Status> Gang::PeerFailureBeforeJoining(const GangOptions& options) {
+  if (options.world_size < 2 || options.rank <= 0 || options.rank >= options.world_size) return std::nullopt;
+  absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> store = ReachStore(options);
+  if (!store.ok()) return std::nullopt;
+  const auto deadline = Clock::now() + options.timeout;
+  try {
+    while (true) {
+      if (std::optional<absl::Status> failure = ReadFailure(**store, options)) {
+        (*store)->add(Keys(options).gone(), 1);
+        return failure;
+      }
+      if (Clock::now() >= deadline || Stopped(options)) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  } catch (const std::exception&) {
+    // Rank 0's store closed: it told no one.
+    return std::nullopt;
   }
 }
 

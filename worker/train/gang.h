@@ -82,6 +82,14 @@ class Gang {
   // why), options.timeout has passed, or options.stopped: long, so it is
   // called off the job's thread. Best effort.
   static void ReportBeforeJoining(const GangOptions& options, const absl::Status& status);
+  // For a rank other than 0 that finds, before it joins, that the job has
+  // already ended on the server (its shared lease no longer holds): the
+  // failure another rank reported in rank 0's store, most often rank 0's
+  // own (ReportBeforeJoining), as that rank's status. Waits for the store,
+  // and then for a report, until options.timeout; nullopt when none comes
+  // (rank 0 died, or the job ended for another reason). Does not count this
+  // rank in, so it never lets a group form.
+  static std::optional<absl::Status> PeerFailureBeforeJoining(const GangOptions& options);
   ~Gang();
   Gang(const Gang&) = delete;
   Gang& operator=(const Gang&) = delete;
