@@ -1,9 +1,10 @@
 // Forward + backward + Adam step time of finetuned's TorchScript-built
 // classifiers (backbone + new Linear head), as the worker trains them:
 // graph executor optimisation off, everything trainable (freeze depth 0),
-// cross-entropy on random inputs. bench/step_time.py is the torchvision twin.
+// cross-entropy on random inputs, the worker's fused Adam (--optimizer
+// libtorch: LibTorch's own). bench/step_time.py is the torchvision twin.
 //
-//   ft_bench_step_time --arch resnet18,resnet50 --batch 16 --size 64 --threads 2
+//   ft_bench_step_time --arch resnet18,resnet50 --batch 16 --size 64 --threads 2 [--optimizer fused|libtorch]
 //
 // Prints one JSON line per architecture:
 //   {"side":"finetuned","arch":...,"ms_median":...,"ms_min":...,"iters":...}
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,7 @@
 
 #include "absl/strings/str_split.h"
 #include "worker/backbones/backbone.h"
+#include "worker/train/fused_optimizers.h"
 #include "common/catalog/catalog.h"
 
 namespace {
@@ -33,11 +36,12 @@ struct Args {
   int warmup = 3;
   int iters = 10;
   int classes = 10;
+  std::string optimizer = "fused";
 };
 
 int Usage() {
   std::cerr << "ft_bench_step_time [--arch a,b|all] [--batch 16] [--size 64] [--inception-size 80]\n"
-               "                   [--threads 2] [--warmup 3] [--iters 10] [--classes 10]\n";
+               "                   [--threads 2] [--warmup 3] [--iters 10] [--classes 10] [--optimizer fused|libtorch]\n";
   return 2;
 }
 
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::atoi(v.c_str());
     else if (k == "--iters") a.iters = std::atoi(v.c_str());
     else if (k == "--classes") a.classes = std::atoi(v.c_str());
+    else if (k == "--optimizer" && (v == "fused" || v == "libtorch")) a.optimizer = v;
     else return Usage();
   }
   if (arch == "all") {
@@ -101,7 +106,12 @@ int main(int argc, char** argv) {
     for (const auto& p : model.parameters()) {
       if (p.requires_grad()) params.push_back(p);
     }
-    torch::optim::Adam optimizer(params, torch::optim::AdamOptions(1e-3));
+    std::unique_ptr<torch::optim::Optimizer> optimizer;
+    if (a.optimizer == "fused") {
+      optimizer = std::make_unique<ft::worker::FusedAdam>(params, torch::optim::AdamOptions(1e-3));
+    } else {
+      optimizer = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(1e-3));
+    }
     const int s = name == "inception_v3" ? a.inception_size : a.size;
     auto x = torch::randn({a.batch, 3, s, s});
     auto y = torch::randint(0, a.classes, {a.batch}, torch::kInt64);
@@ -110,9 +120,9 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       auto logits = model.forward({x}).toTensor();
       auto loss = torch::nn::functional::cross_entropy(logits, y);
-      optimizer.zero_grad();
+      optimizer->zero_grad();
       loss.backward();
-      optimizer.step();
+      optimizer->step();
       (void)loss.item<float>();
       const double dt =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -120,8 +130,9 @@ int main(int argc, char** argv) {
     }
     std::printf(
         "{\"side\":\"finetuned\",\"arch\":\"%s\",\"batch\":%d,\"size\":%d,\"threads\":%d,"
-        "\"ms_median\":%.2f,\"ms_min\":%.2f,\"iters\":%d}\n",
-        name.c_str(), a.batch, s, a.threads, Median(ms), *std::min_element(ms.begin(), ms.end()), a.iters);
+        "\"optimizer\":\"%s\",\"ms_median\":%.2f,\"ms_min\":%.2f,\"iters\":%d}\n",
+        name.c_str(), a.batch, s, a.threads, a.optimizer.c_str(), Median(ms), *std::min_element(ms.begin(), ms.end()),
+        a.iters);
     std::fflush(stdout);
   }
   return 0;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/util/status.h"
+#include "worker/train/fused_optimizers.h"
 
 namespace ft::worker {
 
@@ -35,15 +36,15 @@ std::unique_ptr<torch::optim::Optimizer> Recipe::MakeOptimizer(std::vector<torch
   const double wd = spec_.weight_decay();
   switch (options_.optimizer) {
     case spec::Optimizer::kSgd:
-      return std::make_unique<torch::optim::SGD>(
+      return std::make_unique<FusedSGD>(
           params,
           torch::optim::SGDOptions(lr).momentum(spec_.momentum()).nesterov(spec_.nesterov()).weight_decay(wd));
     case spec::Optimizer::kAdamW:
-      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(lr).weight_decay(wd));
+      return std::make_unique<FusedAdamW>(params, torch::optim::AdamWOptions(lr).weight_decay(wd));
     case spec::Optimizer::kAdam:
       break;
   }
-  return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr).weight_decay(wd));
+  return std::make_unique<FusedAdam>(params, torch::optim::AdamOptions(lr).weight_decay(wd));
 }
 
 double Recipe::LearningRateAt(double t, double base) const {

@@ -50,7 +50,8 @@ class Recipe {
   int FirstPhaseEpochs() const;
 
   // A fresh optimiser over `params` at rate `lr`: SGD (with the spec's
-  // momentum and Nesterov flag), AdamW or Adam, with the spec's weight decay.
+  // momentum and Nesterov flag), AdamW or Adam, with the spec's weight decay;
+  // the fused ones (fused_optimizers.h), whose state is LibTorch's.
   std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(std::vector<torch::Tensor> params, double lr) const;
 
   // The learning rate at fractional epoch `t` (0-based) of a phase whose
