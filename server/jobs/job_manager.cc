@@ -260,6 +260,7 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
   // A lease for `worker` (its own job, or a rank of another's group).
   const auto leased_to = [&](std::optional<LeasedJob> leased) -> std::optional<LeasedJob> {
     const pb::Lease& lease = leased->lease;
+    SeenWorker(worker.worker_id(), /*busy=*/true);
     if (lease.rank() > 0) {
       util::Log("info", "finetuned", "rank taken",
                 {{"job_id", lease.job_id()}, {"worker_id", worker.worker_id()},
@@ -294,8 +295,8 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
     }
     FT_ASSIGN_OR_RETURN(std::optional<LeasedJob> leased,
                         store_->LeaseNext(worker, options_.lease_ttl, resume_point, deadline));
-    SeenWorker(worker.worker_id());
     if (leased.has_value()) return leased_to(std::move(leased));
+    SeenWorker(worker.worker_id(), /*busy=*/false);
     const absl::Duration left = deadline - clock_->Now();
     if (left <= absl::ZeroDuration()) break;
     absl::MutexLock lock(&mu_);
@@ -313,33 +314,32 @@ absl::StatusOr<std::optional<LeasedJob>> JobManager::Lease(const pb::WorkerInfo&
 absl::StatusOr<pb::Job> JobManager::Heartbeat(const std::string& job_id,
                                               const std::string& lease_id) {
   FT_ASSIGN_OR_RETURN(pb::Job job, store_->RenewLease(job_id, lease_id, options_.lease_ttl));
-  SeenWorker(job.worker_id());
+  // Ranks other than 0 send no heartbeats of their own.
+  if (job.workers_size() > 1) {
+    for (const std::string& rank : job.workers()) SeenWorker(rank, /*busy=*/true);
+  } else {
+    SeenWorker(job.worker_id(), /*busy=*/true);
+  }
   return job;
 }
 
-void JobManager::SeenWorker(const std::string& worker_id) {
+void JobManager::SeenWorker(const std::string& worker_id, bool busy) {
   absl::MutexLock lock(&mu_);
-  workers_seen_[worker_id] = clock_->Now();
+  workers_seen_[worker_id] = {clock_->Now(), busy};
 }
 
 JobManager::WorkerCounts JobManager::Workers() {
   WorkerCounts counts;
-  int seen = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    const absl::Time cutoff = clock_->Now() - absl::Seconds(30);
-    for (auto it = workers_seen_.begin(); it != workers_seen_.end();) {
-      if (it->second < cutoff) {
-        it = workers_seen_.erase(it);
-      } else {
-        ++seen;
-        ++it;
-      }
+  absl::MutexLock lock(&mu_);
+  const absl::Time cutoff = clock_->Now() - absl::Seconds(30);
+  for (auto it = workers_seen_.begin(); it != workers_seen_.end();) {
+    if (it->second.when < cutoff) {
+      it = workers_seen_.erase(it);
+    } else {
+      ++(it->second.busy ? counts.busy : counts.idle);
+      ++it;
     }
   }
-  auto running = store_->CountInState(pb::RUNNING);
-  counts.busy = std::min(seen, running.ok() ? *running : 0);
-  counts.idle = seen - counts.busy;
   return counts;
 }
 

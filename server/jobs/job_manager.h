@@ -134,7 +134,10 @@ class JobManager {
     int idle = 0;
     int busy = 0;
   };
-  // Workers that leased or heart-beat in the last 30 s.
+  // Workers that asked for work or heart-beat in the last 30 s: busy when
+  // that was a job's heartbeat (for every rank of a multi-worker job: rank
+  // 0 beats for the group) or a lease they got, idle when they asked for
+  // work and got none.
   WorkerCounts Workers();
   // Re-queues (or fails, past max_attempts) the jobs whose leases have
   // expired; the sweeper thread calls it every sweep_interval.
@@ -149,7 +152,7 @@ class JobManager {
  private:
   void SweepLoop();
   void WakeLeasers();
-  void SeenWorker(const std::string& worker_id);
+  void SeenWorker(const std::string& worker_id, bool busy);
   // Logs, tells the observer, and frees what only a running job needs.
   void ReportFinished(const pb::Job& job);
 
@@ -165,7 +168,11 @@ class JobManager {
   // submits cannot both take the tenant's last place.
   absl::Mutex submit_mu_;
   absl::Mutex mu_;
-  std::map<std::string, absl::Time> workers_seen_ ABSL_GUARDED_BY(mu_);
+  struct SeenAs {
+    absl::Time when;
+    bool busy = false;
+  };
+  std::map<std::string, SeenAs> workers_seen_ ABSL_GUARDED_BY(mu_);
   int64_t queue_generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread sweeper_;

@@ -185,6 +185,56 @@ TEST_F(JobManagerTest, WorkersSeenByTheClock) {
   EXPECT_EQ(counts.busy + counts.idle, 0);
 }
 
+TEST_F(JobManagerTest, EveryRankOfAGroupCountsAsBusyWhileRank0Beats) {
+  pb::JobSpec spec;
+  spec.set_backbone("resnet18");
+  spec.set_dataset_uri("file://" + (dir_ / "data/set").string());
+  spec.set_workers(2);
+  auto job = manager_->Submit(spec, "", Submitter());
+  ASSERT_TRUE(job.ok()) << job.status();
+  const auto joinable = [](const std::string& id, int port) {
+    pb::WorkerInfo w;
+    w.set_worker_id(id);
+    w.set_device("cpu");
+    w.set_c10d_host("127.0.0.1");
+    w.set_c10d_port(port);
+    return w;
+  };
+  // w1 waits for work (recorded as able to join), then w0 asks: w0 is rank
+  // 0, w1 rank 1.
+  std::optional<LeasedJob> one;
+  std::thread waiter([&] {
+    auto leased = manager_->Lease(joinable("w1", 29501), absl::Hours(1));
+    ASSERT_TRUE(leased.ok()) << leased.status();
+    one = *leased;
+  });
+  for (int i = 0; i < 1000 && store_->CountWaiting().value_or(0) < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto zero = manager_->Lease(joinable("w0", 29500), absl::ZeroDuration());
+  waiter.join();
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  ASSERT_TRUE(zero->has_value() && one.has_value());
+  EXPECT_EQ((*zero)->lease.rank(), 0);
+  EXPECT_EQ(one->lease.rank(), 1);
+  auto counts = manager_->Workers();
+  EXPECT_EQ(counts.busy, 2);
+  EXPECT_EQ(counts.idle, 0);
+  // Rank 1 is heard of only through rank 0's heartbeats.
+  for (int i = 0; i < 3; ++i) {
+    clock_.Advance(absl::Seconds(20));
+    ASSERT_TRUE(manager_->Heartbeat(job->id(), (*zero)->lease.lease_id()).ok());
+  }
+  counts = manager_->Workers();
+  EXPECT_EQ(counts.busy, 2);
+  EXPECT_EQ(counts.idle, 0);
+  // Back for more work, and none: idle.
+  EXPECT_FALSE(Lease("w1").has_value());
+  counts = manager_->Workers();
+  EXPECT_EQ(counts.busy, 1);
+  EXPECT_EQ(counts.idle, 1);
+}
+
 TEST_F(JobManagerTest, AWaitingLeaseWakesOnSubmit) {
   // The lease waits (up to an hour of real time) and returns the job as soon
   // as it is submitted; no sleep decides the outcome.
