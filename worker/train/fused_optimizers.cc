@@ -1,11 +1,13 @@
 #include "worker/train/fused_optimizers.h"
 
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include <ATen/Parallel.h>
-#include <c10/util/string_utils.h>
 #include <torch/torch.h>
 
 #include "worker/train/fused_kernels.h"
@@ -17,11 +19,25 @@ namespace {
 // enough that layer4's 2.4 M-element tensors split across every thread.
 constexpr int64_t kGrain = int64_t{1} << 16;
 
-using StateMap = ska::flat_hash_map<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>;
+using StateMap = std::remove_reference_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
+using StateKeyType = StateMap::key_type;
 
-// LibTorch's key for a parameter's state (optimizer.cpp): its TensorImpl's
-// address, as text. The base classes' save and load use the same.
-std::string StateKey(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+// LibTorch's key for a parameter's state (optimizer.cpp), which the base
+// classes' save and load use too: its TensorImpl's address, as text in
+// LibTorch 1.x (c10::guts::to_string: what operator<< writes), the address
+// itself in 2.x.
+template <typename Key>
+Key KeyOf(const torch::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;
+    text << p.unsafeGetTensorImpl();
+    return text.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
+
+StateKeyType StateKey(const torch::Tensor& p) { return KeyOf<StateKeyType>(p); }
 
 bool Fusable(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.layout() == torch::kStrided &&
@@ -53,7 +69,7 @@ bool FusedAdamStep(torch::optim::OptimizerParamGroup& group, StateMap& states, b
   const double beta2 = std::get<1>(options.betas());
   for (auto& p : group.params()) {
     if (!p.grad().defined()) continue;
-    const std::string key = StateKey(p);
+    const StateKeyType key = StateKey(p);
     if (states.find(key) == states.end()) {
       auto state = std::make_unique<State>();
       state->step(0);
@@ -147,7 +163,7 @@ torch::Tensor FusedSGD::step(LossClosure closure) {
     }
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const std::string key = StateKey(p);
+      const StateKeyType key = StateKey(p);
       fused::SgdScalars s;
       s.weight_decay = static_cast<float>(options.weight_decay());
       s.momentum = static_cast<float>(options.momentum());
