@@ -71,7 +71,9 @@ std::vector<Case> Cases() {
        [](auto p) { return std::make_unique<torch::optim::AdamW>(p, AdamWOptions(1e-3).weight_decay(5e-2)); }},
       {"sgd_momentum",
        [](auto p) { return std::make_unique<FusedSGD>(p, SGDOptions(0.05).momentum(0.9).weight_decay(1e-4)); },
-       [](auto p) { return std::make_unique<torch::optim::SGD>(p, SGDOptions(0.05).momentum(0.9).weight_decay(1e-4)); }},
+       [](auto p) {
+         return std::make_unique<torch::optim::SGD>(p, SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+       }},
       {"sgd_nesterov",
        [](auto p) { return std::make_unique<FusedSGD>(p, SGDOptions(0.05).momentum(0.9).nesterov(true)); },
        [](auto p) { return std::make_unique<torch::optim::SGD>(p, SGDOptions(0.05).momentum(0.9).nesterov(true)); }},

@@ -179,7 +179,8 @@ torch::Tensor FusedSGD::step(LossClosure closure) {
       float* param = p.data_ptr<float>();
       const float* g = p.grad().data_ptr<float>();
       float* buf = static_cast<torch::optim::SGDParamState&>(*state_[key]).momentum_buffer().data_ptr<float>();
-      ParallelOver(p.numel(), [&](int64_t at, int64_t n) { fused::SgdMomentumStep(param + at, g + at, buf + at, n, s); });
+      ParallelOver(p.numel(),
+                   [&](int64_t at, int64_t n) { fused::SgdMomentumStep(param + at, g + at, buf + at, n, s); });
     }
   }
   return loss;
