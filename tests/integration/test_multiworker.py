@@ -105,12 +105,24 @@ class MultiWorkerTest(unittest.TestCase):
         # image is cropped and flipped as on one worker.
         common = ["--backbone=torchscript", f"--weights=file://{self.plain_net}", "--epochs=2", "--lr=0.01",
                   "--optimizer=sgd", "--augment=standard", "--seed=3"]
-        _, one = self.run_job(*common)
+        one_events, one = self.run_job(*common)
         events, two = self.run_job(*common, "--workers=2")
         self.assertEqual(len(two["workers"]), 2, two)
         self.assertEqual(len(one["workers"]), 1, one)
         epochs = [e["epoch"] for e in events if "epoch" in e]
         self.assertEqual([e["world_size"] for e in epochs], [2, 2])
+        # Validation is shared: rank 0 evaluates the first of the three
+        # batches of 12 of the 30 images, rank 1 the rest, and the summed
+        # result is one worker's (within the weights' float-sum differences).
+        self.assertIn("validation is shared by the ranks rank=0/2 images=[0, 12) of 30",
+                      self.workers[two["workers"][0]].log())
+        self.assertIn("validation is shared by the ranks rank=1/2 images=[12, 30) of 30",
+                      self.workers[two["workers"][1]].log())
+        one_epochs = [e["epoch"] for e in one_events if "epoch" in e]
+        for a, b in zip(one_epochs, epochs):
+            self.assertAlmostEqual(a["val_loss"], b["val_loss"], places=5)
+            self.assertEqual(a["val_accuracy"], b["val_accuracy"])
+        self.assertEqual(one["metrics"]["val_confusion"], two["metrics"]["val_confusion"])
         running = [e["state_changed"] for e in events
                    if "state_changed" in e and e["state_changed"]["state"] == "RUNNING"]
         self.assertEqual(running[-1]["workers"], two["workers"])

@@ -583,6 +583,66 @@ TEST(EvaluationTest, TopKLossConfusionAndClassMetrics) {
   EXPECT_EQ(Evaluator(2).Result().top1, 0);
 }
 
+TEST(EvaluationTest, RanksShareWholeBatchesOfTheOneWorkerPass) {
+  struct Case {
+    int64_t n, batch;
+    bool merge;
+    int ranks;
+    std::vector<std::pair<int64_t, int64_t>> want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {90, 64, false, 2, {{0, 64}, {64, 90}}},
+           {129, 64, true, 2, {{0, 64}, {64, 129}}},  // the tail of one rides with the batch before
+           {129, 64, false, 2, {{0, 64}, {64, 129}}},
+           {10, 64, false, 2, {{0, 0}, {0, 10}}},  // one batch: rank 0 has none
+           {1000, 64, false, 3, {{0, 320}, {320, 640}, {640, 1000}}},
+           {0, 64, false, 2, {{0, 0}, {0, 0}}},
+       }) {
+    SCOPED_TRACE(absl::StrCat(c.n, " images in batches of ", c.batch, " over ", c.ranks, " ranks"));
+    for (int r = 0; r < c.ranks; ++r) {
+      const EvalRange got = RankShareOfBatches(c.n, c.batch, c.merge, r, c.ranks);
+      EXPECT_EQ(std::make_pair(got.begin, got.end), c.want[static_cast<size_t>(r)]) << "rank " << r;
+    }
+  }
+}
+
+TEST(EvaluationTest, SharesOfTheBatchesCombineToTheWholePass) {
+  // 70 noise images, batches of 16; a fixed linear "model" on the pixels.
+  torch::manual_seed(3);
+  ImageSet set;
+  cv::RNG rng(5);
+  for (int i = 0; i < 70; ++i) {
+    cv::Mat m(12, 12, CV_8UC3);
+    rng.fill(m, cv::RNG::UNIFORM, 0, 256);
+    set.images.push_back(m);
+    set.labels.push_back(i % 4);
+    set.paths.push_back("");
+  }
+  LoaderOptions options;
+  options.batch_size = 16;
+  options.transform.image_size = 8;
+  const torch::Tensor weight = torch::randn({4, 3 * 8 * 8});
+  const auto logits = [&](const torch::Tensor& x) { return torch::matmul(x.flatten(1), weight.t()); };
+  const EvalResult whole = Evaluate(set, options, torch::kCPU, 4, logits);
+  std::vector<EvalResult> shares;
+  for (int r = 0; r < 3; ++r) {
+    shares.push_back(Evaluate(set, options, torch::kCPU, 4, logits, RankShareOfBatches(70, 16, false, r, 3)));
+  }
+  EXPECT_EQ(shares[0].images + shares[1].images + shares[2].images, 70);
+  const EvalResult combined = CombineShares(shares);
+  EXPECT_EQ(combined.images, 70);
+  EXPECT_NEAR(combined.loss, whole.loss, 1e-12 * std::abs(whole.loss));
+  EXPECT_EQ(combined.top1, whole.top1);
+  EXPECT_EQ(combined.top5, whole.top5);
+  EXPECT_TRUE(torch::equal(combined.confusion, whole.confusion));
+  ASSERT_EQ(combined.predictions.size(), whole.predictions.size());
+  for (size_t i = 0; i < whole.predictions.size(); ++i) {
+    EXPECT_EQ(combined.predictions[i].label, whole.predictions[i].label) << i;
+    EXPECT_EQ(combined.predictions[i].predicted, whole.predictions[i].predicted) << i;
+    EXPECT_EQ(combined.predictions[i].confidence, whole.predictions[i].confidence) << i;
+  }
+}
+
 TEST(EvaluationTest, MisclassifiedPicksSpreadOverClassesMostConfidentFirst) {
   // Class 0: three mistakes (confidence 0.5, 0.9, 0.7); class 1: one; class 2: none.
   const std::vector<Prediction> p = {{0, 1, 0.5f}, {0, 0, 0.99f}, {0, 2, 0.9f}, {1, 0, 0.6f},

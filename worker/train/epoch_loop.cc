@@ -552,17 +552,78 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
   vp.set_steps_per_epoch(steps_per_epoch_);
   vp.set_loss(static_cast<float>(stats.loss_sum / std::max<int64_t>(1, stats.seen)));
   report_.Progress(vp);
+  // The head alone over cached features: too little work to share.
   if (data_.cached) return EvaluateFeatures(head_, data_.val_features, data_.val_labels, num_classes_);
+  if (options_.gang == nullptr) return ValidateRange({});
+  const bool activations = data_.prefix_stages > 0;
+  const int64_t n = activations ? data_.val_features.size(0) : static_cast<int64_t>(data_.val->size());
+  // EvaluateActivations cuts plain batches; the loader may merge a tail of one.
+  const EvalRange mine = RankShareOfBatches(n, data_.eval_loader.batch_size,
+                                            !activations && data_.eval_loader.merge_single_tail, rank_, ranks_);
+  if (!logged_validation_share_) {
+    logged_validation_share_ = true;
+    util::Log("info", "finetune-worker", "validation is shared by the ranks",
+              {{"rank", absl::StrCat(rank_, "/", ranks_)},
+               {"images", absl::StrCat("[", mine.begin, ", ", mine.end, ") of ", n)}});
+  }
+  return GatherShares(ValidateRange(mine), mine, n);
+}
+
+EvalResult EpochLoop::GatherShares(const EvalResult& mine, EvalRange range, int64_t n) {
+  // One float64 vector, summed: the counts and sums, the confusion matrix,
+  // then each image's label, prediction and confidence, zero outside this
+  // rank's range (every value is a float or an integer well inside float64).
+  const int64_t c = num_classes_;
+  const int64_t sums = 4, head = sums + c * c;
+  torch::Tensor packed = torch::zeros({head + 3 * n}, torch::kFloat64);
+  auto a = packed.accessor<double, 1>();
+  a[0] = static_cast<double>(mine.images);
+  a[1] = mine.loss_sum;
+  a[2] = static_cast<double>(mine.top1_hits);
+  a[3] = static_cast<double>(mine.top5_hits);
+  packed.slice(0, sums, head).copy_(mine.confusion.to(torch::kCPU).to(torch::kFloat64).reshape({-1}));
+  for (size_t i = 0; i < mine.predictions.size(); ++i) {
+    const int64_t at = head + 3 * (range.begin + static_cast<int64_t>(i));
+    a[at] = static_cast<double>(mine.predictions[i].label);
+    a[at + 1] = static_cast<double>(mine.predictions[i].predicted);
+    a[at + 2] = static_cast<double>(mine.predictions[i].confidence);
+  }
+  torch::Tensor summed = packed.to(options_.device);
+  options_.gang->AllReduceSum({summed});
+  packed = summed.to(torch::kCPU);
+  a = packed.accessor<double, 1>();
+  EvalResult all;
+  all.images = std::llround(a[0]);
+  all.loss_sum = a[1];
+  all.top1_hits = std::llround(a[2]);
+  all.top5_hits = std::llround(a[3]);
+  all.confusion = packed.slice(0, sums, head).round().to(torch::kInt64).reshape({c, c});
+  all.predictions.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t at = head + 3 * i;
+    all.predictions.push_back({std::llround(a[at]), std::llround(a[at + 1]), static_cast<float>(a[at + 2])});
+  }
+  if (all.images > 0) {
+    all.loss = all.loss_sum / static_cast<double>(all.images);
+    all.top1 = static_cast<double>(all.top1_hits) / static_cast<double>(all.images);
+    all.top5 = static_cast<double>(all.top5_hits) / static_cast<double>(all.images);
+  }
+  return all;
+}
+
+EvalResult EpochLoop::ValidateRange(EvalRange range) {
   if (data_.prefix_stages > 0) {
     return EvaluateActivations(model_, data_.val_features, data_.val_labels, data_.prefix_stages,
-                               static_cast<int>(backbone_.stages.size()), data_.eval_loader.batch_size, num_classes_);
+                               static_cast<int>(backbone_.stages.size()), data_.eval_loader.batch_size, num_classes_,
+                               range);
   }
   model_.eval();
   torch::NoGradGuard no_grad;
   if (prefix_stages_ < 0) {
     // Through the same frozen graph as training, as a cache would.
-    return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_,
-                    [&](const torch::Tensor& x) { return Logits(x); });
+    return Evaluate(
+        *data_.val, data_.eval_loader, options_.device, num_classes_,
+        [&](const torch::Tensor& x) { return Logits(x); }, range);
   }
   // Stages that train: this epoch's weights as an inference graph of their
   // own (BatchNorm folded, oneDNN layouts), the whole backbone through it.
@@ -575,14 +636,14 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
     report_.Info(absl::StrCat("validation runs frozen but not optimised for inference: ", unoptimised));
   }
   if (frozen.ok()) {
-    return Evaluate(*data_.val, data_.eval_loader, options_.device, num_classes_, [&](const torch::Tensor& x) {
-      return head_.forward({frozen->forward({x}).toTensor()}).toTensor();
-    });
+    return Evaluate(
+        *data_.val, data_.eval_loader, options_.device, num_classes_,
+        [&](const torch::Tensor& x) { return head_.forward({frozen->forward({x}).toTensor()}).toTensor(); }, range);
   } else if (!warned_unfrozen_validation_) {
     warned_unfrozen_validation_ = true;
     report_.Log("warning", absl::StrCat("validation runs the model as it trains: ", frozen.status().message()));
   }
-  return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_);
+  return Evaluate(model_, *data_.val, data_.eval_loader, options_.device, num_classes_, range);
 }
 
 // What a checkpoint holds, and so everything that decides the rest of the

@@ -234,7 +234,15 @@ class EpochLoop {
   // One pass over the shuffled training set, as train.py's train_one_epoch,
   // from step `first_step` on with the partial sums `stats`.
   absl::StatusOr<EpochStats> TrainOneEpoch(int epoch, int64_t first_step, EpochStats stats);
+  // The validation split, as train.py's evaluate. In a multi-worker job
+  // each rank evaluates its share of the one-worker batches
+  // (RankShareOfBatches), and the shares are summed across the ranks
+  // (GatherShares): every rank ends with one worker's result.
   EvalResult Validate(int epoch, const EpochStats& stats);
+  EvalResult ValidateRange(EvalRange range);
+  // Every rank's `mine` (images `range` of `n`), summed through the gang.
+  // Throws GangError.
+  EvalResult GatherShares(const EvalResult& mine, EvalRange range, int64_t n);
   // The state at `position` as checkpoint bytes, `stats` being the current
   // epoch's partial sums (mid-epoch).
   std::string Checkpoint(const CheckpointPosition& position, const EpochStats& stats) const;
@@ -261,6 +269,8 @@ class EpochLoop {
   bool warned_unfrozen_validation_ = false;
   // ... or ran unoptimised (BuildFrozenPrefix's note), and said so.
   bool warned_unoptimised_validation_ = false;
+  // A multi-worker job said which validation images each rank evaluates.
+  bool logged_validation_share_ = false;
   const Backbone& backbone_;
   EpochData& data_;
   const torch::nn::functional::CrossEntropyFuncOptions loss_;

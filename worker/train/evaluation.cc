@@ -17,10 +17,12 @@
 namespace ft::worker {
 namespace {
 
-// Every index of `set`, in order.
-std::vector<int64_t> InOrder(const ImageSet& set) {
-  std::vector<int64_t> order(set.images.size());
-  std::iota(order.begin(), order.end(), 0);
+// The indices of `range` of `set`, in order.
+std::vector<int64_t> InOrder(const ImageSet& set, EvalRange range = {}) {
+  const int64_t n = static_cast<int64_t>(set.images.size());
+  const int64_t end = range.end < 0 ? n : std::min(range.end, n);
+  std::vector<int64_t> order(static_cast<size_t>(std::max<int64_t>(0, end - range.begin)));
+  std::iota(order.begin(), order.end(), range.begin);
   return order;
 }
 
@@ -107,13 +109,45 @@ EvalResult Evaluator::Result() const {
   }
   r.confusion = confusion_;
   r.predictions = predictions_;
+  r.images = n_;
+  r.loss_sum = loss_;
+  r.top1_hits = top1_;
+  r.top5_hits = top5_;
+  return r;
+}
+
+EvalRange RankShareOfBatches(int64_t n, int64_t batch_size, bool merge_single_tail, int rank, int ranks) {
+  batch_size = std::max<int64_t>(1, batch_size);
+  int64_t batches = (n + batch_size - 1) / batch_size;
+  if (merge_single_tail && batches > 1 && n % batch_size == 1) --batches;
+  const auto [first, last] = SplitShare(batches, rank, std::max(1, ranks));
+  const int64_t begin = std::min(n, first * batch_size);
+  return {begin, last == batches ? n : std::min(n, last * batch_size)};
+}
+
+EvalResult CombineShares(const std::vector<EvalResult>& shares) {
+  EvalResult r;
+  for (const EvalResult& share : shares) {
+    r.images += share.images;
+    r.loss_sum += share.loss_sum;
+    r.top1_hits += share.top1_hits;
+    r.top5_hits += share.top5_hits;
+    r.confusion = r.confusion.defined() ? r.confusion + share.confusion : share.confusion.clone();
+    r.predictions.insert(r.predictions.end(), share.predictions.begin(), share.predictions.end());
+  }
+  if (r.images > 0) {
+    r.loss = r.loss_sum / r.images;
+    r.top1 = static_cast<double>(r.top1_hits) / r.images;
+    r.top5 = static_cast<double>(r.top5_hits) / r.images;
+  }
   return r;
 }
 
 EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                    torch::Device device, int64_t classes) {
+                    torch::Device device, int64_t classes, EvalRange range) {
   model.eval();
-  return Evaluate(set, options, device, classes, [&](const torch::Tensor& x) { return model.forward({x}).toTensor(); });
+  return Evaluate(
+      set, options, device, classes, [&](const torch::Tensor& x) { return model.forward({x}).toTensor(); }, range);
 }
 
 EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& features, const torch::Tensor& labels,
@@ -127,14 +161,14 @@ EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& featu
 
 EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& activations,
                                const torch::Tensor& labels, int prefix_stages, int num_stages, int64_t batch_size,
-                               int64_t classes) {
+                               int64_t classes, EvalRange range) {
   model.eval();
   torch::NoGradGuard no_grad;
   auto rest = model.attr("backbone").toModule().get_method(kForwardStages);
   auto head = model.attr("head").toModule();
   Evaluator eval(classes);
-  const int64_t n = activations.size(0);
-  for (int64_t i = 0; i < n; i += batch_size) {
+  const int64_t n = range.end < 0 ? activations.size(0) : std::min(range.end, activations.size(0));
+  for (int64_t i = range.begin; i < n; i += batch_size) {
     const int64_t end = std::min(n, i + batch_size);
     auto features = rest({activations.slice(0, i, end).to(torch::kFloat), prefix_stages, num_stages}).toTensor();
     eval.Add(head.forward({features}).toTensor(), labels.slice(0, i, end));
@@ -159,9 +193,9 @@ torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, c
 }
 
 EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::Device device, int64_t classes,
-                    const std::function<torch::Tensor(const torch::Tensor&)>& logits) {
+                    const std::function<torch::Tensor(const torch::Tensor&)>& logits, EvalRange range) {
   torch::NoGradGuard no_grad;
-  BatchLoader loader(&set, InOrder(set), options);
+  BatchLoader loader(&set, InOrder(set, range), options);
   Evaluator eval(classes);
   while (auto batch = loader.Next()) {
     eval.Add(logits(batch->images.to(device, /*non_blocking=*/true)), batch->labels);

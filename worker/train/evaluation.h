@@ -36,7 +36,32 @@ struct EvalResult {
   torch::Tensor confusion;  // int64 [C, C]: true x predicted
   // Each image's, in the order evaluated (that of the set).
   std::vector<Prediction> predictions;
+  // What the means are of: images, their summed loss, top-1 and top-5 hits
+  // (a multi-worker job sums them over its ranks' shares).
+  int64_t images = 0;
+  double loss_sum = 0;
+  int64_t top1_hits = 0;
+  int64_t top5_hits = 0;
 };
+
+// Images [begin, end) of a set, in its order; end -1: to the set's end.
+struct EvalRange {
+  int64_t begin = 0;
+  int64_t end = -1;
+};
+
+// A multi-worker job's validation: rank `rank` of `ranks` evaluates whole
+// batches of the one-worker pass over `n` images (batches of `batch_size`;
+// with `merge_single_tail` a last batch of one joins the one before, as the
+// loader does), a contiguous run of them (SplitShare over the batches), so
+// that every image is evaluated in the very batch it would be on one worker
+// and the summed result is one worker's. A rank with no batch gets an empty
+// range.
+EvalRange RankShareOfBatches(int64_t n, int64_t batch_size, bool merge_single_tail, int rank, int ranks);
+
+// The result of a whole set from the results of its consecutive shares, in
+// order: sums, means and the predictions in set order.
+EvalResult CombineShares(const std::vector<EvalResult>& shares);
 
 // Accumulates loss, top-1, top-5, the confusion matrix and each image's
 // prediction over batches.
@@ -57,7 +82,7 @@ class Evaluator {
 // The model (a classifier) in eval mode, without gradients, over `set` in
 // order, batched by `options`.
 EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
-                    torch::Device device, int64_t classes);
+                    torch::Device device, int64_t classes, EvalRange range = {});
 
 // The head (in eval mode, without gradients) over features computed once.
 EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& features, const torch::Tensor& labels,
@@ -69,7 +94,7 @@ EvalResult EvaluateFeatures(torch::jit::Module& head, const torch::Tensor& featu
 // batches of `batch_size`.
 EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& activations,
                                const torch::Tensor& labels, int prefix_stages, int num_stages, int64_t batch_size,
-                               int64_t classes);
+                               int64_t classes, EvalRange range = {});
 
 // What `prefix` (BuildFrozenPrefix: frozen stages as an inference graph)
 // makes of a whole set, without gradients, on `device`, in batches of at
@@ -82,9 +107,9 @@ torch::Tensor ComputeFeatures(torch::jit::Module& prefix, const ImageSet& set, c
                               torch::Device device, torch::Tensor into);
 
 // `logits` (called without gradients) over `set` in order, batched by
-// `options`.
+// `options`; images `range` of it only.
 EvalResult Evaluate(const ImageSet& set, const LoaderOptions& options, torch::Device device, int64_t classes,
-                    const std::function<torch::Tensor(const torch::Tensor&)>& logits);
+                    const std::function<torch::Tensor(const torch::Tensor&)>& logits, EvalRange range = {});
 
 // Per-class precision, recall, F1 and support, and the confusion matrix
 // (row-major, true x predicted), as the metrics' test_* fields.

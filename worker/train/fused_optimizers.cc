@@ -106,7 +106,7 @@ bool FusedAdamStep(torch::optim::OptimizerParamGroup& group, StateMap& states, b
 }
 
 // The loss of `closure`, computed with autograd on, as LibTorch's steps do.
-torch::Tensor Evaluate(const torch::optim::Optimizer::LossClosure& closure) {
+torch::Tensor LossOf(const torch::optim::Optimizer::LossClosure& closure) {
   if (closure == nullptr) return {};
   at::AutoGradMode enable_grad(true);
   return closure();
@@ -125,7 +125,7 @@ template <typename Reference, typename Options, typename State>
 torch::Tensor AdamFamilyStep(std::vector<torch::optim::OptimizerParamGroup>& groups, StateMap& states,
                              const torch::optim::Optimizer::LossClosure& closure, bool decoupled) {
   torch::NoGradGuard no_grad;
-  torch::Tensor loss = Evaluate(closure);
+  torch::Tensor loss = LossOf(closure);
   for (auto& group : groups) {
     if (!FusedAdamStep<Options, State>(group, states, decoupled)) LibTorchStep<Reference, Options>(group, states);
   }
@@ -146,7 +146,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
 
 torch::Tensor FusedSGD::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
-  torch::Tensor loss = Evaluate(closure);
+  torch::Tensor loss = LossOf(closure);
   for (auto& group : param_groups_) {
     auto& options = static_cast<torch::optim::SGDOptions&>(group.options());
     bool fusable = options.momentum() != 0;
