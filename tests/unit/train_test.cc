@@ -624,12 +624,18 @@ TEST(EvaluationTest, SharesOfTheBatchesCombineToTheWholePass) {
   const torch::Tensor weight = torch::randn({4, 3 * 8 * 8});
   const auto logits = [&](const torch::Tensor& x) { return torch::matmul(x.flatten(1), weight.t()); };
   const EvalResult whole = Evaluate(set, options, torch::kCPU, 4, logits);
-  std::vector<EvalResult> shares;
+  // Each of 3 ranks packs its share; the all-reduce sums the packs.
+  torch::Tensor summed;
+  int64_t images = 0;
   for (int r = 0; r < 3; ++r) {
-    shares.push_back(Evaluate(set, options, torch::kCPU, 4, logits, RankShareOfBatches(70, 16, false, r, 3)));
+    const EvalRange range = RankShareOfBatches(70, 16, false, r, 3);
+    const EvalResult share = Evaluate(set, options, torch::kCPU, 4, logits, range);
+    images += share.images;
+    const torch::Tensor packed = PackShare(share, range, 70, 4);
+    summed = summed.defined() ? summed + packed : packed;
   }
-  EXPECT_EQ(shares[0].images + shares[1].images + shares[2].images, 70);
-  const EvalResult combined = CombineShares(shares);
+  EXPECT_EQ(images, 70);
+  const EvalResult combined = UnpackShares(summed, 70, 4);
   EXPECT_EQ(combined.images, 70);
   EXPECT_NEAR(combined.loss, whole.loss, 1e-12 * std::abs(whole.loss));
   EXPECT_EQ(combined.top1, whole.top1);

@@ -547,20 +547,19 @@ absl::StatusOr<TrainResult> Agent::TrainJob(const pb::LeaseJobResponse& lease, R
   // A rank of a multi-worker job that fails before it joins tells the
   // others, who would otherwise wait for it until the timeout.
   const auto failed_before_joining = [&](const absl::Status& status) {
-    if (group.world_size() > 1 && gang_options.ok() && lease.lease().rank() > 0 &&
-        (absl::IsFailedPrecondition(status) || absl::IsNotFound(status))) {
-      // The job ended on the server before this rank joined (the shared
-      // lease is gone): most often rank 0 failed it, and said why in its
-      // store, which it keeps open for a while for the others.
-      GangOptions probe = *gang_options;
-      probe.timeout = std::min<std::chrono::milliseconds>(probe.timeout, kPeerReasonWait);
-      if (std::optional<absl::Status> why = Gang::PeerFailureBeforeJoining(probe)) {
-        hooks.on_log("warning", absl::StrCat("rank ", lease.lease().rank(), " stops before joining: ", why->message()));
+    if (group.world_size() > 1 && gang_options.ok()) {
+      if (lease.lease().rank() > 0 && (absl::IsFailedPrecondition(status) || absl::IsNotFound(status))) {
+        // The job ended on the server before this rank joined (the shared
+        // lease is gone): most often rank 0 failed it, and said why in its
+        // store, which it keeps open for a while for the others.
+        GangOptions probe = *gang_options;
+        probe.timeout = std::min<std::chrono::milliseconds>(probe.timeout, kPeerReasonWait);
+        std::optional<absl::Status> why = Gang::PeerFailureBeforeJoining(probe);
+        if (!why.has_value()) return status;
+        hooks.on_log("warning",
+                     absl::StrCat("rank ", lease.lease().rank(), " stops before joining: ", why->message()));
         return *why;
       }
-      return status;
-    }
-    if (group.world_size() > 1 && gang_options.ok()) {
       hooks.on_log("warning", absl::StrCat("rank ", lease.lease().rank(), " cannot train: ", status.message(),
                                            "; telling the group at ", group.master_address()));
       if (lease.lease().rank() == 0) {

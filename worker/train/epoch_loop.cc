@@ -570,45 +570,9 @@ EvalResult EpochLoop::Validate(int epoch, const EpochStats& stats) {
 }
 
 EvalResult EpochLoop::GatherShares(const EvalResult& mine, EvalRange range, int64_t n) {
-  // One float64 vector, summed: the counts and sums, the confusion matrix,
-  // then each image's label, prediction and confidence, zero outside this
-  // rank's range (every value is a float or an integer well inside float64).
-  const int64_t c = num_classes_;
-  const int64_t sums = 4, head = sums + c * c;
-  torch::Tensor packed = torch::zeros({head + 3 * n}, torch::kFloat64);
-  auto a = packed.accessor<double, 1>();
-  a[0] = static_cast<double>(mine.images);
-  a[1] = mine.loss_sum;
-  a[2] = static_cast<double>(mine.top1_hits);
-  a[3] = static_cast<double>(mine.top5_hits);
-  packed.slice(0, sums, head).copy_(mine.confusion.to(torch::kCPU).to(torch::kFloat64).reshape({-1}));
-  for (size_t i = 0; i < mine.predictions.size(); ++i) {
-    const int64_t at = head + 3 * (range.begin + static_cast<int64_t>(i));
-    a[at] = static_cast<double>(mine.predictions[i].label);
-    a[at + 1] = static_cast<double>(mine.predictions[i].predicted);
-    a[at + 2] = static_cast<double>(mine.predictions[i].confidence);
-  }
-  torch::Tensor summed = packed.to(options_.device);
+  torch::Tensor summed = PackShare(mine, range, n, num_classes_).to(options_.device);
   options_.gang->AllReduceSum({summed});
-  packed = summed.to(torch::kCPU);
-  a = packed.accessor<double, 1>();
-  EvalResult all;
-  all.images = std::llround(a[0]);
-  all.loss_sum = a[1];
-  all.top1_hits = std::llround(a[2]);
-  all.top5_hits = std::llround(a[3]);
-  all.confusion = packed.slice(0, sums, head).round().to(torch::kInt64).reshape({c, c});
-  all.predictions.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t at = head + 3 * i;
-    all.predictions.push_back({std::llround(a[at]), std::llround(a[at + 1]), static_cast<float>(a[at + 2])});
-  }
-  if (all.images > 0) {
-    all.loss = all.loss_sum / static_cast<double>(all.images);
-    all.top1 = static_cast<double>(all.top1_hits) / static_cast<double>(all.images);
-    all.top5 = static_cast<double>(all.top5_hits) / static_cast<double>(all.images);
-  }
-  return all;
+  return UnpackShares(summed, n, num_classes_);
 }
 
 EvalResult EpochLoop::ValidateRange(EvalRange range) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <utility>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -17,14 +18,32 @@
 namespace ft::worker {
 namespace {
 
+// Where `range` of a set of `n` images ends.
+int64_t EndOf(EvalRange range, int64_t n) { return range.end < 0 ? n : std::min(range.end, n); }
+
 // The indices of `range` of `set`, in order.
 std::vector<int64_t> InOrder(const ImageSet& set, EvalRange range = {}) {
-  const int64_t n = static_cast<int64_t>(set.images.size());
-  const int64_t end = range.end < 0 ? n : std::min(range.end, n);
+  const int64_t end = EndOf(range, static_cast<int64_t>(set.images.size()));
   std::vector<int64_t> order(static_cast<size_t>(std::max<int64_t>(0, end - range.begin)));
   std::iota(order.begin(), order.end(), range.begin);
   return order;
 }
+
+// The means of `r`'s sums.
+EvalResult WithMeans(EvalResult r) {
+  if (r.images > 0) {
+    const double n = static_cast<double>(r.images);
+    r.loss = r.loss_sum / n;
+    r.top1 = static_cast<double>(r.top1_hits) / n;
+    r.top5 = static_cast<double>(r.top5_hits) / n;
+  }
+  return r;
+}
+
+// PackShare's layout: the four sums, then the confusion matrix, then three
+// values an image.
+constexpr int64_t kPackedSums = 4;
+constexpr int64_t kPackedPerImage = 3;
 
 // The JPEG quality of thumbnails: a 96 px thumbnail is 2-5 KB.
 constexpr int kThumbnailQuality = 85;
@@ -102,18 +121,13 @@ void Evaluator::Add(const torch::Tensor& logits, const torch::Tensor& labels) {
 
 EvalResult Evaluator::Result() const {
   EvalResult r;
-  if (n_ > 0) {
-    r.loss = loss_ / n_;
-    r.top1 = static_cast<double>(top1_) / n_;
-    r.top5 = static_cast<double>(top5_) / n_;
-  }
   r.confusion = confusion_;
   r.predictions = predictions_;
   r.images = n_;
   r.loss_sum = loss_;
   r.top1_hits = top1_;
   r.top5_hits = top5_;
-  return r;
+  return WithMeans(std::move(r));
 }
 
 EvalRange RankShareOfBatches(int64_t n, int64_t batch_size, bool merge_single_tail, int rank, int ranks) {
@@ -125,22 +139,40 @@ EvalRange RankShareOfBatches(int64_t n, int64_t batch_size, bool merge_single_ta
   return {begin, last == batches ? n : std::min(n, last * batch_size)};
 }
 
-EvalResult CombineShares(const std::vector<EvalResult>& shares) {
-  EvalResult r;
-  for (const EvalResult& share : shares) {
-    r.images += share.images;
-    r.loss_sum += share.loss_sum;
-    r.top1_hits += share.top1_hits;
-    r.top5_hits += share.top5_hits;
-    r.confusion = r.confusion.defined() ? r.confusion + share.confusion : share.confusion.clone();
-    r.predictions.insert(r.predictions.end(), share.predictions.begin(), share.predictions.end());
+torch::Tensor PackShare(const EvalResult& share, EvalRange range, int64_t n, int64_t classes) {
+  const int64_t head = kPackedSums + classes * classes;
+  torch::Tensor packed = torch::zeros({head + kPackedPerImage * n}, torch::kFloat64);
+  auto a = packed.accessor<double, 1>();
+  a[0] = static_cast<double>(share.images);
+  a[1] = share.loss_sum;
+  a[2] = static_cast<double>(share.top1_hits);
+  a[3] = static_cast<double>(share.top5_hits);
+  packed.slice(0, kPackedSums, head).copy_(share.confusion.to(torch::kCPU).to(torch::kFloat64).reshape({-1}));
+  for (size_t i = 0; i < share.predictions.size(); ++i) {
+    const int64_t at = head + kPackedPerImage * (range.begin + static_cast<int64_t>(i));
+    a[at] = static_cast<double>(share.predictions[i].label);
+    a[at + 1] = static_cast<double>(share.predictions[i].predicted);
+    a[at + 2] = static_cast<double>(share.predictions[i].confidence);
   }
-  if (r.images > 0) {
-    r.loss = r.loss_sum / r.images;
-    r.top1 = static_cast<double>(r.top1_hits) / r.images;
-    r.top5 = static_cast<double>(r.top5_hits) / r.images;
+  return packed;
+}
+
+EvalResult UnpackShares(const torch::Tensor& summed, int64_t n, int64_t classes) {
+  const torch::Tensor packed = summed.to(torch::kCPU).contiguous();
+  const int64_t head = kPackedSums + classes * classes;
+  auto a = packed.accessor<double, 1>();
+  EvalResult all;
+  all.images = std::llround(a[0]);
+  all.loss_sum = a[1];
+  all.top1_hits = std::llround(a[2]);
+  all.top5_hits = std::llround(a[3]);
+  all.confusion = packed.slice(0, kPackedSums, head).round().to(torch::kInt64).reshape({classes, classes});
+  all.predictions.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t at = head + kPackedPerImage * i;
+    all.predictions.push_back({std::llround(a[at]), std::llround(a[at + 1]), static_cast<float>(a[at + 2])});
   }
-  return r;
+  return WithMeans(std::move(all));
 }
 
 EvalResult Evaluate(torch::jit::Module& model, const ImageSet& set, const LoaderOptions& options,
@@ -167,7 +199,7 @@ EvalResult EvaluateActivations(torch::jit::Module& model, const torch::Tensor& a
   auto rest = model.attr("backbone").toModule().get_method(kForwardStages);
   auto head = model.attr("head").toModule();
   Evaluator eval(classes);
-  const int64_t n = range.end < 0 ? activations.size(0) : std::min(range.end, activations.size(0));
+  const int64_t n = EndOf(range, activations.size(0));
   for (int64_t i = range.begin; i < n; i += batch_size) {
     const int64_t end = std::min(n, i + batch_size);
     auto features = rest({activations.slice(0, i, end).to(torch::kFloat), prefix_stages, num_stages}).toTensor();

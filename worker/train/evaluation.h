@@ -59,9 +59,14 @@ struct EvalRange {
 // range.
 EvalRange RankShareOfBatches(int64_t n, int64_t batch_size, bool merge_single_tail, int rank, int ranks);
 
-// The result of a whole set from the results of its consecutive shares, in
-// order: sums, means and the predictions in set order.
-EvalResult CombineShares(const std::vector<EvalResult>& shares);
+// The ranks' shares travel as one float64 vector each, which the ranks sum
+// (an all-reduce): `share`'s counts and sums, its confusion matrix, and each
+// of its images' label, prediction and confidence at that image's place among
+// all `n` images of the set (zero elsewhere). Every value is a float or an
+// integer well inside float64, so the sum is exact but for the loss sum.
+torch::Tensor PackShare(const EvalResult& share, EvalRange range, int64_t n, int64_t classes);
+// The whole set's result from the sum of every share's PackShare.
+EvalResult UnpackShares(const torch::Tensor& summed, int64_t n, int64_t classes);
 
 // Accumulates loss, top-1, top-5, the confusion matrix and each image's
 // prediction over batches.

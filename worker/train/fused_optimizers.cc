@@ -69,15 +69,15 @@ bool FusedAdamStep(torch::optim::OptimizerParamGroup& group, StateMap& states, b
   const double beta2 = std::get<1>(options.betas());
   for (auto& p : group.params()) {
     if (!p.grad().defined()) continue;
-    const StateKeyType key = StateKey(p);
-    if (states.find(key) == states.end()) {
+    std::unique_ptr<torch::optim::OptimizerParamState>& slot = states[StateKey(p)];
+    if (slot == nullptr) {
       auto state = std::make_unique<State>();
       state->step(0);
       state->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
       state->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-      states[key] = std::move(state);
+      slot = std::move(state);
     }
-    auto& state = static_cast<State&>(*states[key]);
+    auto& state = static_cast<State&>(*slot);
     state.step(state.step() + 1);
     const double bias_correction1 = 1 - std::pow(beta1, state.step());
     const double bias_correction2 = 1 - std::pow(beta2, state.step());
@@ -163,22 +163,22 @@ torch::Tensor FusedSGD::step(LossClosure closure) {
     }
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const StateKeyType key = StateKey(p);
+      std::unique_ptr<torch::optim::OptimizerParamState>& slot = state_[StateKey(p)];
       fused::SgdScalars s;
       s.weight_decay = static_cast<float>(options.weight_decay());
       s.momentum = static_cast<float>(options.momentum());
       s.one_minus_dampening = static_cast<float>(1 - options.dampening());
       s.nesterov = options.nesterov();
       s.minus_lr = static_cast<float>(-1 * options.lr());
-      s.first = state_.find(key) == state_.end();
+      s.first = slot == nullptr;
       if (s.first) {
         auto state = std::make_unique<torch::optim::SGDParamState>();
         state->momentum_buffer(torch::empty_like(p, torch::MemoryFormat::Contiguous));
-        state_[key] = std::move(state);
+        slot = std::move(state);
       }
       float* param = p.data_ptr<float>();
       const float* g = p.grad().data_ptr<float>();
-      float* buf = static_cast<torch::optim::SGDParamState&>(*state_[key]).momentum_buffer().data_ptr<float>();
+      float* buf = static_cast<torch::optim::SGDParamState&>(*slot).momentum_buffer().data_ptr<float>();
       ParallelOver(p.numel(),
                    [&](int64_t at, int64_t n) { fused::SgdMomentumStep(param + at, g + at, buf + at, n, s); });
     }
